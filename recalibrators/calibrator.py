@@ -1,0 +1,302 @@
+"""Streaming calibrator for one (model, segment): decayed histograms -> Platt / Bayes-shrunk isotonic map.
+
+Decay runs on EVENT time so a replay reproduces the state bit-for-bit: sums are kept "as of" T = max event
+time seen; an event at t contributes w * 2**(-(T - t) / half_life) and advancing T rescales all sums. The
+result is independent of arrival order and batching up to float rounding, and two calibrators merge by
+aligning to the later T and adding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .calibration_map import CalibrationMap
+from .histogram import BinSpec, Histogram, logit, sigmoid
+from .isotonic import eb_prior_strength, shrunk_isotonic
+from .platt import fit_platt
+from .validation import check_batch, check_timestamps
+
+__all__ = ["METHODS", "Calibrator", "CalibratorConfig"]
+
+METHODS = ("isotonic", "platt")
+_FORMAT = 1
+_HEADER = struct.Struct("<I")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibratorConfig:
+    """Calibrator settings; equal configs are required to merge two calibrators.
+
+    method          "isotonic": Bayes-shrunk PAV over the bins (default); "platt": the Platt curve only.
+    n_bins          logit-uniform bins on [logit_lo, logit_hi]; 96 keeps a worst-case state under 8 KB.
+    half_life_ms    event-time half-life of the fitting histogram.
+    holdout_half_life_ms  shorter half-life of the held-back histogram the quality gate evaluates on.
+    prior_strength  m: pseudo-impressions of the prior (Platt or previous map) per bin; None (default) picks a
+                    per-bin m by empirical Bayes from how far the data departs from the prior.
+    ridge           Platt ridge toward (a, b) = (1, 0), or toward the prior map's Platt parameters.
+    clip            scores are clipped to [clip, 1 - clip] before the logit.
+    """
+
+    method: str = "isotonic"
+    n_bins: int = 96
+    logit_lo: float = -8.0
+    logit_hi: float = 4.0
+    half_life_ms: float = 6 * 3600 * 1000.0
+    holdout_half_life_ms: float = 3600 * 1000.0
+    prior_strength: float | None = None
+    ridge: float = 1.0
+    clip: float = 1e-7
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("half_life_ms", "holdout_half_life_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.prior_strength is not None and not self.prior_strength > 0:
+            raise ValueError(f"prior_strength must be > 0 or None, got {self.prior_strength!r}")
+        if not self.ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
+        _ = self.bins  # validates the bin layout
+
+    @functools.cached_property
+    def bins(self) -> BinSpec:
+        return BinSpec(self.n_bins, self.logit_lo, self.logit_hi, self.clip)
+
+
+class Calibrator:
+    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance."""
+
+    __slots__ = ("_fit", "_holdout", "_main", "_n_seen", "_t_ref", "config", "prior")
+
+    def __init__(self, config: CalibratorConfig | None = None, prior: CalibrationMap | None = None) -> None:
+        self.config = config if config is not None else CalibratorConfig()
+        self.prior = prior
+        spec = self.config.bins
+        self._main = Histogram(spec, with_logit=True)
+        self._holdout = Histogram(spec, with_logit=False)
+        self._t_ref: int | None = None
+        self._n_seen = 0
+        self._fit: tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str] | None = None
+
+    # ---- state accessors -------------------------------------------------------------------------------
+    @property
+    def n_effective(self) -> float:
+        """Decayed weight of the fitting histogram (as of last_event_ms)."""
+        return self._main.total_weight
+
+    @property
+    def positives(self) -> float:
+        return self._main.total_positives
+
+    @property
+    def last_event_ms(self) -> int:
+        """Reference time T (max event time seen); 0 before any event."""
+        return 0 if self._t_ref is None else self._t_ref
+
+    @property
+    def n_seen(self) -> int:
+        """Exact count of examples ever learned (fitting + held back); a monotone map version."""
+        return self._n_seen
+
+    @property
+    def histogram(self) -> Histogram:
+        return self._main
+
+    @property
+    def holdout(self) -> Histogram:
+        return self._holdout
+
+    # ---- learning --------------------------------------------------------------------------------------
+    def learn_batch(
+        self,
+        scores: Any,
+        labels: Any,
+        weights: Any | None = None,
+        *,
+        ts_ms: int | np.ndarray,
+        holdout: Any | None = None,
+    ) -> None:
+        """Add a batch. ts_ms: one int for the batch or one per example. holdout: optional bool mask of
+        held-back examples; they only update the holdout histogram. Raises ValueError on invalid input."""
+        s, y, w = check_batch(scores, labels, weights)
+        t = check_timestamps(ts_ms, s.shape[0])
+        mask = None
+        if holdout is not None:
+            mask = np.asarray(holdout)
+            if mask.shape != s.shape:
+                raise ValueError(f"length mismatch: {s.shape[0]} scores but holdout has shape {mask.shape}")
+            if mask.dtype != np.bool_:
+                if not np.all((mask == 0) | (mask == 1)):
+                    raise ValueError("holdout must be a boolean mask")
+                mask = mask.astype(np.bool_)
+        self._advance(t if isinstance(t, int) else int(t.max()))
+        spec = self.config.bins
+        s, z = spec.clip_logit(s)
+        idx = spec.index(z)
+        cfg = self.config
+        if mask is None or not mask.any():
+            self._add(self._main, cfg.half_life_ms, idx, s, z, y, w, t)
+        elif mask.all():
+            self._add(self._holdout, cfg.holdout_half_life_ms, idx, s, z, y, w, t)
+        else:
+            parts = ((self._main, cfg.half_life_ms, ~mask), (self._holdout, cfg.holdout_half_life_ms, mask))
+            for hist, hl, m in parts:
+                sub_t = t if isinstance(t, int) else t[m]
+                sub_w = None if w is None else w[m]
+                self._add(hist, hl, idx[m], s[m], z[m], y[m], sub_w, sub_t)
+        self._n_seen += s.shape[0]
+        self._fit = None
+
+    def learn_one(
+        self, score: float, label: int, ts_ms: int, weight: float = 1.0, holdout: bool = False
+    ) -> None:
+        self.learn_batch(np.array([score]), np.array([label]), np.array([weight]), ts_ms=ts_ms,
+                         holdout=np.array([holdout]))
+
+    def _advance(self, t_max: int) -> None:
+        if self._t_ref is None:
+            self._t_ref = t_max
+        elif t_max > self._t_ref:
+            dt = t_max - self._t_ref
+            self._main.scale(2.0 ** (-dt / self.config.half_life_ms))
+            self._holdout.scale(2.0 ** (-dt / self.config.holdout_half_life_ms))
+            self._t_ref = t_max
+
+    def _add(self, hist: Histogram, half_life: float, idx: np.ndarray, s: np.ndarray, z: np.ndarray,
+             y: np.ndarray, w: np.ndarray | None, t: int | np.ndarray) -> None:
+        if isinstance(t, int):
+            decay = 2.0 ** ((t - self._t_ref) / half_life)
+            hist.add(idx, s, z, y, decay if w is None else w * decay)
+        else:
+            decay = np.exp2((t - self._t_ref) / half_life)
+            hist.add(idx, s, z, y, decay if w is None else np.multiply(decay, w, out=decay))
+
+    # ---- fitting ---------------------------------------------------------------------------------------
+    def to_map(self, **meta: Any) -> CalibrationMap:
+        """Publishable map. Defaults: n/positives/last_event_ms from the state, version=n_seen,
+        updated_at=last_event_ms (event time, so replays reproduce maps); any field may be overridden."""
+        if self._fit is None:
+            self._fit = self._compute_fit()
+        x, y, platt, method = self._fit
+        fields: dict[str, Any] = {
+            "n": self.n_effective, "positives": self.positives, "last_event_ms": self.last_event_ms,
+            "version": self._n_seen, "updated_at": self.last_event_ms,
+        }
+        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(fields | meta))
+
+    def _compute_fit(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str]:
+        cfg, h, prior = self.config, self._main, self.prior
+        if h.total_weight <= 0.0:
+            if prior is not None:
+                return prior.x, prior.y, prior.platt, prior.method
+            return np.array([0.0, 1.0]), np.array([0.0, 1.0]), None, "identity"
+        ok = h.nonempty()
+        w = np.where(ok, h.weight, 0.0)
+        p = np.where(ok, h.positives, 0.0)
+        x = h.mean_score()
+        center = prior.platt if prior is not None and prior.platt is not None else (1.0, 0.0)
+        a, b = fit_platt(w[ok], p[ok], h.mean_logit()[ok], ridge=cfg.ridge, center=center)
+        platt_knots = sigmoid(a * logit(x) + b)
+        # Platt's limits at s=0 and s=1 (a >= 0 is enforced by the fit).
+        ends = (0.0, 1.0) if a > 0 else (float(sigmoid(b)),) * 2
+        if cfg.method == "platt":
+            y = platt_knots
+        else:
+            base = platt_knots if prior is None else prior.apply(x)
+            if prior is not None:
+                ends = (prior.apply_one(0.0), prior.apply_one(1.0))
+            m = cfg.prior_strength if cfg.prior_strength is not None else eb_prior_strength(w, p, base)
+            y = np.clip(shrunk_isotonic(w, p, base, m), 0.0, 1.0)
+        x = np.concatenate(([0.0], x, [1.0]))
+        y = np.concatenate(([min(ends[0], y[0])], y, [max(ends[1], y[-1])]))
+        # Bin means are strictly increasing in exact arithmetic; drop any knot rounding made non-increasing.
+        keep = np.concatenate(([True], np.diff(x) > 0))
+        if not keep.all():
+            x, y = x[keep], y[keep]
+        return x, y, (a, b), cfg.method
+
+    # ---- merge & persistence ---------------------------------------------------------------------------
+    def merge(self, other: Calibrator) -> Calibrator:
+        """New calibrator equal (up to rounding) to one fed both streams; inputs are unchanged."""
+        if other.config != self.config:
+            raise ValueError("cannot merge calibrators with different configs")
+        if self.prior is not None and other.prior is not None and self.prior != other.prior:
+            raise ValueError("cannot merge calibrators with different priors")
+        out = Calibrator(self.config, self.prior if self.prior is not None else other.prior)
+        times = [c._t_ref for c in (self, other) if c._t_ref is not None]
+        out._t_ref = max(times) if times else None
+        for src in (self, other):
+            if src._t_ref is None:
+                continue
+            dt = out._t_ref - src._t_ref
+            out._main.sums += src._main.sums * 2.0 ** (-dt / self.config.half_life_ms)
+            out._holdout.sums += src._holdout.sums * 2.0 ** (-dt / self.config.holdout_half_life_ms)
+        out._n_seen = self._n_seen + other._n_seen
+        return out
+
+    def to_bytes(self) -> bytes:
+        """u32 header length | orjson header | per histogram: packed non-empty-bin mask + those columns
+        (float64 LE) | prior knots x, y (float64 LE). No pickle; <= 8 KB for the default config."""
+        header: dict[str, Any] = {
+            "format": _FORMAT, "config": dataclasses.asdict(self.config), "t_ref": self._t_ref,
+            "n_seen": self._n_seen,
+        }
+        parts = []
+        for hist in (self._main, self._holdout):
+            mask = np.any(hist.sums != 0.0, axis=0)
+            parts.append(np.packbits(mask).tobytes())
+            parts.append(np.ascontiguousarray(hist.sums[:, mask], dtype="<f8").tobytes())
+        if self.prior is not None:
+            prior_doc = orjson.loads(self.prior.to_json())
+            del prior_doc["x"], prior_doc["y"]
+            header["prior"] = prior_doc
+            header["prior_knots"] = int(self.prior.x.size)
+            parts.append(self.prior.x.astype("<f8").tobytes() + self.prior.y.astype("<f8").tobytes())
+        head = orjson.dumps(header)
+        return _HEADER.pack(len(head)) + head + b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Calibrator:
+        try:
+            (hlen,) = _HEADER.unpack_from(data, 0)
+            header = orjson.loads(data[_HEADER.size:_HEADER.size + hlen])
+            if header.get("format") != _FORMAT:
+                raise ValueError(f"unsupported calibrator format {header.get('format')!r}")
+            config = CalibratorConfig(**header["config"])
+            buf = memoryview(data)[_HEADER.size + hlen:]
+            spec = config.bins
+            hists = []
+            for rows in (4, 3):
+                nmask = (spec.n_bins + 7) // 8
+                mask = np.unpackbits(np.frombuffer(buf[:nmask], dtype=np.uint8))[: spec.n_bins].astype(bool)
+                k = int(mask.sum())
+                cols = np.frombuffer(buf[nmask:nmask + 8 * rows * k], dtype="<f8").reshape(rows, k)
+                sums = np.zeros((rows, spec.n_bins))
+                sums[:, mask] = cols
+                hists.append(Histogram(spec, with_logit=rows == 4, sums=sums))
+                buf = buf[nmask + 8 * rows * k:]
+            prior = None
+            if "prior" in header:
+                n = header["prior_knots"]
+                knots = np.frombuffer(buf[:16 * n], dtype="<f8")
+                prior_doc = header["prior"] | {"x": knots[:n].tolist(), "y": knots[n:].tolist()}
+                prior = CalibrationMap.from_json(orjson.dumps(prior_doc))
+                buf = buf[16 * n:]
+            if len(buf):
+                raise ValueError(f"{len(buf)} trailing bytes")
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"corrupt calibrator state: {exc!r}") from None
+        except ValueError as exc:
+            raise ValueError(f"corrupt calibrator state: {exc}") from None
+        out = cls(config, prior)
+        out._main, out._holdout = hists
+        out._t_ref = header["t_ref"]
+        out._n_seen = header["n_seen"]
+        return out

@@ -1,0 +1,392 @@
+"""The ranker's client: calibrated scores from an in-process cache of the maps published in Redis.
+
+The request path (`calibrate`, `calibrate_one`, `lookup`) only reads Python dicts: no locks, no I/O, no
+exceptions. A daemon thread keeps the cache fresh from the `{prefix}:maps:updated` channel plus a periodic
+check of the `{prefix}:maps` index, and keeps the last good maps serving while Redis is down.
+See docs/serving.md for the Redis contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
+from typing import NamedTuple, Self
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from recalibrators.calibration_map import CalibrationMap
+from recalibrators.segments import fallback_chain, segment_key
+
+__all__ = ["Age", "Backoff", "MapReader", "RedisKeys", "check_model", "map_field"]
+
+log = logging.getLogger(__name__)
+
+_MGET_CHUNK = 1000
+_MAX_DRAIN = 1000  # notifications folded into one load + one cache swap
+_UNRESOLVED = object()
+
+
+def check_model(model: str) -> str:
+    """Model names are Redis key components: non-empty and without ':'."""
+    if not model or ":" in model:
+        raise ValueError(f"model name must be non-empty and must not contain ':', got {model!r}")
+    return model
+
+
+def map_field(m: CalibrationMap) -> str:
+    """`{model}:{segment_key}`: a map's field in the index, its key suffix and its notification prefix."""
+    return f"{check_model(m.model)}:{segment_key(m.segment_dict)}"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The key layout of one namespace (prefix)."""
+
+    prefix: str = "recal"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:maps"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:maps:updated"
+
+    def map(self, field: str) -> str:
+        return f"{self.prefix}:map:{field}"
+
+    def history(self, field: str) -> str:
+        return f"{self.prefix}:hist:{field}"
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: delay k is uniform in [d/2, d], d = min(cap, base * 2**k)."""
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base, self.cap = base, cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return delay * (0.5 + random.random() / 2)  # jitter: clients that failed together spread out
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Age(NamedTuple):
+    map_s: float  # seconds since the map's updated_at (epoch ms): how old the calibration is
+    sync_s: float  # seconds since the reader last confirmed its cache against the index
+
+
+class _Entry(NamedTuple):
+    field: str
+    map: CalibrationMap
+
+
+def _version(raw: bytes) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+class MapReader:
+    """Serves `calibrate*` from cache; `segment_by` maps a model to its coarser fallback levels."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str = "recal",
+        segment_by: Mapping[str, Sequence[Sequence[str]]] | None = None,
+        check_interval: float = 5.0,
+        start: bool = True,
+        *,
+        start_timeout: float = 5.0,
+        socket_timeout: float = 2.0,
+        max_backoff: float = 5.0,
+        resolve_cache_size: int = 100_000,
+    ) -> None:
+        self._url = redis_url
+        self._keys = RedisKeys(prefix)
+        self._segment_by = {
+            model: [list(dims) for dims in levels] for model, levels in (segment_by or {}).items()
+        }
+        self._check_interval = check_interval
+        self._socket_timeout = socket_timeout
+        self._max_backoff = max_backoff
+        self._resolve_cache_size = resolve_cache_size
+        # Copy-on-write state: the sync thread builds new dicts and swaps the references; readers never lock.
+        self._maps: dict[str, CalibrationMap] = {}
+        self._resolved: dict[tuple, _Entry | None] = {}
+        self._rejected_versions: dict[str, int] = {}  # field -> index version we refused; not refetched
+        self._synced_at = 0.0
+        self._connected = False
+        self._unindexed = 0
+        self._last_error = ""
+        # Plain ints: `+=` from request threads may lose a rare increment; fine for counters.
+        self.misses = 0
+        self.rejected = 0
+        self.reloads = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recal-map-reader", daemon=True)
+        if start:
+            self.start(start_timeout)
+
+    # ---- request path -------------------------------------------------------------------------------
+
+    def lookup(self, model: str, segment: Mapping[str, str]) -> CalibrationMap | None:
+        """The map that serves (model, segment) after the fallback chain, or None."""
+        entry = self._entry(model, segment)
+        return None if entry is None else entry.map
+
+    def calibrate_one(self, model: str, segment: Mapping[str, str], score: float) -> float:
+        entry = self._entry(model, segment)
+        if entry is None:
+            self.misses += 1
+            return score
+        if score != score:  # NaN stays NaN, as in the batch path (a bisect would map it to y[-1])
+            return score
+        return entry.map.apply_one(score)
+
+    def calibrate(self, model: str, segment: Mapping[str, str], scores: np.ndarray) -> np.ndarray:
+        """Calibrated scores; the raw `scores` themselves when no map applies."""
+        entry = self._entry(model, segment)
+        if entry is None:
+            self.misses += 1
+            return scores
+        return entry.map.apply(scores)
+
+    def _entry(self, model: str, segment: Mapping[str, str]) -> _Entry | None:
+        resolved = self._resolved  # read before _maps: see _install
+        key = (model, *segment.items())  # insertion order matters only for cache hits, not results
+        entry = resolved.get(key, _UNRESOLVED)
+        if entry is _UNRESOLVED:
+            entry = self._resolve(resolved, key, model, segment)
+        return entry  # type: ignore[return-value]
+
+    def _resolve(self, resolved: dict, key: tuple, model: str, segment: Mapping[str, str]) -> _Entry | None:
+        maps = self._maps
+        try:
+            segment = {str(k): str(v) for k, v in segment.items()}
+            chain = fallback_chain(segment, [list(segment), *self._segment_by.get(model, ())])
+        except Exception:  # a malformed segment must not fail the request: it is a miss
+            log.exception("cannot resolve segment %r of model %r", segment, model)
+            return None
+        entry = None
+        for seg in chain:
+            if (m := maps.get(f"{model}:{seg}")) is not None:
+                entry = _Entry(f"{model}:{seg}", m)
+                break
+        if len(resolved) >= self._resolve_cache_size:
+            resolved.clear()  # bounded memory under high-cardinality segments; hot keys re-resolve
+        resolved[key] = entry
+        return entry
+
+    # ---- observability ------------------------------------------------------------------------------
+
+    def ages(self) -> dict[str, Age]:
+        """Per `{model}:{segment_key}`: age of the map's data and of the last successful sync."""
+        now = time.time()
+        sync_s = now - self._synced_at if self._synced_at else float("inf")
+        return {field: Age(now - m.updated_at / 1000, sync_s) for field, m in self._maps.items()}
+
+    def status(self) -> dict[str, object]:
+        return {
+            "connected": self._connected,
+            "synced": self._synced.is_set(),
+            "last_error": self._last_error,
+            "unindexed": self._unindexed,  # cached maps the index lacks, e.g. Redis restarted empty
+            "maps": len(self._maps),
+            "misses": self.misses,
+            "rejected": self.rejected,
+            "reloads": self.reloads,
+            "errors": self.errors,
+            "sync_age_s": time.time() - self._synced_at if self._synced_at else None,
+        }
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 5.0) -> bool:
+        """Start the sync thread; wait up to `timeout` s for the first full load. Never raises on Redis."""
+        self._thread.start()
+        return self._synced.wait(timeout)
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2 * self._socket_timeout + 1)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- sync thread --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff(cap=self._max_backoff)
+        while not self._stop.is_set():
+            client: redis.Redis | None = None
+            try:
+                client = redis.Redis.from_url(
+                    self._url,
+                    socket_timeout=self._socket_timeout,
+                    socket_connect_timeout=self._socket_timeout,
+                    # Idle pub/sub sockets get pinged, so a silently dead connection is noticed.
+                    health_check_interval=max(1, int(self._check_interval)),
+                    # One immediate retry (a pooled socket broken by a server restart); beyond that our
+                    # backoff loop reconnects, instead of redis-py's default of 10 retries (~5 s blocked).
+                    retry=Retry(NoBackoff(), 1),
+                )
+                self._session(client, backoff)
+            except Exception as exc:  # the thread must survive anything; Redis errors are the usual case
+                self._connected = False
+                self.errors += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, redis.RedisError | OSError):
+                    log.warning(
+                        "map reader: redis unavailable (%s); serving %d cached maps",
+                        self._last_error,
+                        len(self._maps),
+                    )
+                else:
+                    log.exception("map reader: unexpected error; serving %d cached maps", len(self._maps))
+            finally:
+                if client is not None:
+                    client.close()
+            self._stop.wait(backoff.next_delay())
+
+    def _session(self, client: redis.Redis, backoff: Backoff) -> None:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._keys.channel)  # before the full sync, so no update falls in between
+            index = self._sync(client, previous=None)
+            self._connected = True
+            self._last_error = ""
+            backoff.reset()
+            next_check = time.monotonic() + self._check_interval
+            while not self._stop.is_set():
+                wait = min(max(next_check - time.monotonic(), 0.0), 0.2)  # 0.2 s: close() stays prompt
+                changed = self._drain(pubsub, wait)
+                if changed:
+                    self._load(client, changed, authoritative=False)
+                if time.monotonic() >= next_check:
+                    index = self._sync(client, previous=index)
+                    next_check = time.monotonic() + self._check_interval
+        finally:
+            pubsub.close()
+
+    def _drain(self, pubsub: redis.client.PubSub, wait: float) -> dict[str, int]:
+        """Pending notifications as field -> announced version, skipping ones the cache already has."""
+        changed: dict[str, int] = {}
+        msg = pubsub.get_message(timeout=wait)
+        while msg is not None:
+            if msg.get("type") == "message":
+                field, _, version = msg["data"].decode(errors="replace").rpartition(":")
+                try:
+                    v = int(version)
+                except ValueError:
+                    log.warning("map reader: ignoring malformed notification %r", msg["data"])
+                else:
+                    cur = self._maps.get(field)
+                    if (cur is None or v > cur.version) and self._rejected_versions.get(field) != v:
+                        changed[field] = max(v, changed.get(field, v))
+            if len(changed) >= _MAX_DRAIN:
+                break  # the rest stays queued for the next round
+            msg = pubsub.get_message(timeout=0)
+        return changed
+
+    def _sync(self, client: redis.Redis, previous: Set[str] | None) -> Set[str]:
+        """Compare the index with the cache: load what differs, drop what was deleted; the index fields.
+
+        A deletion is a field seen leaving the index between two checks of one session. A cached map that
+        is simply absent (the first check after a reconnect to a Redis that lost its data) keeps serving
+        and is counted as `unindexed`: dropping every calibration at once would be the worse failure.
+        """
+        index = {f.decode(errors="replace"): _version(v) for f, v in client.hgetall(self._keys.index).items()}
+        maps = self._maps
+        stale = {
+            f: v
+            for f, v in index.items()
+            if v is not None  # a foreign, non-numeric index value: keep what we serve for that key
+            and ((cur := maps.get(f)) is None or cur.version != v)
+            and self._rejected_versions.get(f) != v
+        }
+        deleted = [f for f in previous or () if f not in index]
+        self._load(client, stale, authoritative=True, deleted=deleted)
+        self._unindexed = sum(f not in index for f in self._maps)
+        self._synced_at = time.time()
+        self._synced.set()
+        return index.keys()
+
+    def _load(
+        self, client: redis.Redis, fields: Mapping[str, int], authoritative: bool, deleted: Iterable[str] = ()
+    ) -> None:
+        """Fetch and validate `fields` (field -> expected version); swap in one new cache.
+
+        Pub/sub updates only move a key forward. The index is authoritative: a lower version there (a
+        namespace rebuilt from scratch) replaces the cached map too.
+        """
+        names = list(fields)
+        updates: dict[str, CalibrationMap] = {}
+        for start in range(0, len(names), _MGET_CHUNK):
+            chunk = names[start : start + _MGET_CHUNK]
+            for field, raw in zip(chunk, client.mget([self._keys.map(f) for f in chunk]), strict=True):
+                if raw is None:
+                    continue  # deleted after the index read; the next check drops it
+                m = self._validate(field, raw, fields[field])
+                if m is None:
+                    continue
+                cur = self._maps.get(field)
+                if cur is None or m.version > cur.version or (authoritative and m.version == fields[field]):
+                    updates[field] = m
+        deleted = [f for f in deleted if f in self._maps]
+        if updates or deleted:
+            new = dict(self._maps)
+            new.update(updates)
+            for f in deleted:
+                del new[f]
+            self._install(new)
+            self.reloads += len(updates)
+            if deleted:
+                log.info("map reader: %d maps deleted from the index", len(deleted))
+
+    def _validate(self, field: str, raw: bytes, version: int) -> CalibrationMap | None:
+        """The parsed map, or None (counted, logged once per version) for anything we must not apply."""
+        try:
+            m = CalibrationMap.from_json(raw)
+            if map_field(m) != field:
+                raise ValueError(f"value under {field!r} belongs to {map_field(m)!r}")
+        except ValueError as exc:
+            self.rejected += 1
+            self._rejected_versions[field] = version
+            log.error(
+                "map reader: rejected map %s (index version %d): %s; keeping the previous one",
+                field,
+                version,
+                exc,
+            )
+            return None
+        self._rejected_versions.pop(field, None)
+        return m
+
+    def _install(self, maps: dict[str, CalibrationMap]) -> None:
+        # Order matters: _entry reads _resolved then _maps, so every entry in the new resolution cache is
+        # computed from the new maps; lookups racing this swap write into the discarded dict.
+        self._maps = maps
+        self._resolved = {}

@@ -1,0 +1,121 @@
+"""The Faust application a `recal worker` runs.
+
+    raw topics --(JoinWorker: batched consume, validate, join, partial calibrators)--> recal-labeled
+                                                  \\--> recal-partials --(agent: aggregate)--> table
+    timer(refresh) --> merge partials, quality gate --> fenced publish to Redis
+
+Faust supplies the worker process, the aggregation agent and its changelogged table, the refresh
+timer, the web server (health, metrics) and graceful shutdown; the hot path is `JoinWorker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+import mode
+import redis
+
+from streams.aggregator import Aggregator, MapState, encode_partial
+from streams.config import Config
+from streams.join_worker import JoinWorker
+from streams.publisher import MapPublisher, RetryingPublisher
+
+log = logging.getLogger("recal.app")
+
+
+class JoinService(mode.Service):
+    """Runs the JoinWorker inside the Faust worker's lifecycle."""
+
+    def __init__(self, worker: JoinWorker, **kwargs) -> None:
+        self.worker = worker
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.worker.start()
+        self.add_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.worker.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("join worker crashed; stopping so the supervisor restarts us")
+            await self.crash(exc)
+
+    async def on_stop(self) -> None:
+        await self.worker.stop()
+
+
+def create_app(config: Config) -> faust.App:
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka://{config.broker}",
+        broker_credentials=None,
+        store="memory://",
+        web_port=config.web_port,
+        web_host="0.0.0.0",
+        topic_partitions=config.partitions,
+        topic_allow_declare=True,
+        broker_session_timeout=config.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(0.5, config.session_timeout_ms / 5000),
+        producer_acks=-1,
+        table_cleanup_interval=60,
+    )
+    partials_topic = app.topic(config.topics.partials, key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw", partitions=config.partitions)
+    table = app.Table("partials", default=None, key_type=bytes, value_type=bytes, partitions=config.partitions)
+    aggregator = Aggregator(config.model)
+    cache = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
+    publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
+
+    async def send_partials(partials) -> None:
+        for partition, (model, version, segment), calibrator in partials:
+            await partials_topic.send(key=f"{model}:{segment}".encode(),
+                                      value=encode_partial(partition, model, version, segment, calibrator))
+
+    join = JoinWorker(config, on_partials=send_partials)
+    app.service(JoinService(join, loop=app.loop, beacon=app.beacon))
+
+    @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
+    async def aggregate(stream):
+        async for event in stream.events():
+            key = event.key.decode()
+            try:
+                stored = table.get(event.key)
+                state = aggregator.add(key, event.value, MapState.decode(stored) if stored else None)
+                table[event.key] = state.encode()
+            except ValueError as exc:
+                log.warning("dropping malformed partial for %s: %s", key, exc)
+
+    @app.timer(config.refresh_interval_ms / 1000)
+    async def refresh() -> None:
+        maps = aggregator.take_dirty(int(time.time() * 1000))
+        publisher.submit(maps)
+        await asyncio.to_thread(publisher.flush)
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"ok": True})
+
+    @app.page("/readyz")
+    async def readyz(web, request):
+        """Ready when the join owns its partitions (recovery done) and Redis answered lately."""
+        checks = {"partitions_assigned": join.ready.is_set(), "redis": not publisher.pending}
+        return web.json(checks, status=200 if all(checks.values()) else 503)
+
+    @app.page("/stats")
+    async def stats(web, request):
+        s = join.stats
+        return web.json({
+            "events_in": dict(s.events_in), "dead_letters": dict(s.dead_letters), "join": dict(s.join),
+            "labeled": dict(s.labeled), "rekeyed": s.rekeyed, "snapshots": s.snapshots, "batches": s.batches,
+            "partitions": sorted(join.parts), "pending": sum(len(p.join.pending) for p in join.parts.values()),
+            "maps_published": publisher.published, "maps_refused_stale": publisher.refused,
+            "gate_refusals": aggregator.gate_refusals, "publish_failures": publisher.failures,
+        })
+
+    return app

@@ -1,0 +1,66 @@
+"""`recal`: the command line of the stream workers, the simulator, the maps in Redis and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from streams import maps_cmd, simulate_cmd
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import create_app
+    from streams.config import load_config
+    from streams.topics import ensure_topics
+
+    config = load_config(args.config, broker=args.broker, redis=args.redis, web_port=args.web_port)
+    asyncio.run(ensure_topics(config, create_sources=args.create_topics))
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel=args.loglevel)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a stream worker (join, calibrate, publish)")
+    worker.add_argument("--config", help="TOML config file (models, topics, worker settings)")
+    worker.add_argument("--broker", help="Kafka bootstrap servers (env RECAL_BROKER)")
+    worker.add_argument("--redis", help="Redis URL (env RECAL_REDIS)")
+    worker.add_argument("--web-port", type=int, help="health/metrics port (default 6066)")
+    worker.add_argument("--create-topics", action="store_true", help="create missing source topics (dev)")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=_worker)
+
+    demo = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, then a report")
+    demo.add_argument("--rate", type=float, default=3000.0, help="impressions per wall second")
+    demo.add_argument("--duration", type=float, default=75.0, help="wall seconds of traffic")
+    demo.add_argument("--speed", type=float, default=120.0, help="event seconds per wall second")
+    demo.add_argument("--out", default="artifacts", help="where the report and the PNG go")
+    demo.set_defaults(func=_demo)
+
+    simulate_cmd.register(sub)
+    maps_cmd.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Worker configuration: one TOML file (`--config`), environment variables override connections.
+
+Per model: which label it predicts, which impressions are its population, the attribution window,
+the segment fallback chain and the calibrator's parameters. A model that is not in the file gets
+``[defaults]`` (the worker logs that once).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration_ms(value: str | int | float) -> int:
+    """'30s' -> 30000. Bare numbers are milliseconds.
+
+    >>> parse_duration_ms("1.5h"), parse_duration_ms("7d"), parse_duration_ms(250)
+    (5400000, 604800000, 250)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (expected a number with a unit: ms, s, m, h, d)")
+    return int(float(match.group(1)) * _UNITS_MS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    label: str = "click"  # click | conversion
+    population: str = "impression"  # impression | click
+    window_ms: int = 3_600_000  # attribution window, measured from the impression
+    click_window_ms: int = 3_600_000  # population=click: the click must land within this
+    segment_by: tuple[tuple[str, ...], ...] = (("platform", "placement"), ("placement",))
+    half_life_ms: int = 6 * 3_600_000
+    refresh_interval_ms: int = 5_000
+    allowed_lateness_ms: int = 30_000
+    method: str = "isotonic"
+    n_bins: int = 0  # 0: the calibrator's default
+    prior_strength: float = 0.0  # 0: the calibrator's default
+    min_samples: float = 200.0  # quality gate: effective samples before a first publish
+    max_change: float = 0.0  # quality gate: max relative change per refresh, 0 = unbounded
+    on_new_version: str = "warm_start"  # warm_start | reset
+
+    def __post_init__(self) -> None:
+        if self.label not in ("click", "conversion"):
+            raise ValueError(f"label must be 'click' or 'conversion', not {self.label!r}")
+        if self.population not in ("impression", "click"):
+            raise ValueError(f"population must be 'impression' or 'click', not {self.population!r}")
+        if self.population == "click" and self.label == "click":
+            raise ValueError("population='click' needs label='conversion' (a clicked impression is clicked)")
+        if self.on_new_version not in ("warm_start", "reset"):
+            raise ValueError(f"on_new_version must be 'warm_start' or 'reset', not {self.on_new_version!r}")
+        for name in ("window_ms", "click_window_ms", "half_life_ms", "refresh_interval_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.removesuffix('_ms')} must be positive")
+
+    @property
+    def horizon_ms(self) -> int:
+        """How long after the impression this model may still change its label."""
+        return self.window_ms if self.population == "impression" else max(self.window_ms, self.click_window_ms)
+
+
+_DURATION_KEYS = {
+    "window": "window_ms",
+    "click_window": "click_window_ms",
+    "half_life": "half_life_ms",
+    "refresh_interval": "refresh_interval_ms",
+    "allowed_lateness": "allowed_lateness_ms",
+}
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+
+
+def _model_kwargs(table: dict[str, Any], where: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _DURATION_KEYS:
+            kwargs[_DURATION_KEYS[key]] = parse_duration_ms(value)
+        elif key == "segment_by":
+            if not all(isinstance(dims, list) and all(isinstance(d, str) for d in dims) for dims in value):
+                raise ValueError(f"{where}.segment_by must be a list of lists of dimension names")
+            kwargs[key] = tuple(tuple(dims) for dims in value)
+        elif key in _MODEL_KEYS and not key.endswith("_ms"):
+            kwargs[key] = value
+        else:
+            raise ValueError(f"unknown key {where}.{key}")
+    return kwargs
+
+
+@dataclass(frozen=True)
+class Topics:
+    impressions: str = "ad-impressions"
+    clicks: str = "ad-clicks"
+    conversions: str = "ad-conversions"
+    rekeyed: str = "recal-rekeyed"
+    labeled: str = "recal-labeled"
+    state: str = "recal-join-state"
+    partials: str = "recal-partials"
+    deadletter: str = "recal-deadletter"
+
+    @property
+    def sources(self) -> tuple[str, str, str, str]:
+        """The join's inputs, co-partitioned by impression_id."""
+        return (self.impressions, self.clicks, self.conversions, self.rekeyed)
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Kafka TLS/SASL; set from RECAL_KAFKA_* environment variables (secrets never go in the file)."""
+
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+
+    ENV: ClassVar[dict[str, str]] = {
+        "security_protocol": "RECAL_KAFKA_SECURITY_PROTOCOL",
+        "sasl_mechanism": "RECAL_KAFKA_SASL_MECHANISM",
+        "sasl_username": "RECAL_KAFKA_SASL_USERNAME",
+        "sasl_password": "RECAL_KAFKA_SASL_PASSWORD",
+        "ssl_cafile": "RECAL_KAFKA_SSL_CAFILE",
+    }
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> KafkaSecurity:
+        return cls(**{name: env[var] for name, var in cls.ENV.items() if env.get(var)})
+
+    def client_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if "SSL" in self.security_protocol:
+            import ssl
+
+            args["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        if self.security_protocol.startswith("SASL"):
+            args.update(sasl_mechanism=self.sasl_mechanism or "PLAIN",
+                        sasl_plain_username=self.sasl_username, sasl_plain_password=self.sasl_password)
+        return args
+
+
+@dataclass(frozen=True)
+class Config:
+    broker: str = "localhost:9092"
+    redis: str = "redis://localhost:6379/0"
+    prefix: str = "recal"
+    app_id: str = "recal"
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 4  # for the internal topics the worker creates
+    defaults: ModelConfig = field(default_factory=ModelConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    max_message_bytes: int = 1_000_000
+    max_predictions: int = 64
+    max_future_skew_ms: int = 86_400_000  # events further ahead of the wall clock are rejected
+    grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat
+    max_label_lag: int = 5_000  # records: while a click/conversion partition lags more, windows stay open
+    holdout_percent: int = 10  # examples held back from fitting, for the quality gate
+    checkpoint_interval_ms: int = 5_000  # join state snapshots
+    partials_interval_ms: int = 1_000  # how often changed partial calibrators go to the aggregator
+    session_timeout_ms: int = 10_000
+    web_port: int = 6066
+    kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def kafka_client_args(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients: bootstrap servers plus TLS/SASL settings."""
+        return {"bootstrap_servers": self.broker, **self.kafka.client_args()}
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models.get(name, self.defaults)
+
+    @property
+    def refresh_interval_ms(self) -> int:
+        return min([m.refresh_interval_ms for m in self.models.values()] + [self.defaults.refresh_interval_ms])
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """Read the TOML file (if any), then environment variables, then explicit overrides."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = tomllib.loads(Path(path).read_text()) if path else {}
+    defaults = ModelConfig(**_model_kwargs(data.pop("defaults", {}), "defaults"))
+    models = {
+        name: ModelConfig(**{**_asdict(defaults), **_model_kwargs(table, f"models.{name}")})
+        for name, table in data.pop("models", {}).items()
+    }
+    for name in models:
+        if ":" in name:
+            raise ValueError(f"model name {name!r} must not contain ':'")
+    topics = Topics(**data.pop("topics", {}))
+    worker = data.pop("worker", {})
+    for key in ("grace", "checkpoint_interval", "partials_interval", "max_future_skew", "session_timeout"):
+        if key in worker:
+            worker[f"{key}_ms"] = parse_duration_ms(worker.pop(key))
+    if data:
+        raise ValueError(f"unknown top-level keys in config: {sorted(data)}")
+    settings: dict[str, Any] = {**worker, "defaults": defaults, "models": models, "topics": topics,
+                                "kafka": KafkaSecurity.from_env(env)}
+    for key, var in (("broker", "RECAL_BROKER"), ("redis", "RECAL_REDIS"), ("prefix", "RECAL_PREFIX")):
+        if env.get(var):
+            settings[key] = env[var]
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**settings)
+
+
+def _asdict(model: ModelConfig) -> dict[str, Any]:
+    return {f.name: getattr(model, f.name) for f in fields(model)}

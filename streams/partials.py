@@ -1,0 +1,80 @@
+"""Per-partition ("partial") calibrators: the labeled examples of one join partition, folded into a
+calibrator per (model, model version, segment key) for every level of the model's fallback chain.
+
+Partials are absolute states, not deltas: the aggregator keeps the latest partial of each partition
+and merges them, so a partial sent twice (a retry, a restart) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from recalibrators.calibrator import Calibrator, CalibratorConfig
+from recalibrators.segments import fallback_chain
+from streams.config import ModelConfig
+
+CalibratorKey = tuple[str, str, str]  # model, model version, segment key
+
+
+def calibrator_config(model: ModelConfig) -> CalibratorConfig:
+    overrides: dict[str, Any] = {"method": model.method, "half_life_ms": float(model.half_life_ms)}
+    if model.n_bins:
+        overrides["n_bins"] = model.n_bins
+    if model.prior_strength:
+        overrides["prior_strength"] = model.prior_strength
+    return CalibratorConfig(**overrides)
+
+
+class PartialCalibrators:
+    """The calibrators fed by one partition's labeled examples."""
+
+    def __init__(self, model_config: Callable[[str], ModelConfig]) -> None:
+        self._model_config = model_config
+        self.calibrators: dict[CalibratorKey, Calibrator] = {}
+        self.dirty: set[CalibratorKey] = set()
+
+    def learn(self, columns: dict[str, np.ndarray], models: list[str], versions: list[str],
+              segments: list[dict[str, str]]) -> None:
+        """Fold a batch of examples in; indices in `columns` point into the three string tables."""
+        if not len(columns["label"]):
+            return
+        group = (columns["model"].astype(np.int64) << 48) | (columns["version"].astype(np.int64) << 32) \
+            | columns["segment"].astype(np.int64)
+        order = np.argsort(group, kind="stable")  # stable: each group keeps the record's order
+        sorted_group = group[order]
+        starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        for start, end in zip(starts, ends, strict=True):
+            rows = order[start:end]
+            first = rows[0]
+            model = models[columns["model"][first]]
+            version = versions[columns["version"][first]]
+            cfg = self._model_config(model)
+            scores, labels = columns["score"][rows], columns["label"][rows]
+            ts, holdout = columns["ts"][rows], columns["holdout"][rows]
+            for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
+                key = (model, version, segment)
+                calibrator = self.calibrators.get(key)
+                if calibrator is None:
+                    calibrator = self.calibrators[key] = Calibrator(calibrator_config(cfg))
+                calibrator.learn_batch(scores, labels, ts_ms=ts, holdout=holdout)
+                self.dirty.add(key)
+
+    def take_dirty(self) -> list[tuple[CalibratorKey, Calibrator]]:
+        dirty, self.dirty = self.dirty, set()
+        return [(key, self.calibrators[key]) for key in sorted(dirty)]
+
+    def to_blobs(self) -> tuple[list[list[str]], list[bytes]]:
+        keys = sorted(self.calibrators)
+        return [list(k) for k in keys], [self.calibrators[k].to_bytes() for k in keys]
+
+    @classmethod
+    def from_blobs(cls, model_config: Callable[[str], ModelConfig], keys: list[list[str]],
+                   blobs: list[bytes]) -> PartialCalibrators:
+        partials = cls(model_config)
+        for key, blob in zip(keys, blobs, strict=True):
+            partials.calibrators[tuple(key)] = Calibrator.from_bytes(bytes(blob))
+        return partials

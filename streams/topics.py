@@ -1,0 +1,41 @@
+"""Topic set-up: the join's inputs and outputs must be co-partitioned (same partition count)."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.config import Config
+
+
+async def ensure_topics(config: Config, create_sources: bool = False) -> int:
+    """Create missing internal topics with the sources' partition count; return that count.
+
+    Source topics belong to the producers; with `create_sources` (dev, demo) missing ones are
+    created with `config.partitions`. A partition-count mismatch among the co-partitioned topics is
+    refused with a clear error instead of silently joining the wrong events.
+    """
+    admin = AIOKafkaAdminClient(**config.kafka_client_args())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        topics = config.topics
+        missing_sources = [t for t in topics.sources[:3] if t not in existing]
+        if missing_sources and create_sources:
+            await admin.create_topics([NewTopic(t, config.partitions, 1) for t in missing_sources])
+            existing.update(missing_sources)
+        elif missing_sources:
+            raise RuntimeError(f"source topics missing: {missing_sources} (create them, or pass --create-topics)")
+        described = await admin.describe_topics([t for t in topics.sources if t in existing])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        n = counts[topics.impressions]
+        wrong = {t: c for t, c in counts.items() if c != n}
+        if wrong:
+            raise RuntimeError(f"topics must be co-partitioned with {topics.impressions} ({n} partitions): {wrong}")
+        internal = [(topics.rekeyed, n), (topics.labeled, n), (topics.state, n),
+                    (topics.partials, config.partitions), (topics.deadletter, config.partitions)]
+        new = [NewTopic(t, p, 1) for t, p in internal if t not in existing]
+        if new:
+            await admin.create_topics(new)
+        return n
+    finally:
+        await admin.close()
