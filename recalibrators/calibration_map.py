@@ -19,6 +19,8 @@ __all__ = ["MAX_KNOTS", "SCHEMA_VERSION", "CalibrationMap", "identity_map"]
 
 SCHEMA_VERSION = 1
 MAX_KNOTS = 4096  # sanity bound: calibrator maps have n_bins + 2 knots
+_GRID = 1024  # cells of the sqrt(score) lookup grid used by `apply` on large batches
+_MAX_WALK = 3  # grid cells holding more knots than this fall back to np.interp
 
 _REQUIRED = {
     "schema": int, "model": str, "model_version": str, "segment": dict, "version": int, "updated_at": int,
@@ -79,6 +81,7 @@ class CalibrationMap:
     metrics: Any = None
     _xs: memoryview = dataclasses.field(init=False, repr=False)
     _ys: memoryview = dataclasses.field(init=False, repr=False)
+    _grid: tuple | None = dataclasses.field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         x, y = _knots("x", self.x), _knots("y", self.y)
@@ -105,6 +108,8 @@ class CalibrationMap:
         for name in ("last_event_ms", "version", "updated_at"):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.version < 0:
+            raise ValueError(f"version must be >= 0, got {self.version}")
         platt = self.platt
         if platt is not None:
             if len(platt) != 2 or not all(_is_number(v) and math.isfinite(v) for v in platt):
@@ -137,8 +142,43 @@ class CalibrationMap:
         return None if self.metrics is None else dict(self.metrics)
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
-        """Vectorised map; clamps to y[0] / y[-1] outside the knot range."""
-        return np.interp(scores, self.x, self.y)
+        """Vectorised map, bit-identical to np.interp(scores, x, y) (clamped outside the knot range).
+
+        np.interp binary-searches every score (~30 ns each); for large batches a lookup grid uniform in
+        sqrt(score) (fine where CTR knots are dense) gives each score's knot interval in a few gathers (~3x
+        faster). The grid is built lazily on the first large batch and cached (a pure cache: maps stay equal).
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        if s.size < 256 or s.ndim != 1:
+            return np.interp(s, self.x, self.y)
+        if self._grid is None:
+            object.__setattr__(self, "_grid", self._build_grid())
+        table, x_next, slope, walk = self._grid
+        if walk > _MAX_WALK:
+            return np.interp(s, self.x, self.y)
+        x, y = self.x, self.y
+        s = np.clip(s, x[0], x[-1])
+        cell = np.sqrt(s)
+        cell *= _GRID
+        with np.errstate(invalid="ignore"):  # NaN scores: any cell will do, the result stays NaN
+            idx = cell.astype(np.intp)
+        np.clip(idx, 0, _GRID - 1, out=idx)
+        i = table[idx]
+        for _ in range(walk):
+            i += x_next[i] <= s
+        out = s - x[i]
+        out *= slope[i]
+        out += y[i]
+        return out
+
+    def _build_grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        x, y = self.x, self.y
+        bounds = (np.arange(_GRID + 1) / _GRID) ** 2
+        # table[c] = last knot <= start of cell c; a score in the cell is at most `walk` knots further.
+        table = np.maximum(np.searchsorted(x, bounds[:-1], side="right") - 1, 0)
+        walk = int(np.max(np.searchsorted(x, bounds[1:], side="left") - 1 - table, initial=0))
+        slope = np.append(np.diff(y) / np.diff(x), 0.0)  # last knot: flat, so s == x[-1] gives y[-1]
+        return table, np.append(x[1:], np.inf), slope, max(walk, 0)
 
     def apply_one(self, score: float) -> float:
         """Scalar fast path, same formula as np.interp."""

@@ -18,7 +18,7 @@ import orjson
 
 from .calibration_map import CalibrationMap
 from .histogram import BinSpec, Histogram, logit, sigmoid
-from .isotonic import eb_prior_strength, shrunk_isotonic
+from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
 from .platt import fit_platt
 from .validation import check_batch, check_timestamps
 
@@ -214,6 +214,8 @@ class Calibrator:
                 ends = (prior.apply_one(0.0), prior.apply_one(1.0))
             m = cfg.prior_strength if cfg.prior_strength is not None else eb_prior_strength(w, p, base)
             y = np.clip(shrunk_isotonic(w, p, base, m), 0.0, 1.0)
+            if prior is None:  # a previous model's map is not fitted to this data: its total may be off
+                y = match_total(y, w, p, cfg.ridge)
         x = np.concatenate(([0.0], x, [1.0]))
         y = np.concatenate(([min(ends[0], y[0])], y, [max(ends[1], y[-1])]))
         # Bin means are strictly increasing in exact arithmetic; drop any knot rounding made non-increasing.

@@ -145,6 +145,3 @@ class Histogram:
 
     def scale(self, factor: float) -> None:
         self.sums *= factor
-
-    def copy(self) -> Histogram:
-        return Histogram(self.spec, self.with_logit, self.sums.copy())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["eb_prior_strength", "pav", "shrunk_isotonic"]
+__all__ = ["eb_prior_strength", "match_total", "pav", "shrunk_isotonic"]
 
 
 def pav(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -90,3 +90,24 @@ def eb_prior_strength(
         return np.full(weight.shape, cap)
     tau2 = excess / float(np.sum(eg[live] ** 2 / vg[live]))
     return np.clip((1.0 - prior_rate) / (tau2 * prior_rate), 1.0, cap)
+
+
+def match_total(rate: np.ndarray, weight: np.ndarray, positives: np.ndarray, ridge: float) -> np.ndarray:
+    """Shift a monotone rate curve by delta in logit space so that sum W * rate = sum P (calibration in the
+    large), with the same ridge as Platt on delta.
+
+    Per-bin shrinkage weights differ across bins, so even toward a prior that matches the total (Platt does)
+    the shrunk fit can be biased overall (seen: -1.5% at 1M events). A logit shift keeps the curve monotone
+    and inside (0, 1).
+    """
+    r = np.clip(rate, 1e-15, 1.0 - 1e-15)
+    z = np.log(r / (1.0 - r))
+    target = float(positives.sum())
+    delta = 0.0
+    for _ in range(50):
+        mu = np.exp(-np.logaddexp(0.0, -(z + delta)))
+        step = (float(weight @ mu) - target + ridge * delta) / (float(weight @ (mu * (1.0 - mu))) + ridge)
+        delta -= step
+        if abs(step) < 1e-12:
+            break
+    return np.exp(-np.logaddexp(0.0, -(z + delta)))

@@ -98,6 +98,12 @@ class Aggregator:
         self.dirty.add(key)
         return current
 
+    def restore(self, key: MapKey, state: MapState) -> None:
+        """Adopt a stored state (when this process has none) and mark the key for a rebuild."""
+        self.states.setdefault(key, state)
+        self.dirty.add(key)
+        self.published.pop(key, None)  # the map is gone from Redis: publish without a change bound
+
     def build(self, key: MapKey, now_ms: int | None = None) -> CalibrationMap | None:
         """The map to publish for `key`, or None when the quality gate holds it back."""
         state = self.states[key]

@@ -18,6 +18,7 @@ import faust
 import mode
 import redis
 
+from recalibrators.reader import RedisKeys
 from streams.aggregator import Aggregator, MapState, encode_partial
 from streams.config import Config
 from streams.join_worker import JoinWorker
@@ -91,8 +92,22 @@ def create_app(config: Config) -> faust.App:
             except ValueError as exc:
                 log.warning("dropping malformed partial for %s: %s", key, exc)
 
+    index_key = RedisKeys(config.prefix).index
+
+    def redis_lost_maps() -> bool:
+        """Redis came back empty (restart without persistence, failover, FLUSHALL)?"""
+        try:
+            return bool(aggregator.published) and not cache.exists(index_key)
+        except redis.RedisError:
+            return False  # unreachable: RetryingPublisher already counts and backs off
+
     @app.timer(config.refresh_interval_ms / 1000)
     async def refresh() -> None:
+        if await asyncio.to_thread(redis_lost_maps):
+            # Rebuild every map this worker owns from the table, not only the changed ones.
+            for key, stored in table.items():
+                aggregator.restore(key.decode(), MapState.decode(stored))
+            log.warning("Redis has no map index: republishing %d maps", len(aggregator.dirty))
         maps = aggregator.take_dirty(int(time.time() * 1000))
         publisher.submit(maps)
         await asyncio.to_thread(publisher.flush)

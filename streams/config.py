@@ -161,7 +161,7 @@ class Config:
     max_predictions: int = 64
     max_future_skew_ms: int = 86_400_000  # events further ahead of the wall clock are rejected
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat
-    max_label_lag: int = 5_000  # records: while a click/conversion partition lags more, windows stay open
+    max_label_lag: int = 0  # records: while a click/conversion partition lags more, windows stay open
     holdout_percent: int = 10  # examples held back from fitting, for the quality gate
     checkpoint_interval_ms: int = 5_000  # join state snapshots
     partials_interval_ms: int = 1_000  # how often changed partial calibrators go to the aggregator

@@ -122,6 +122,11 @@ class PartitionJoin:
         self.converted: dict[str, int] = {}
         self.resolved: dict[str, int] = {}  # bitmask of slots already decided (emitted or late)
         self.early: dict[str, list[Action]] = {}
+        # Ids decided and forgotten within the last one or two grace periods: a click for one of
+        # them is late, not an orphan. Two rotating generations bound this to ~grace x rate ids.
+        self.decided: set[str] = set()
+        self.decided_prev: set[str] = set()
+        self._decided_gen = 0
         self._buckets: dict[int, list[str]] = {}
         self._bucket_heap: list[int] = []
         self._early_buckets: dict[int, list[str]] = {}
@@ -196,6 +201,7 @@ class PartitionJoin:
         entry = b"".join(parts)
         if late == (1 << len(event.predictions)) - 1:
             self.counters["late_impression"] += 1
+            self.decided.add(impression_id)
             return
         self.pending[impression_id] = entry
         if late:
@@ -213,7 +219,8 @@ class PartitionJoin:
         entry = self.pending.get(action.impression_id)
         if entry is not None:
             self._apply(action, action.impression_id, entry)
-        elif action.ts + self.grace_ms <= self.high_mark:
+        elif action.ts + self.grace_ms <= self.high_mark or action.impression_id in self.decided \
+                or action.impression_id in self.decided_prev:
             self.counters[f"late_{_kind(action)}"] += 1
         else:
             waiting = self.early.setdefault(action.impression_id, [])
@@ -264,6 +271,10 @@ class PartitionJoin:
     # -- event-time progress -------------------------------------------------------------------
     def expire(self) -> None:
         """Emit negatives (and drop unclicked post-click slots) whose windows have closed."""
+        generation = self.high_mark // max(self.grace_ms, 1)
+        if generation != self._decided_gen:
+            self.decided_prev = self.decided if generation == self._decided_gen + 1 else set()
+            self.decided, self._decided_gen = set(), generation
         limit = self.high_mark // _BUCKET_MS  # buckets strictly below hold only due entries
         heap, buckets = self._bucket_heap, self._buckets
         while heap and heap[0] < limit:
@@ -302,6 +313,7 @@ class PartitionJoin:
 
     def _forget(self, impression_id: str) -> None:
         del self.pending[impression_id]
+        self.decided.add(impression_id)
         self.clicked.pop(impression_id, None)
         self.converted.pop(impression_id, None)
         self.resolved.pop(impression_id, None)
@@ -328,6 +340,9 @@ class PartitionJoin:
             "converted": self.converted,
             "resolved": self.resolved,
             "early": {k: [list(a) for a in v] for k, v in self.early.items()},
+            "decided": sorted(self.decided),
+            "decided_prev": sorted(self.decided_prev),
+            "decided_gen": self._decided_gen,
         }
         head = orjson.dumps(header)
         return struct.pack("<I", len(head)) + head + b"".join(entries)
@@ -345,6 +360,8 @@ class PartitionJoin:
         join.segments = Interner(header["segments"])
         join.clicked, join.converted = header["clicked"], header["converted"]
         join.resolved = header["resolved"]
+        join.decided, join.decided_prev = set(header["decided"]), set(header["decided_prev"])
+        join._decided_gen = header["decided_gen"]
         pos = 4 + head_len
         for impression_id, length in zip(header["ids"], header["lengths"], strict=True):
             entry = data[pos:pos + length]

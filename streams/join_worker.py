@@ -164,6 +164,12 @@ class JoinWorker:
             state = self.parts.get(tp.partition)
             if state is None:  # revoked while the fetch was in flight
                 continue
+            expected = state.offsets.get(tp.topic)
+            if expected is not None and messages[0].offset < expected:
+                # fetched before an assignment seeked back (or a refetch): already in the state
+                messages = [m for m in messages if m.offset >= expected]
+                if not messages:
+                    continue
             touched.add(tp.partition)
             for message in messages:
                 kind = self._kinds.get(tp.topic)

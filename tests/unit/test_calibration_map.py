@@ -52,6 +52,19 @@ def test_apply_and_apply_one_agree_with_interp():
     assert identity_map().apply_one(0.37) == 0.37
 
 
+@pytest.mark.parametrize("n_knots", [2, 3, 98, 600, 4096])
+def test_large_batch_apply_is_bit_identical_to_interp(n_knots):
+    rng = np.random.default_rng(n_knots)
+    x = np.unique(np.concatenate([[0.0, 1.0], rng.random(n_knots) ** 4]))[:n_knots]
+    y = np.sort(rng.random(x.size))
+    m = CalibrationMap(x=x, y=y, method="t", n=0, positives=0, last_event_ms=0)
+    s = np.concatenate([rng.random(5000) ** 3, x, [-1.0, 0.0, 1.0, 2.0, np.nan, 5e-324]])
+    np.testing.assert_array_equal(m.apply(s), np.interp(s, m.x, m.y))
+    inner = m.with_meta(x=[0.1, 0.2, 0.9], y=[0.1, 0.3, 0.5])
+    s = rng.uniform(-0.2, 1.2, 5000)
+    np.testing.assert_array_equal(inner.apply(s), np.interp(s, inner.x, inner.y))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -65,6 +78,7 @@ def test_apply_and_apply_one_agree_with_interp():
         ({"y": [0.0, 0.005, 0.12, 1.5]}, r"\[0, 1\]"),
         ({"n": float("nan")}, "n must be"),
         ({"version": 1.5}, "version must be an integer"),
+        ({"version": -1}, "version must be >= 0"),
         ({"platt": (1.0, float("inf"))}, "platt"),
         ({"segment": {"k": 1}}, "segment"),
     ],

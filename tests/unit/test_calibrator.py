@@ -83,7 +83,7 @@ def test_warm_start_shrinks_sparse_bins_toward_the_prior():
     m = CFG.prior_strength  # posterior (P + m q) / (W + m) with q = prior(0.1) = 0.05
     assert warm.to_map().apply_one(0.1) == pytest.approx((3 + m * 0.05) / (3 + m), rel=1e-9)
     assert warm.to_map().apply_one(0.6) == pytest.approx(0.3, rel=1e-9)  # no data there: follows the prior
-    assert abs(cold.to_map().apply_one(0.6) - 0.6) < 0.15  # ridge keeps Platt near identity on 3 events
+    assert 0.1 < cold.to_map().apply_one(0.1) < 1  # no prior: moves toward the data, never to exactly 1
 
 
 def test_map_is_cached_until_state_changes():

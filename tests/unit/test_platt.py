@@ -5,7 +5,7 @@ from sklearn.linear_model import LogisticRegression
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.histogram import logit
 from recalibrators.platt import fit_platt, platt_predict
-from recalibrators.synthetic import SBend, make_stream
+from recalibrators.synthetic import SBend, make_stream, sample_scores
 
 
 def test_platt_on_fine_bins_matches_sklearn_on_raw_events():
@@ -48,3 +48,16 @@ def test_decreasing_data_is_projected_to_a_monotone_constant():
     a, b = fit_platt(np.full(3, 1e4), np.array([500.0, 100.0, 10.0]), z, ridge=1e-6)
     assert a == 0.0
     assert platt_predict(a, b, np.array([0.5]))[0] == pytest.approx(610 / 3e4, rel=1e-3)
+
+
+def test_ctr_of_0_1_percent_with_a_handful_of_positives_stays_sane():
+    rng = np.random.default_rng(4)
+    s = sample_scores(rng, 5000, mean_logit=-6.9, sd=0.5)
+    y = rng.random(s.size) < s  # calibrated raw scores, ~5 positives
+    cal = Calibrator()
+    cal.learn_batch(s, y, ts_ms=0)
+    m = cal.to_map()
+    a, b = m.platt
+    assert 0.3 < a < 2 and abs(b) < 3
+    assert 0.3 < m.apply(s).mean() / s.mean() < 3
+    assert np.all(m.y[1:-1] > 0)
