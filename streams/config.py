@@ -164,7 +164,7 @@ class Config:
     max_label_lag: int = 0  # records: while a click/conversion partition lags more, windows stay open
     holdout_percent: int = 10  # examples held back from fitting, for the quality gate
     checkpoint_interval_ms: int = 5_000  # join state snapshots
-    partials_interval_ms: int = 1_000  # how often changed partial calibrators go to the aggregator
+    partials_interval_ms: int = 500  # how often changed partial calibrators go to the aggregator
     session_timeout_ms: int = 10_000
     web_port: int = 6066
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)

@@ -1,0 +1,140 @@
+"""Map freshness: from the event that makes labels final to the updated map in Redis.
+
+    .venv/bin/python bench/bench_freshness.py [--rounds 20] [--refresh 1s]
+
+A `recal worker` runs against the embedded broker and Redis. Each round produces 100 impressions
+at a new event time, then one "tick" impression per partition far enough ahead to close their
+window: the worker emits the 100 labels, and the round's latency is the wall time from sending the
+ticks until the model-wide map in Redis counts them. Target: refresh interval + 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import redis
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from recalibrators.calibration_map import CalibrationMap
+from streams.config import parse_duration_ms
+from streams.devstack import DevStack, free_port
+
+PARTITIONS = 4
+WINDOW_S = 10
+
+
+def config(refresh: str) -> str:
+    return f"""
+[defaults]
+window = "{WINDOW_S}s"
+allowed_lateness = "1s"
+segment_by = []
+half_life = "100000d"
+refresh_interval = "{refresh}"
+min_samples = 1
+
+[worker]
+partitions = {PARTITIONS}
+checkpoint_interval = "5s"
+holdout_percent = 0
+max_future_skew = "100000d"
+session_timeout = "6s"
+"""
+
+
+def impression(iid: str, ts: int) -> bytes:
+    return orjson.dumps({"impression_id": iid, "ts": ts,
+                         "predictions": [{"model": "ctr", "version": "v1", "score": 0.02}]})
+
+
+def tick_ids(tag: str) -> list[str]:
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < PARTITIONS:
+        iid = f"tick-{tag}-{i}"
+        found.setdefault((murmur2(iid.encode()) & 0x7FFFFFFF) % PARTITIONS, iid)
+        i += 1
+    return list(found.values())
+
+
+def map_n(cache: redis.Redis) -> float:
+    raw = cache.get("recal:map:ctr:*")
+    return CalibrationMap.from_json(raw).n if raw else 0.0
+
+
+async def run(rounds: int, refresh: str) -> list[float]:
+    latencies = []
+    with DevStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recal.toml"
+        path.write_text(config(refresh))
+        port = free_port()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(path), "--create-topics",
+             "--broker", stack.broker_url, "--redis", stack.redis_url, "--web-port", str(port)],
+            stdout=(Path(tmp) / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.3)
+            cache = redis.Redis.from_url(stack.redis_url)
+            producer = AIOKafkaProducer(bootstrap_servers=stack.broker_url, linger_ms=0)
+            await producer.start()
+            t0, expected = 1_790_000_000_000, 0
+            for r in range(rounds + 1):  # round 0 warms up (first map, gate)
+                base = t0 + r * 3 * WINDOW_S * 1000
+                for i in range(100):
+                    iid = f"r{r}-{i}"
+                    await producer.send("ad-impressions", impression(iid, base), key=iid.encode())
+                await producer.flush()
+                await asyncio.sleep(0.5)
+                sent = time.perf_counter()
+                for iid in tick_ids(str(r)):
+                    await producer.send("ad-impressions", impression(iid, base + (WINDOW_S + 3) * 1000),
+                                        key=iid.encode())
+                await producer.flush()
+                expected += 100 + (PARTITIONS if r else 0)  # earlier ticks close with this round too
+                while map_n(cache) < expected - 0.5:
+                    await asyncio.sleep(0.005)
+                    if time.perf_counter() - sent > 30:
+                        raise TimeoutError(f"round {r}: map n {map_n(cache)} < {expected}")
+                if r:
+                    latencies.append(time.perf_counter() - sent)
+            await producer.stop()
+        finally:
+            worker.terminate()
+            worker.wait(20)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--refresh", default="1s")
+    args = parser.parse_args()
+    latencies = sorted(asyncio.run(run(args.rounds, args.refresh)))
+    target = parse_duration_ms(args.refresh) / 1000 + 1
+    p50 = statistics.median(latencies)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    print(f"{'measure':<38}{'value':>10}")
+    print(f"{'refresh interval':<38}{args.refresh:>10}")
+    print(f"{'label final -> map in Redis, p50':<38}{p50:>9.2f}s")
+    print(f"{'label final -> map in Redis, p95':<38}{p95:>9.2f}s")
+    print(f"{'label final -> map in Redis, max':<38}{latencies[-1]:>9.2f}s")
+    print(f"{'target (refresh + 1 s)':<38}{target:>9.2f}s  {'met' if latencies[-1] <= target else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
