@@ -13,20 +13,27 @@ low digits separate refreshes that only added late labels.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
+
+import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
 from recalibrators.gate import QualityGate
+from recalibrators.histogram import Histogram
 from recalibrators.segments import parse_segment_key
 from streams.config import ModelConfig
 from streams.records import pack, unpack
 
 log = logging.getLogger("recal.aggregate")
+drift_log = logging.getLogger("recal.drift")
 
 MapKey = str  # "{model}:{segment_key}"
 KEEP_VERSIONS = 2  # the newest model version, and the one before it for warm starts
+RELIABILITY_BINS = 15  # equal-mass groups of the evaluation histogram's bins (ECE and the diagram)
+MIN_EVAL_WEIGHT = 100.0  # below this much holdout weight, metrics are computed on the fitting histogram
 
 
 def encode_partial(partition: int, model: str, version: str, segment: str, calibrator: Calibrator) -> bytes:
@@ -78,14 +85,108 @@ def merged(partials: dict[int, bytes], prior: CalibrationMap | None) -> Calibrat
     return total
 
 
+def _group_ids(weight: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(non-empty bin indices, their group 0..k-1): consecutive bins in about equal-weight groups."""
+    idx = np.flatnonzero(weight > 1e-12 * max(float(weight.sum()), 1e-300))
+    if idx.size == 0:
+        return idx, idx
+    cum = np.cumsum(weight[idx])
+    group = np.minimum((cum - weight[idx] / 2) / cum[-1] * n_groups, n_groups - 1).astype(np.intp)
+    # group is non-decreasing: renumber the groups that occur as 0..k-1
+    return idx, np.concatenate(([0], np.cumsum(np.diff(group) > 0)))
+
+
+def map_metrics(candidate: CalibrationMap, calibrator: Calibrator,
+                n_groups: int = RELIABILITY_BINS) -> dict[str, float | str]:
+    """Calibration of the raw scores and of `candidate` on the calibrator's most recent data.
+
+    Evaluated on the holdout histogram (held-back examples, short half-life) when it holds at least
+    MIN_EVAL_WEIGHT, else on the fitting histogram (in-sample; `eval` says which). Each histogram bin
+    is evaluated at its mean score; bins are grouped into `n_groups` equal-mass groups for the ECE and
+    for the reliability diagram, stored compactly as `rel` = "raw,calibrated,observed,weight;..." (one
+    group per `;`, 4 significant digits). ratio = sum(prediction) / sum(positives), > 1 over-predicts.
+    """
+    hist: Histogram = calibrator.holdout
+    source = "holdout"
+    if hist.total_weight < MIN_EVAL_WEIGHT:
+        hist, source = calibrator.histogram, "fit"
+    total_w, total_pos = hist.total_weight, hist.total_positives
+    out: dict[str, float | str] = {"eval": source, "eval_weight": round(total_w, 3),
+                                   "eval_positives": round(total_pos, 3)}
+    idx, group = _group_ids(hist.weight, n_groups)
+    if idx.size == 0:
+        return out
+    w, pos = hist.weight[idx], hist.positives[idx]
+    raw = hist.sums[2][idx] / w  # per-bin mean score (WS / W)
+    cal = candidate.apply(raw)
+    gw = np.bincount(group, weights=w)
+    g_raw = np.bincount(group, weights=w * raw) / gw
+    g_cal = np.bincount(group, weights=w * cal) / gw
+    g_obs = np.bincount(group, weights=pos) / gw
+    out["ece_raw"] = float(np.dot(gw, np.abs(g_raw - g_obs)) / total_w)
+    out["ece_cal"] = float(np.dot(gw, np.abs(g_cal - g_obs)) / total_w)
+    if total_pos > 0:  # no positives: the ratio is undefined (and not stored: metrics must be finite)
+        out["ratio_raw"] = float(np.dot(w, raw)) / total_pos
+        out["ratio_cal"] = float(np.dot(w, cal)) / total_pos
+    out["rel"] = ";".join(f"{a:.4g},{b:.4g},{c:.4g},{d:.4g}" for a, b, c, d in zip(
+        g_raw.tolist(), g_cal.tolist(), g_obs.tolist(), gw.tolist(), strict=True))
+    return out
+
+
+def parse_reliability(metrics: dict | None) -> list[tuple[float, float, float, float]]:
+    """The `rel` metric of a map as (raw, calibrated, observed, weight) per group; [] if absent."""
+    text = (metrics or {}).get("rel")
+    if not isinstance(text, str) or not text:
+        return []
+    rows = []
+    for part in text.split(";"):
+        values = part.split(",")
+        if len(values) == 4:
+            try:
+                rows.append(tuple(float(v) for v in values))
+            except ValueError:
+                continue
+    return rows
+
+
 class Aggregator:
-    def __init__(self, model_config: Callable[[str], ModelConfig]) -> None:
+    """Merges partials into maps. Drift alerting: a key is in alert while the raw scores' calibration
+    ratio on the recent window leaves [drift_ratio_low, drift_ratio_high] or their ECE exceeds
+    drift_max_ece (evaluated only with at least drift_min_weight of evaluation weight); each
+    transition is logged once on the `recal.drift` logger with extra fields model, segment, ratio, ece."""
+
+    def __init__(self, model_config: Callable[[str], ModelConfig], *, with_metrics: bool = True) -> None:
         self._model_config = model_config
         self.states: dict[MapKey, MapState] = {}
         self.dirty: set[MapKey] = set()
         self.published: dict[MapKey, CalibrationMap] = {}  # what this process last handed out
         self.refused: dict[MapKey, str] = {}  # last gate refusal reason per key
         self.gate_refusals = 0
+        self.with_metrics = with_metrics
+        self.metrics: dict[MapKey, dict[str, float | str]] = {}  # latest evaluation per key (gate or not)
+        self.drift: dict[MapKey, bool] = {}  # current alert state per evaluated key
+        self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
+
+    def _check_drift(self, key: MapKey, metrics: dict[str, float | str]) -> None:
+        model, segment = key.split(":", 1)
+        cfg = self._model_config(model)
+        if float(metrics.get("eval_weight", 0.0)) < cfg.drift_min_weight or "ece_raw" not in metrics:
+            return  # too little recent data to judge: keep the previous state
+        ratio = float(metrics.get("ratio_raw", math.inf))
+        ece = float(metrics["ece_raw"])
+        alert = not (cfg.drift_ratio_low <= ratio <= cfg.drift_ratio_high) or ece > cfg.drift_max_ece
+        if alert == self.drift.get(key, False):
+            self.drift[key] = alert
+            return
+        self.drift[key] = alert
+        extra = {"model": model, "segment": segment, "ratio": ratio, "ece": ece, "alert": alert}
+        if alert:
+            drift_log.warning("calibration drift on %s: raw ratio %.3f (allowed %.2f..%.2f), raw ECE %.4f "
+                              "(max %.4f)", key, ratio, cfg.drift_ratio_low, cfg.drift_ratio_high, ece,
+                              cfg.drift_max_ece, extra=extra)
+        else:
+            drift_log.warning("calibration drift cleared on %s: raw ratio %.3f, raw ECE %.4f", key, ratio, ece,
+                              extra=extra)
 
     def add(self, key: MapKey, record: bytes, state: MapState | None = None) -> MapState:
         """Fold one partial record in; `state` is the stored state when this process has none."""
@@ -122,9 +223,16 @@ class Aggregator:
             version=calibrator.last_event_ms * 1000 + calibrator.n_seen % 1000,
             updated_at=now_ms if now_ms is not None else int(time.time() * 1000),
         )
+        if self.with_metrics:
+            started = time.perf_counter()
+            metrics = map_metrics(candidate, calibrator)
+            candidate = candidate.with_meta(metrics=metrics)
+            self.metrics[key] = metrics
+            self._check_drift(key, metrics)
+            self.metrics_seconds += time.perf_counter() - started
         current = self.published.get(key)
         gate = QualityGate(min_effective_samples=cfg.min_samples, max_abs_change=cfg.max_change or None,
-                           max_rel_change=None)
+                           max_rel_change=None, max_loss_increase=cfg.max_loss_increase)
         decision = gate.check(candidate, current if current and current.model_version == newest else None,
                               calibrator.holdout)
         if not decision.accepted:

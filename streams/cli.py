@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from streams import maps_cmd, simulate_cmd
+from streams import dashboard_cmd, maps_cmd, replay_cmd, simulate_cmd
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -49,10 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=75.0, help="wall seconds of traffic")
     demo.add_argument("--speed", type=float, default=120.0, help="event seconds per wall second")
     demo.add_argument("--out", default="artifacts", help="where the report and the PNG go")
+    demo.add_argument("--keep-running", action="store_true", help="keep the stack up for the dashboard")
     demo.set_defaults(func=_demo)
 
     simulate_cmd.register(sub)
     maps_cmd.register(sub)
+    replay_cmd.register(sub)
+    dashboard_cmd.register(sub)
     return parser
 
 

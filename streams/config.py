@@ -49,7 +49,12 @@ class ModelConfig:
     prior_strength: float = 0.0  # 0: the calibrator's default
     min_samples: float = 200.0  # quality gate: effective samples before a first publish
     max_change: float = 0.0  # quality gate: max relative change per refresh, 0 = unbounded
+    max_loss_increase: float = 0.01  # quality gate: relative holdout log-loss increase tolerated (noise)
     on_new_version: str = "warm_start"  # warm_start | reset
+    drift_ratio_low: float = 0.9  # drift alert when the raw model's ratio on recent data leaves this band
+    drift_ratio_high: float = 1.1
+    drift_max_ece: float = 0.01  # ... or its ECE on recent data exceeds this
+    drift_min_weight: float = 500.0  # recent (held-back) weight needed before drift is judged
 
     def __post_init__(self) -> None:
         if self.label not in ("click", "conversion"):

@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             _wait_ready(port, worker)
-            print(f"worker ready: http://127.0.0.1:{port}/stats")
+            print(f"worker ready: dashboard http://127.0.0.1:{port}/dashboard  metrics http://127.0.0.1:{port}/metrics")
             cache = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
             scenario = Scenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
@@ -98,6 +98,10 @@ def run_demo(args: argparse.Namespace) -> int:
             (out / "report.txt").write_text(table + "\n")
             png = reliability_png(out / "reliability.png", result.truth, maps)
             print(f"reliability diagram: {png}")
+            if args.keep_running:
+                print(f"dashboard: http://127.0.0.1:{port}/dashboard (Ctrl-C to stop)")
+                while worker.poll() is None:
+                    time.sleep(1)
             return 0
         except KeyboardInterrupt:
             print("\ninterrupted: shutting down")
