@@ -22,7 +22,7 @@ from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
 from .platt import fit_platt
 from .validation import check_batch, check_timestamps
 
-__all__ = ["METHODS", "Calibrator", "CalibratorConfig"]
+__all__ = ["METHODS", "Calibrator", "CalibratorConfig", "PreparedBatch", "prepare_batch"]
 
 METHODS = ("isotonic", "platt")
 _FORMAT = 1
@@ -68,6 +68,47 @@ class CalibratorConfig:
     @functools.cached_property
     def bins(self) -> BinSpec:
         return BinSpec(self.n_bins, self.logit_lo, self.logit_hi, self.clip)
+
+
+_Part = tuple  # (idx, s, z, y, w | None, t): one histogram's share of a batch
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedBatch:
+    """A validated, clipped and binned batch, split into its fitting and held-back parts."""
+
+    n: int
+    t_max: int
+    main: _Part | None
+    held: _Part | None
+
+
+def prepare_batch(spec: BinSpec, scores: Any, labels: Any, weights: Any | None = None, *,
+                  ts_ms: int | np.ndarray, holdout: Any | None = None) -> PreparedBatch:
+    """Validate (ValueError on bad input), clip, take logits and bin once."""
+    s, y, w = check_batch(scores, labels, weights)
+    t = check_timestamps(ts_ms, s.shape[0])
+    mask = None
+    if holdout is not None:
+        mask = np.asarray(holdout)
+        if mask.shape != s.shape:
+            raise ValueError(f"length mismatch: {s.shape[0]} scores but holdout has shape {mask.shape}")
+        if mask.dtype != np.bool_:
+            if not np.all((mask == 0) | (mask == 1)):
+                raise ValueError("holdout must be a boolean mask")
+            mask = mask.astype(np.bool_)
+    t_max = t if isinstance(t, int) else int(t.max())
+    s, z = spec.clip_logit(s)
+    idx = spec.index(z)
+    if mask is None or not mask.any():
+        return PreparedBatch(s.shape[0], t_max, (idx, s, z, y, w, t), None)
+    if mask.all():
+        return PreparedBatch(s.shape[0], t_max, None, (idx, s, z, y, w, t))
+    parts = []
+    for m in (~mask, mask):
+        parts.append((idx[m], s[m], z[m], y[m], None if w is None else w[m], t if isinstance(t, int) else t[m]))
+    return PreparedBatch(s.shape[0], t_max, parts[0] if parts[0][0].size else None,
+                         parts[1] if parts[1][0].size else None)
 
 
 class Calibrator:
@@ -125,33 +166,18 @@ class Calibrator:
     ) -> None:
         """Add a batch. ts_ms: one int for the batch or one per example. holdout: optional bool mask of
         held-back examples; they only update the holdout histogram. Raises ValueError on invalid input."""
-        s, y, w = check_batch(scores, labels, weights)
-        t = check_timestamps(ts_ms, s.shape[0])
-        mask = None
-        if holdout is not None:
-            mask = np.asarray(holdout)
-            if mask.shape != s.shape:
-                raise ValueError(f"length mismatch: {s.shape[0]} scores but holdout has shape {mask.shape}")
-            if mask.dtype != np.bool_:
-                if not np.all((mask == 0) | (mask == 1)):
-                    raise ValueError("holdout must be a boolean mask")
-                mask = mask.astype(np.bool_)
-        self._advance(t if isinstance(t, int) else int(t.max()))
-        spec = self.config.bins
-        s, z = spec.clip_logit(s)
-        idx = spec.index(z)
+        self.learn_prepared(prepare_batch(self.config.bins, scores, labels, weights, ts_ms=ts_ms, holdout=holdout))
+
+    def learn_prepared(self, batch: PreparedBatch) -> None:
+        """Add a batch validated and binned once by `prepare_batch` (with this config's bins), e.g. for
+        every level of a segment fallback chain; identical to `learn_batch` on the same arrays."""
+        self._advance(batch.t_max)
         cfg = self.config
-        if mask is None or not mask.any():
-            self._add(self._main, cfg.half_life_ms, idx, s, z, y, w, t)
-        elif mask.all():
-            self._add(self._holdout, cfg.holdout_half_life_ms, idx, s, z, y, w, t)
-        else:
-            parts = ((self._main, cfg.half_life_ms, ~mask), (self._holdout, cfg.holdout_half_life_ms, mask))
-            for hist, hl, m in parts:
-                sub_t = t if isinstance(t, int) else t[m]
-                sub_w = None if w is None else w[m]
-                self._add(hist, hl, idx[m], s[m], z[m], y[m], sub_w, sub_t)
-        self._n_seen += s.shape[0]
+        for part, hist, half_life in ((batch.main, self._main, cfg.half_life_ms),
+                                      (batch.held, self._holdout, cfg.holdout_half_life_ms)):
+            if part is not None:
+                self._add(hist, half_life, *part)
+        self._n_seen += batch.n
         self._fit = None
 
     def learn_one(

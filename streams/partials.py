@@ -7,18 +7,20 @@ and merges them, so a partial sent twice (a retry, a restart) changes nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from recalibrators.calibrator import Calibrator, CalibratorConfig
+from recalibrators.calibrator import Calibrator, CalibratorConfig, prepare_batch
 from recalibrators.segments import fallback_chain
 from streams.config import ModelConfig
 
 CalibratorKey = tuple[str, str, str]  # model, model version, segment key
 
 
+@functools.lru_cache(maxsize=1024)  # one per model config; its bins are computed once
 def calibrator_config(model: ModelConfig) -> CalibratorConfig:
     overrides: dict[str, Any] = {"method": model.method, "half_life_ms": float(model.half_life_ms)}
     if model.n_bins:
@@ -53,14 +55,16 @@ class PartialCalibrators:
             model = models[columns["model"][first]]
             version = versions[columns["version"][first]]
             cfg = self._model_config(model)
-            scores, labels = columns["score"][rows], columns["label"][rows]
-            ts, holdout = columns["ts"][rows], columns["holdout"][rows]
+            config = calibrator_config(cfg)
+            # Validated and binned once, then folded into every level of the fallback chain.
+            batch = prepare_batch(config.bins, columns["score"][rows], columns["label"][rows],
+                                  ts_ms=columns["ts"][rows], holdout=columns["holdout"][rows])
             for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
                 key = (model, version, segment)
                 calibrator = self.calibrators.get(key)
                 if calibrator is None:
-                    calibrator = self.calibrators[key] = Calibrator(calibrator_config(cfg))
-                calibrator.learn_batch(scores, labels, ts_ms=ts, holdout=holdout)
+                    calibrator = self.calibrators[key] = Calibrator(config)
+                calibrator.learn_prepared(batch)
                 self.dirty.add(key)
 
     def take_dirty(self) -> list[tuple[CalibratorKey, Calibrator]]:

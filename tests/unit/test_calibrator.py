@@ -143,3 +143,20 @@ def test_platt_method_map_is_a_sampled_sigmoid():
     expected = 1 / (1 + np.exp(-(a * np.log(inner / (1 - inner)) + b)))
     np.testing.assert_allclose(m.y[1:-1], expected, rtol=1e-12)
     assert m.method == "platt" and m.y[0] == 0 and m.y[-1] == 1
+
+
+def test_learn_prepared_on_several_calibrators_equals_learn_batch_on_each():
+    from recalibrators.calibrator import prepare_batch
+
+    rng = np.random.default_rng(3)
+    scores, labels = rng.random(500) * 0.2, (rng.random(500) < 0.05).astype(np.int8)
+    ts = 1_790_000_000_000 + np.sort(rng.integers(0, 3_600_000, 500))
+    holdout = rng.random(500) < 0.2
+    config = CalibratorConfig()
+    batch = prepare_batch(config.bins, scores, labels, ts_ms=ts, holdout=holdout)
+    for _ in range(3):  # the same prepared batch serves every level of a fallback chain
+        prepared, direct = Calibrator(config), Calibrator(config)
+        prepared.learn_prepared(batch)
+        direct.learn_batch(scores, labels, ts_ms=ts, holdout=holdout)
+        assert prepared.to_bytes() == direct.to_bytes()
+        assert prepared.n_seen == 500
