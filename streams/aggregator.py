@@ -5,9 +5,10 @@ model versions, merges them (exact: sums add), runs the quality gate against the
 last, and hands accepted maps to the publisher. Pure state and logic; `streams.app` wires it to a
 Faust agent, a table and a timer.
 
-Map version (fencing): ``last_event_ms * 1000 + n_seen % 1000``. It grows with event time, so a
-worker that lost its partitions, or a replay running behind, cannot overwrite a newer map; the
-low digits separate refreshes that only added late labels.
+Map version (fencing): the number of labeled examples ever folded into the key, over all model
+versions (`n_seen` of every partition's partial, plus those of retired model versions). It grows
+with every label, late ones included, so a worker that lost its partitions, or a replay running
+behind, holds fewer and cannot overwrite a newer map; the same events give the same version.
 """
 
 from __future__ import annotations
@@ -47,14 +48,22 @@ class MapState:
     def __init__(self) -> None:
         self.versions: dict[str, dict[int, bytes]] = {}  # model version -> partition -> calibrator bytes
         self.first_seen: dict[str, int] = {}  # model version -> order of arrival, newest = highest
+        self.retired: dict[str, int] = {}  # model versions dropped -> examples they had (for the version)
 
     def add(self, version: str, partition: int, calibrator: bytes) -> None:
+        if version in self.retired:
+            return  # late labels of a model version two releases back: not published any more
         if version not in self.versions:
             self.first_seen[version] = max(self.first_seen.values(), default=-1) + 1
             self.versions[version] = {}
             for stale in sorted(self.versions, key=self.first_seen.get)[:-KEEP_VERSIONS]:
-                del self.versions[stale], self.first_seen[stale]
+                self.retired[stale] = _examples(self.versions.pop(stale))
+                del self.first_seen[stale]
         self.versions[version][partition] = calibrator
+
+    def examples(self) -> int:
+        """Labeled examples ever folded into this key: the map's version."""
+        return sum(self.retired.values()) + sum(_examples(p) for p in self.versions.values())
 
     def ordered_versions(self) -> list[str]:
         return sorted(self.versions, key=self.first_seen.get)
@@ -65,15 +74,20 @@ class MapState:
             for partition, blob in sorted(self.versions[version].items()):
                 entries.append([version, partition])
                 blobs.append(blob)
-        return pack({"entries": entries}, blobs)
+        return pack({"entries": entries, "retired": self.retired}, blobs)
 
     @classmethod
     def decode(cls, data: bytes) -> MapState:
         header, blobs = unpack(data)
         state = cls()
+        state.retired = header.get("retired", {})
         for (version, partition), blob in zip(header["entries"], blobs, strict=True):
             state.add(version, partition, bytes(blob))
         return state
+
+
+def _examples(partials: dict[int, bytes]) -> int:
+    return sum(Calibrator.from_bytes(blob).n_seen for blob in partials.values())
 
 
 def merged(partials: dict[int, bytes], prior: CalibrationMap | None) -> Calibrator:
@@ -220,7 +234,7 @@ class Aggregator:
         calibrator = merged(state.versions[newest], prior)
         candidate = calibrator.to_map(
             model=model, model_version=newest, segment=parse_segment_key(segment),
-            version=calibrator.last_event_ms * 1000 + calibrator.n_seen % 1000,
+            version=state.examples(),
             updated_at=now_ms if now_ms is not None else int(time.time() * 1000),
         )
         if self.with_metrics:

@@ -62,6 +62,7 @@ def create_app(config: Config) -> faust.App:
         web_port=config.web_port,
         web_host="0.0.0.0",
         topic_partitions=config.partitions,
+        topic_replication_factor=config.replication_factor,
         topic_allow_declare=True,
         broker_session_timeout=config.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(0.5, config.session_timeout_ms / 5000),

@@ -173,6 +173,7 @@ class Config:
     app_id: str = "recal"
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4  # for the internal topics the worker creates
+    replication_factor: int = 1  # of the topics the worker creates: 3 on a production cluster
     defaults: ModelConfig = field(default_factory=ModelConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     max_message_bytes: int = 1_000_000

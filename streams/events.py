@@ -49,6 +49,7 @@ class Limits(NamedTuple):
     max_message_bytes: int = 1_000_000
     max_predictions: int = 64
     max_ts_ms: int = MAX_TS_MS
+    max_events: int = 10_000  # per array message
 
 
 def _ts(value: object) -> int | str:
@@ -152,6 +153,9 @@ def decode(value: bytes | None, kind: int, limits: Limits) -> Iterator[Impressio
     if type(doc) is list:
         if not doc:
             yield Invalid("empty_batch", -1)
+        if len(doc) > limits.max_events:
+            yield Invalid("too_many_events", -1)
+            return
         for index, event in enumerate(doc):
             result = _one(event, kind, limits)
             yield Invalid(result, index) if type(result) is str else result

@@ -176,16 +176,19 @@ class JoinWorker:
                 if kind is None:
                     kind = _header_kind(message.headers)
                 self.stats.events_in[tp.topic] += 1
+                invalid: list[Invalid] = []
                 for event in (decode_events(message.value, kind, limits) if kind is not None
                               else [Invalid("bad_header:recal-kind", -1)]):
                     if type(event) is Invalid:
-                        sends.append(await self._dead_letter(message, event.reason, event.index))
+                        invalid.append(event)
                     elif not self._owned_here(message, event, tp.partition):
                         sends.append(await self._rekey(event, kind))
                     elif kind == IMPRESSION:
                         state.join.add_impression(event)
                     else:
                         state.join.add_action(event)
+                if invalid:
+                    sends.append(await self._dead_letter(message, invalid))
             state.offsets[tp.topic] = messages[-1].offset + 1
         for partition in sorted(touched):
             sends.extend(await self._emit(self.parts[partition]))
@@ -215,16 +218,25 @@ class JoinWorker:
             headers=[(_KIND_HEADER, KIND_NAMES[kind].encode())],
         )
 
-    async def _dead_letter(self, message, reason: str, index: int) -> asyncio.Future:
-        """The original bytes, with where they came from and why they were refused in headers."""
-        self.stats.dead_letters[reason] += 1
+    async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
+        """The original bytes, once per message, with where they came from and why they were refused in
+        headers: `recal-reason` (the first reason), `recal-index` (its position in an array message,
+        -1 for a single event), `recal-invalid` (how many events of the message were refused) and, for
+        arrays, `recal-reasons` (JSON [[index, reason], ...], the first 100). One record per message
+        however many of its events are bad, so an array cannot amplify into the dead-letter topic."""
+        for item in invalid:
+            self.stats.dead_letters[item.reason] += 1
+        first = invalid[0]
         headers = [
-            ("recal-reason", reason.encode()),
+            ("recal-reason", first.reason.encode()),
             ("recal-topic", message.topic.encode()),
             ("recal-partition", str(message.partition).encode()),
             ("recal-offset", str(message.offset).encode()),
-            ("recal-index", str(index).encode()),
+            ("recal-index", str(first.index).encode()),
+            ("recal-invalid", str(len(invalid)).encode()),
         ]
+        if first.index >= 0:
+            headers.append(("recal-reasons", orjson.dumps([[i.index, i.reason] for i in invalid[:100]])))
         return await self.producer.send(self.topics.deadletter, message.value, key=message.key,
                                         headers=headers)
 

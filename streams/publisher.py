@@ -224,9 +224,21 @@ class RetryingPublisher:
             if (cur := self.pending.get(field)) is None or m.version >= cur.version:
                 self.pending[field] = m
 
+    def _answers(self) -> bool:
+        """While backing off, one PING per tick: Redis answering again ends the backoff at once, so maps
+        come back within one refresh of the outage's end rather than after the backoff's cap."""
+        try:
+            self.publisher.redis.ping()
+        except redis.RedisError:
+            return False
+        return True
+
     def flush(self) -> list[PublishResult]:
-        """Publish what is pending unless backing off; [] when nothing was attempted or it failed."""
-        if not self.pending or self.clock() < self._retry_at:
+        """Publish what is pending unless backing off (a PING that answers ends the backoff); [] when
+        nothing was attempted or it failed."""
+        if not self.pending:
+            return []
+        if self.clock() < self._retry_at and not self._answers():
             return []
         try:
             results = self.publisher.publish_many(self.pending.values())

@@ -1,0 +1,414 @@
+"""Fault-injection helpers and fixtures (re-exported by conftest.py): a private broker + Redis per test,
+`recal worker` subprocesses, exact scenarios. A module with its own name, so test files import it without
+clashing with the other directories' `conftest` modules.
+
+Every fault test gets its own `DevStack` (the faults are destructive: SIGSTOP of the broker, Redis restarted
+empty) and its own topics, consumer groups and Redis prefix. Half-lives are so long that a published map's
+`n` and `positives` are exact label counts, so "zero labels lost, zero counted twice" is an equality check.
+
+Results: when `FAULT_RESULTS` names a file, each test appends one JSON line (scenario, faults injected,
+events sent, labels expected vs counted, dead letters by reason, max worker RSS); `bench/fault_suite.py`
+prints them as the summary table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from recalibrators.calibration_map import CalibrationMap
+from recalibrators.segments import segment_key
+from streams.devstack import DevStack, free_port
+
+T0 = 1_790_000_000_000
+PARTITIONS = 2
+PLACEMENTS = ("search", "feed", "related")
+Message = tuple[str, "str | None", bytes]
+
+
+def config_text(ns: str, *, segment_by: str = '[["placement"]]', refresh: str = "1s",
+                checkpoint: str = "1s") -> str:
+    return f"""
+[defaults]
+window = "10s"
+allowed_lateness = "1s"
+segment_by = {segment_by}
+half_life = "100000d"
+refresh_interval = "{refresh}"
+min_samples = 1
+
+[models.ctr]
+label = "click"
+
+[models.cvr]
+label = "conversion"
+population = "click"
+click_window = "10s"
+window = "20s"
+
+[topics]
+impressions = "{ns}-impressions"
+clicks = "{ns}-clicks"
+conversions = "{ns}-conversions"
+rekeyed = "{ns}-rekeyed"
+labeled = "{ns}-labeled"
+state = "{ns}-state"
+partials = "{ns}-partials"
+deadletter = "{ns}-deadletter"
+
+[worker]
+app_id = "{ns}"
+prefix = "{ns}"
+partitions = {PARTITIONS}
+grace = "5s"
+checkpoint_interval = "{checkpoint}"
+partials_interval = "500ms"
+holdout_percent = 0
+max_future_skew = "100000d"
+session_timeout = "6s"
+"""
+
+
+def new_ns() -> str:
+    return f"f{uuid.uuid4().hex[:8]}"
+
+
+def impression(iid: str, ts: int, placement: str = "search", models=("ctr", "cvr")) -> dict:
+    scores = {"ctr": 0.02, "cvr": 0.1}
+    return {"impression_id": iid, "ts": ts, "segment": {"placement": placement, "platform": "ios"},
+            "predictions": [{"model": m, "version": "v1", "score": scores.get(m, 0.05)} for m in models]}
+
+
+def tick_ids(n_partitions: int, prefix: str) -> list[str]:
+    """One impression id per partition, so every partition's event-time clock moves."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < n_partitions:
+        iid = f"{prefix}-{i}"
+        found.setdefault((murmur2(iid.encode()) & 0x7FFFFFFF) % n_partitions, iid)
+        i += 1
+    return list(found.values())
+
+
+class Scenario:
+    """Hand-built traffic with exact expected labels per (model, segment key).
+
+    Impression i (ts = T0 + i * step_ms, placement PLACEMENTS[i % 3], ctr + cvr predictions):
+    i % 4 == 0 clicked (i % 8 == 0: the click arrives first; else the click comes twice), and converted
+    when i % 12 == 0; i % 4 == 1 gets a click after the 10 s window (late: a negative); others unclicked.
+    """
+
+    def __init__(self, ns: str, n: int = 200, step_ms: int = 10) -> None:
+        self.ns, self.n, self.step_ms = ns, n, step_ms
+        self.expected: dict[tuple[str, str], list[int]] = {}  # (model, segment key) -> [n, positives]
+        self.messages: list[Message] = []
+        for i in range(n):
+            iid = f"{ns}-imp-{i}"
+            ts = T0 + i * step_ms
+            placement = PLACEMENTS[i % 3]
+            click = (f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c{i}", "impression_id": iid, "ts": ts + 2000}))
+            conversion = (f"{ns}-conversions", iid,
+                          orjson.dumps({"conversion_id": f"v{i}", "impression_id": iid, "ts": ts + 5000}))
+            imp = (f"{ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement)))
+            clicked, converted = i % 4 == 0, i % 12 == 0
+            self._count("ctr", placement, 1, clicked)
+            if clicked:
+                self._count("cvr", placement, 1, converted)
+                self.messages += [click, imp] if i % 8 == 0 else [imp, click, click]
+                if converted:
+                    self.messages.append(conversion)
+            elif i % 4 == 1:
+                late = orjson.dumps({"click_id": f"c{i}", "impression_id": iid, "ts": ts + 15_000})
+                self.messages += [imp, (f"{ns}-clicks", iid, late)]
+            else:
+                self.messages.append(imp)
+        self.end_ms = T0 + n * step_ms
+        self.closer_models: tuple[str, ...] = ()
+        for model in ("ctr", "cvr"):
+            self.add_closer_model(model)
+
+    def add_closer_model(self, model: str) -> None:
+        """The closers (see finish()) carry a prediction of `model`: clicked, not converted."""
+        self.closer_models += (model,)
+        for placement in PLACEMENTS:
+            for _ in range(PARTITIONS):
+                self._count(model, placement, 1, model != "cvr")
+
+    def _count(self, model: str, placement: str, n: int, positive: bool) -> None:
+        for key in (segment_key({"placement": placement}), "*"):
+            entry = self.expected.setdefault((model, key), [0, 0])
+            entry[0] += n
+            entry[1] += int(positive)
+
+    @property
+    def labels_expected(self) -> int:
+        return sum(n for (model, key), (n, _) in self.expected.items() if key == "*")
+
+    def closers(self) -> list[Message]:
+        """Per placement and partition one clicked impression newer than all the traffic: reading them closes
+        every traffic window, and their own labels (emitted by the ticks) give every map a newer event time.
+        Without them a map can stay short: see test_fault_fence.py (the fence version bug)."""
+        out: list[Message] = []
+        ts = self.end_ms + 60_000
+        for placement in PLACEMENTS:
+            for iid in tick_ids(PARTITIONS, f"{self.ns}-closer-{placement}"):
+                doc = impression(iid, ts, placement, models=self.closer_models)
+                out.append((f"{self.ns}-impressions", iid, orjson.dumps(doc)))
+                out.append((f"{self.ns}-clicks", iid,
+                            orjson.dumps({"click_id": f"k-{iid}", "impression_id": iid, "ts": ts + 1000})))
+        return out
+
+    def finish(self, broker: str, worker: WorkerProcess) -> None:
+        """Closers, then (once only they are pending and their older labels went out) the ticks."""
+        produce(broker, self.closers())
+        n_closers = len(PLACEMENTS) * PARTITIONS
+        worker.wait_for(lambda s: s["pending"] == n_closers, 120, "only the closers pending", poll_s=0.3)
+        time.sleep(2.5)  # partials_interval + refresh_interval: older labels merged before the closers' ones
+        produce(broker, self.ticks())
+
+    def ticks(self, ts: int | None = None) -> list[Message]:
+        """Impressions far ahead in event time: they close every window (and are never labeled)."""
+        ts = ts if ts is not None else self.end_ms + 120_000
+        return [(f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
+                for iid in tick_ids(PARTITIONS, f"{self.ns}-tick-{ts}")]
+
+
+# -- Kafka helpers -------------------------------------------------------------------------------------
+async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=linger_ms, max_request_size=4 << 20,
+                                max_batch_size=1 << 20, request_timeout_ms=60_000)
+    await producer.start()
+    try:
+        futures = []
+        for topic, key, value in messages:
+            futures.append(await producer.send(topic, value, key=key.encode() if key else None))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce(broker: str, messages: list[Message]) -> None:
+    asyncio.run(produce_async(broker, messages))
+
+
+class PacedProducer(threading.Thread):
+    """Streams `messages` at `rate` messages/s from a thread, so faults happen while traffic flows."""
+
+    def __init__(self, broker: str, messages: list[Message], rate: float) -> None:
+        super().__init__(daemon=True, name="paced-producer")
+        self.broker, self.messages, self.rate = broker, messages, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker, linger_ms=5, request_timeout_ms=60_000)
+        await producer.start()
+        try:
+            start = time.monotonic()
+            chunk = max(1, int(self.rate / 20))
+            for lo in range(0, len(self.messages), chunk):
+                futures = [await producer.send(t, v, key=k.encode() if k else None)
+                           for t, k, v in self.messages[lo:lo + chunk]]
+                await asyncio.gather(*futures)
+                self.sent = lo + len(futures)
+                ahead = self.sent / self.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        finally:
+            await producer.stop()
+
+    def finish(self, timeout: float = 120.0) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "producer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+async def consume_all_async(broker: str, topic: str, expect: int, timeout_s: float = 30.0) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
+                                group_id=f"check-{uuid.uuid4()}", max_partition_fetch_bytes=8 << 20,
+                                fetch_max_bytes=64 << 20)
+    await consumer.start()
+    records: list = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        idle_until = None
+        while loop.time() < deadline:
+            got = await consumer.getmany(timeout_ms=500)
+            for batch in got.values():
+                records.extend(batch)
+            if len(records) >= expect:  # then read a little longer: more than expected is a failure too
+                idle_until = idle_until or loop.time() + 1.0
+                if loop.time() >= idle_until:
+                    break
+    finally:
+        await consumer.stop()
+    return records
+
+
+# -- Redis helpers -------------------------------------------------------------------------------------
+def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMap | None:
+    try:
+        raw = redis.Redis.from_url(redis_url, socket_timeout=1).get(f"{ns}:map:{model}:{segment}")
+    except redis.RedisError:
+        return None
+    return CalibrationMap.from_json(raw) if raw else None
+
+
+def map_counts(redis_url: str, ns: str, keys) -> dict[tuple[str, str], list[int]]:
+    out = {}
+    for model, segment in keys:
+        m = read_map(redis_url, ns, model, segment)
+        out[(model, segment)] = [round(m.n), round(m.positives)] if m else None
+    return out
+
+
+def index_fields(redis_url: str, ns: str) -> set[str]:
+    try:
+        return {f.decode() for f in redis.Redis.from_url(redis_url, socket_timeout=1).hkeys(f"{ns}:maps")}
+    except redis.RedisError:
+        return set()
+
+
+# -- the worker ----------------------------------------------------------------------------------------
+class WorkerProcess:
+    """A `recal worker` subprocess with its own web port; `stats()` reads /stats, `rss_mb()` its memory."""
+
+    def __init__(self, config_path: Path, stack: DevStack, log_path: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--create-topics",
+             "--broker", stack.broker_url, "--redis", stack.redis_url, "--web-port", str(self.port)],
+            stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.max_rss_mb = 0.0
+
+    def stats(self) -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=2) as response:
+                return orjson.loads(response.read())
+        except (OSError, ValueError):
+            return {}
+
+    def rss_mb(self) -> float:
+        try:
+            rss = psutil.Process(self.proc.pid).memory_info().rss / 2**20
+        except psutil.Error:
+            return 0.0
+        self.max_rss_mb = max(self.max_rss_mb, rss)
+        return rss
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.alive(), f"worker died, see {self.log_path}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"worker not ready, see {self.log_path}")
+
+    def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition", poll_s: float = 0.3) -> dict:
+        deadline = time.monotonic() + timeout_s
+        stats: dict = {}
+        while time.monotonic() < deadline:
+            assert self.alive(), f"worker died, see {self.log_path}"
+            self.rss_mb()
+            stats = self.stats() or stats
+            if stats and predicate(stats):
+                return stats
+            time.sleep(poll_s)
+        raise TimeoutError(f"timed out waiting for {what}; last stats {stats}; log {self.log_path}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for_counts(redis_url: str, ns: str, expected: dict, worker: WorkerProcess, timeout_s: float = 90.0) -> dict:
+    """Until every expected (model, segment) map holds exactly [n, positives]; returns the last counts."""
+    last: dict = {}
+
+    def done(_stats) -> bool:
+        nonlocal last
+        last = map_counts(redis_url, ns, expected)
+        return all(last[k] == list(v) for k, v in expected.items())
+
+    with contextlib.suppress(TimeoutError):
+        worker.wait_for(done, timeout_s, "exact map counts", poll_s=0.5)
+    return last
+
+
+@pytest.fixture
+def stack() -> Iterator[DevStack]:
+    """A private broker and Redis: fault tests pause, kill and restart them."""
+    with DevStack() as running:
+        yield running
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, stack: DevStack):
+    workers: list[WorkerProcess] = []
+
+    def start(config_text: str, env: dict[str, str] | None = None, log_name: str = "worker.log") -> WorkerProcess:
+        path = tmp_path / f"recal-{len(workers)}.toml"
+        path.write_text(config_text)
+        worker = WorkerProcess(path, stack, tmp_path / log_name, env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def record(request):
+    """`record(**row)` appends the test's summary row to $FAULT_RESULTS (JSON lines), if set."""
+
+    def write(**row) -> None:
+        path = os.environ.get("FAULT_RESULTS")
+        row = {"test": request.node.name, **row}
+        if path:
+            with open(path, "ab") as f:
+                f.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+
+    return write
