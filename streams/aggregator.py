@@ -61,9 +61,11 @@ class MapState:
                 del self.first_seen[stale]
         self.versions[version][partition] = calibrator
 
-    def examples(self) -> int:
-        """Labeled examples ever folded into this key: the map's version."""
-        return sum(self.retired.values()) + sum(_examples(p) for p in self.versions.values())
+    def examples(self, but: str, merged_examples: int) -> int:
+        """Labeled examples ever folded into this key, the map's version; the model version `but` is
+        counted by the caller, who merged its partials already."""
+        others = sum(_examples(p) for v, p in self.versions.items() if v != but)
+        return sum(self.retired.values()) + others + merged_examples
 
     def ordered_versions(self) -> list[str]:
         return sorted(self.versions, key=self.first_seen.get)
@@ -234,7 +236,7 @@ class Aggregator:
         calibrator = merged(state.versions[newest], prior)
         candidate = calibrator.to_map(
             model=model, model_version=newest, segment=parse_segment_key(segment),
-            version=state.examples(),
+            version=state.examples(but=newest, merged_examples=calibrator.n_seen),
             updated_at=now_ms if now_ms is not None else int(time.time() * 1000),
         )
         if self.with_metrics:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import orjson
 import redis
 
+from recalibrators.calibration_map import CalibrationMap
 from streams.publisher import MapPublisher
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
@@ -86,15 +87,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def _read_map(args: argparse.Namespace) -> CalibrationMap | None:
+    """The map named by the arguments, or None after telling stderr why there is none."""
     try:
         with _publisher(args) as pub:
             m = pub.get_map(args.model, args.segment_key)
     except ValueError as exc:
         print(f"invalid map under {args.model}:{args.segment_key}: {exc}", file=sys.stderr)
-        return 1
+        return None
     if m is None:
         print(f"no map {args.model}:{args.segment_key} under prefix {args.prefix!r}", file=sys.stderr)
+    return m
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    m = _read_map(args)
+    if m is None:
         return 1
     print(orjson.dumps(orjson.loads(m.to_json()), option=orjson.OPT_INDENT_2).decode())
     return 0
@@ -166,14 +174,8 @@ def plot_map(m, path: str) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        with _publisher(args) as pub:
-            m = pub.get_map(args.model, args.segment_key)
-    except ValueError as exc:
-        print(f"invalid map under {args.model}:{args.segment_key}: {exc}", file=sys.stderr)
-        return 1
+    m = _read_map(args)
     if m is None:
-        print(f"no map {args.model}:{args.segment_key} under prefix {args.prefix!r}", file=sys.stderr)
         return 1
     try:
         plot_map(m, args.out)
