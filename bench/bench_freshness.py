@@ -13,21 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from recalibrators.calibration_map import CalibrationMap
 from streams.config import parse_duration_ms
-from streams.devstack import DevStack, free_port
+from streams.devstack import DevStack, WorkerProcess
+from streams.topics import ids_covering_partitions
 
 PARTITIONS = 4
 WINDOW_S = 10
@@ -57,14 +54,6 @@ def impression(iid: str, ts: int) -> bytes:
                          "predictions": [{"model": "ctr", "version": "v1", "score": 0.02}]})
 
 
-def tick_ids(tag: str) -> list[str]:
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < PARTITIONS:
-        iid = f"tick-{tag}-{i}"
-        found.setdefault((murmur2(iid.encode()) & 0x7FFFFFFF) % PARTITIONS, iid)
-        i += 1
-    return list(found.values())
 
 
 def map_n(cache: redis.Redis) -> float:
@@ -77,18 +66,9 @@ async def run(rounds: int, refresh: str) -> list[float]:
     with DevStack() as stack, tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recal.toml"
         path.write_text(config(refresh))
-        port = free_port()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(path), "--create-topics",
-             "--broker", stack.broker_url, "--redis", stack.redis_url, "--web-port", str(port)],
-            stdout=(Path(tmp) / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+        worker = WorkerProcess(path, stack.broker_url, stack.redis_url, Path(tmp) / "worker.log")
         try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.3)
+            worker.wait_ready()
             cache = redis.Redis.from_url(stack.redis_url)
             producer = AIOKafkaProducer(bootstrap_servers=stack.broker_url, linger_ms=0)
             await producer.start()
@@ -101,7 +81,7 @@ async def run(rounds: int, refresh: str) -> list[float]:
                 await producer.flush()
                 await asyncio.sleep(0.5)
                 sent = time.perf_counter()
-                for iid in tick_ids(str(r)):
+                for iid in ids_covering_partitions(f"tick-{r}", PARTITIONS):
                     await producer.send("ad-impressions", impression(iid, base + (WINDOW_S + 3) * 1000),
                                         key=iid.encode())
                 await producer.flush()
@@ -114,8 +94,7 @@ async def run(rounds: int, refresh: str) -> list[float]:
                     latencies.append(time.perf_counter() - sent)
             await producer.stop()
         finally:
-            worker.terminate()
-            worker.wait(20)
+            worker.stop()
     return latencies
 
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_join import make_traffic
 
 from streams.config import load_config
-from streams.devstack import DevStack, free_port
+from streams.devstack import DevStack, WorkerProcess
 from streams.events import CLICK, CONVERSION, IMPRESSION
 from streams.join import PartitionJoin
 from streams.simulator import kafka_partition, murmur2
@@ -68,14 +66,6 @@ session_timeout = "10s"
 holdout_percent = 10
 max_future_skew = "1h"
 """
-
-
-def stats(port: int) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=1.0) as response:
-            return orjson.loads(response.read())
-    except OSError:
-        return {}
 
 
 def consumed(s: dict) -> int:
@@ -210,27 +200,20 @@ def main() -> int:
         rows.append(("raw ceiling: aiokafka getmany + orjson.loads", f"{ceiling:,.0f} rec/s", "group-less, 1 process"))
         print(rows[-1], flush=True)
 
-        port = free_port()
         log_path = Path(tmp) / "worker.log"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--broker",
-             stack.broker_url, "--redis", stack.redis_url, "--web-port", str(port)],
-            stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        worker = WorkerProcess(config_path, stack.broker_url, stack.redis_url, log_path)
         spy = None
         try:
             started = time.perf_counter()
             first = None
             last_zero = started
             last_n, last_change = 0, started
-            # Done: everything consumed and nothing more for 1 s. events_in can exceed the message count:
-            # JoinWorker processes a batch fetched during its first assignment, then re-reads it after seeking.
+            # Done: everything consumed and nothing more for 1 s (the events_in row checks for re-reads).
             while True:
-                if worker.poll() is not None:
+                if not worker.alive():
                     print(log_path.read_text()[-3000:])
-                    raise RuntimeError(f"worker exited with {worker.returncode}")
-                s = stats(port)
+                    raise RuntimeError(f"worker exited with {worker.proc.returncode}")
+                s = worker.stats(timeout_s=1.0)
                 n = consumed(s)
                 now = time.perf_counter()
                 if n == 0:
@@ -239,7 +222,7 @@ def main() -> int:
                     first = last_zero  # consumption began between the last zero and now
                     if args.profile:
                         spy = subprocess.Popen(
-                            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(worker.pid),
+                            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(worker.proc.pid),
                              "-d", "20", "-r", "200", "-f", "raw", "-o", str(ROOT / "artifacts/worker.pyspy.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 if n != last_n:
@@ -252,7 +235,7 @@ def main() -> int:
                 time.sleep(0.1)
             backlog_s = done - first
             time.sleep(1.5)
-            s = stats(port)
+            s = worker.stats(timeout_s=1.0)
             got = labeled(s)
             rate = args.impressions / backlog_s
             rows.append(("worker startup to first event", f"{first - started:.1f} s", "faust + assignment + restore"))
@@ -292,7 +275,7 @@ def main() -> int:
                             await asyncio.gather(*in_flight)
                             in_flight = futures
                         if elapsed >= next_sample:
-                            n = await asyncio.to_thread(lambda: consumed(stats(port)))
+                            n = await asyncio.to_thread(lambda: consumed(worker.stats(timeout_s=1.0)))
                             lags.append((round(elapsed), sent - (n - base)))
                             next_sample += 1.0
                         await asyncio.sleep(0.02)
@@ -303,11 +286,11 @@ def main() -> int:
 
             live_wall = asyncio.run(live_run())
             end = time.perf_counter()
-            lag_end = len(live_msgs) - (consumed(stats(port)) - base)
-            while consumed(stats(port)) - base < len(live_msgs) and time.perf_counter() - end < 60:
+            lag_end = len(live_msgs) - (consumed(worker.stats(timeout_s=1.0)) - base)
+            while consumed(worker.stats(timeout_s=1.0)) - base < len(live_msgs) and time.perf_counter() - end < 60:
                 time.sleep(0.1)
             drain_s = time.perf_counter() - end
-            caught = consumed(stats(port)) - base >= len(live_msgs)
+            caught = consumed(worker.stats(timeout_s=1.0)) - base >= len(live_msgs)
             achieved = live_n / live_wall
             rows.append(("live: producer rate achieved", f"{achieved:,.0f} imp/s",
                          f"{live_n:,} impressions ({len(live_msgs):,} messages) in {live_wall:.1f} s"))
@@ -318,11 +301,7 @@ def main() -> int:
             rows.append(("live: worker keeps up", "yes" if keeps_up else "NO",
                          f"sustained ~{len(live_msgs) / (live_wall + drain_s):,.0f} msg/s incl. drain"))
         finally:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
             (ROOT / "artifacts").mkdir(exist_ok=True)
             (ROOT / "artifacts/bench_pipeline_worker.log").write_bytes(log_path.read_bytes())
 

@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.config import load_config
-from streams.devstack import DevStack
+from streams.devstack import DevStack, WorkerProcess
 from streams.records import pack_examples
 from streams.replay import Progress, end_offsets, replay_labeled
 
@@ -113,45 +113,26 @@ async def raw_ceiling(broker: str, topic: str) -> tuple[int, int, float]:
 
 def run_worker(stack: DevStack, rate: float, duration: float) -> tuple[str, int]:
     """A live worker on simulator traffic; returns its config path once it consumed everything."""
-    import os
     import subprocess
     import tempfile
-    import urllib.request
 
-    import orjson
-
-    from streams.devstack import free_port
 
     cfg = Path(tempfile.mkdtemp()) / "recal.toml"
     cfg.write_text((Path(__file__).resolve().parents[1] / "streams" / "demo.toml").read_text())
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(cfg.parent / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--config", str(cfg),
-                               "--create-topics", "--broker", stack.broker_url, "--redis", stack.redis_url,
-                               "--web-port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def stats() -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=1) as r:
-                return orjson.loads(r.read())
-        except OSError:
-            return {}
-
+    worker = WorkerProcess(cfg, stack.broker_url, stack.redis_url, cfg.parent / "worker.log")
     try:
         subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "--broker", stack.broker_url,
                         "--rate", str(rate), "--duration", str(duration), "--speed", "600", "--create-topics"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         last, still = -1, 0
         while still < 4:  # consumed everything: no new events for 2 s
             time.sleep(0.5)
-            n = sum(stats().get("events_in", {}).values())
+            n = sum(worker.stats().get("events_in", {}).values())
             still = still + 1 if n == last else 0
             last = n
-        labeled = sum(stats().get("labeled", {}).values())
+        labeled = sum(worker.stats().get("labeled", {}).values())
     finally:
-        worker.terminate()
-        worker.wait(30)
+        worker.stop()
     return str(cfg), labeled
 
 

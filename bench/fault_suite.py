@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,8 +35,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.config import Topics  # noqa: E402
-from streams.devstack import DevStack, free_port  # noqa: E402
+from streams.config import load_config  # noqa: E402
+from streams.devstack import DevStack, WorkerProcess, namespace_toml  # noqa: E402
 from streams.simulator import Scenario, run_simulation  # noqa: E402
 
 
@@ -65,7 +64,7 @@ def run_tests(args: argparse.Namespace, results: Path) -> tuple[int, dict[str, s
 
 
 # -- the soak ----------------------------------------------------------------------------------------------
-SOAK_CONFIG = """
+SOAK_DEFAULTS = """
 [defaults]
 window = "10m"
 allowed_lateness = "30s"
@@ -83,22 +82,8 @@ click_window = "10m"
 window = "30m"
 segment_by = [["placement"]]
 
-[topics]
-impressions = "{ns}-impressions"
-clicks = "{ns}-clicks"
-conversions = "{ns}-conversions"
-rekeyed = "{ns}-rekeyed"
-labeled = "{ns}-labeled"
-state = "{ns}-state"
-partials = "{ns}-partials"
-deadletter = "{ns}-deadletter"
-
-[worker]
-app_id = "{ns}"
-prefix = "{ns}"
-partitions = 2
-checkpoint_interval = "5s"
 """
+
 # Pending join state: an unclicked impression is final once ctr's window (and cvr's click window) closes,
 # 10 min + 30 s lateness of event time; a clicked one waits for cvr's 30 min window.
 UNCLICKED_HORIZON_S = 10 * 60 + 30
@@ -106,35 +91,18 @@ CLICKED_HORIZON_S = 30 * 60 + 30
 CLICK_SHARE = 0.03  # the simulator's mean CTR is about 2-3%
 
 
-def _stats(port: int) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as response:
-            return orjson.loads(response.read())
-    except (OSError, ValueError):
-        return {}
-
-
 def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -> dict:
     ns = f"soak{uuid.uuid4().hex[:6]}"
-    topics = Topics(impressions=f"{ns}-impressions", clicks=f"{ns}-clicks", conversions=f"{ns}-conversions",
-                    rekeyed=f"{ns}-rekeyed", labeled=f"{ns}-labeled", state=f"{ns}-state",
-                    partials=f"{ns}-partials", deadletter=f"{ns}-deadletter")
     workdir = Path(tempfile.mkdtemp(prefix="recal-soak-"))
     config = workdir / "soak.toml"
-    config.write_text(SOAK_CONFIG.format(ns=ns))
+    config.write_text(SOAK_DEFAULTS + namespace_toml(ns, partitions=2, checkpoint_interval="5s"))
+    topics = load_config(config, env={}).topics
     samples: list[tuple[float, float, dict]] = []
     with DevStack() as stack:
-        port = free_port()
-        log = (workdir / "worker.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config), "--create-topics",
-             "--broker", stack.broker_url, "--redis", stack.redis_url, "--web-port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        worker = WorkerProcess(config, stack.broker_url, stack.redis_url, workdir / "worker.log")
+        proc = worker.proc
         try:
-            deadline = time.monotonic() + 90
-            while not _stats(port).get("partitions") and time.monotonic() < deadline:
-                assert proc.poll() is None, f"worker died, see {workdir / 'worker.log'}"
-                time.sleep(0.5)
+            worker.wait_for(lambda stats: stats.get("partitions"), 90, "partitions assigned", poll_s=0.5)
             ps = psutil.Process(proc.pid)
             stop = threading.Event()
             started = time.monotonic()
@@ -144,7 +112,7 @@ def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -
                     if proc.poll() is not None:
                         return
                     rss = ps.memory_info().rss / 2**20
-                    samples.append((time.monotonic() - started, rss, {**_stats(port), "threads": ps.num_threads()}))
+                    samples.append((time.monotonic() - started, rss, {**worker.stats(), "threads": ps.num_threads()}))
                     print(f"  soak t={samples[-1][0]:5.0f}s rss={rss:6.1f} MB pending={samples[-1][2].get('pending')}"
                           f" events_in={sum(samples[-1][2].get('events_in', {}).values())}", flush=True)
 
@@ -159,13 +127,7 @@ def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -
             sampler.join()
             crashed = proc.poll() is not None
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            worker.stop()
     t = np.array([s[0] for s in samples])
     rss = np.array([s[1] for s in samples])
     warm = t >= min(120.0, duration_s / 3)

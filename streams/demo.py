@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import orjson
 import redis
 
 from recalibrators.segments import fallback_chain, parse_segment_key
 from streams.config import load_config
-from streams.devstack import DevStack, free_port
+from streams.devstack import DevStack, WorkerProcess
 from streams.publisher import MapPublisher
 from streams.report import evaluate, reliability_png, render_table
 from streams.simulator import Scenario, run_simulation
@@ -30,29 +25,8 @@ from streams.topics import ensure_topics
 DEMO_CONFIG = Path(__file__).with_name("demo.toml")
 
 
-def _stats(port: int) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=0.5) as response:
-            return orjson.loads(response.read())
-    except OSError:
-        return {}
-
-
-def _wait_ready(port: int, worker: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"worker exited with code {worker.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("worker not ready in time")
-
-
-def _progress_line(sim, event_ms: int, wall_s: float, port: int, cache: redis.Redis) -> str:
-    stats = _stats(port)
+def _progress_line(sim, event_ms: int, wall_s: float, worker: WorkerProcess, cache: redis.Redis) -> str:
+    stats = worker.stats(timeout_s=0.5)
     try:
         maps = cache.hlen("recal:maps")
     except redis.RedisError:
@@ -71,26 +45,22 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             config = load_config(DEMO_CONFIG, env={}, broker=stack.broker_url, redis=stack.redis_url)
             asyncio.run(ensure_topics(config, create_sources=True))
-            port = free_port()
             log_path = out / "worker.log"
+            log_path.unlink(missing_ok=True)
             print(f"broker {stack.broker_url}  redis {stack.redis_url}  worker log {log_path}")
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--config", str(DEMO_CONFIG),
-                 "--broker", stack.broker_url, "--redis", stack.redis_url, "--web-port", str(port)],
-                stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            _wait_ready(port, worker)
-            print(f"worker ready: dashboard http://127.0.0.1:{port}/dashboard  metrics http://127.0.0.1:{port}/metrics")
+            worker = WorkerProcess(DEMO_CONFIG, stack.broker_url, stack.redis_url, log_path)
+            worker.wait_ready()
+            print(f"worker ready: dashboard {worker.url('/dashboard')}  metrics {worker.url('/metrics')}")
             cache = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
             scenario = Scenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
             result = asyncio.run(run_simulation(
                 scenario, stack.broker_url, rate=args.rate, duration_s=args.duration,
-                progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, port, cache), end="", flush=True),
+                progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, cache), end="", flush=True),
             ))
             print(f"\nsimulator done: {result.impressions_per_s:,.0f} impressions/s; letting the worker drain")
             time.sleep(2 * config.refresh_interval_ms / 1000 + config.partials_interval_ms / 1000 + 1)
-            print(_progress_line(result.counters, result.end_event_ms, result.wall_s, port, cache).strip())
+            print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, cache).strip())
             maps = _resolved_maps(MapPublisher(cache).list_maps(), result.truth, config)
             rows = evaluate(result.truth, maps)
             table = render_table(rows)
@@ -99,20 +69,16 @@ def run_demo(args: argparse.Namespace) -> int:
             png = reliability_png(out / "reliability.png", result.truth, maps)
             print(f"reliability diagram: {png}")
             if args.keep_running:
-                print(f"dashboard: http://127.0.0.1:{port}/dashboard (Ctrl-C to stop)")
-                while worker.poll() is None:
+                print(f"dashboard: {worker.url('/dashboard')} (Ctrl-C to stop)")
+                while worker.alive():
                     time.sleep(1)
             return 0
         except KeyboardInterrupt:
             print("\ninterrupted: shutting down")
             return 130
         finally:
-            if worker is not None and worker.poll() is None:
-                worker.terminate()
-                try:
-                    worker.wait(15)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+            if worker is not None:
+                worker.stop()
 
 
 def _resolved_maps(published: dict, truth, config) -> dict:

@@ -173,3 +173,96 @@ class DevStack:
     def __exit__(self, *exc) -> None:
         self.cache.stop()
         self.broker.stop()
+
+
+class WorkerProcess:
+    """A `recal worker` subprocess on a free web port: read its /stats, wait for /readyz, stop or kill it.
+
+    The demo, the integration and fault tests, and the benchmarks all drive workers through this.
+    """
+
+    def __init__(self, config_path: str | Path, broker_url: str, redis_url: str, log_path: str | Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = Path(log_path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--create-topics",
+             "--broker", broker_url, "--redis", redis_url, "--web-port", str(self.port)],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stats(self, timeout_s: float = 2.0) -> dict:
+        """The worker's /stats counters, or {} while it does not answer."""
+        import urllib.request
+
+        import orjson
+
+        try:
+            with urllib.request.urlopen(self.url("/stats"), timeout=timeout_s) as response:
+                return orjson.loads(response.read())
+        except (OSError, ValueError):
+            return {}
+
+    def sample(self) -> None:
+        """Called on every poll of `wait_for`; subclasses record what they watch (memory, say)."""
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"worker exited with code {self.proc.returncode}, see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url("/readyz"), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout_s:.0f}s, see {self.log_path}")
+
+    def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition", poll_s: float = 0.3) -> dict:
+        """Poll /stats until `predicate(stats)` holds; returns those stats."""
+        deadline = time.monotonic() + timeout_s
+        stats: dict = {}
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"worker died, see {self.log_path}")
+            self.sample()
+            stats = self.stats() or stats
+            if stats and predicate(stats):
+                return stats
+            time.sleep(poll_s)
+        raise TimeoutError(f"timed out waiting for {what}; last stats {stats}; log {self.log_path}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def namespace_toml(ns: str, **worker: str | int) -> str:
+    """The `[topics]` and `[worker]` sections of a worker config that owns namespace `ns` on a shared broker
+    and Redis: its own topics (`{ns}-impressions`, ...), consumer groups (app id) and Redis prefix.
+    `worker` adds `[worker]` settings (strings are quoted, numbers are not)."""
+    from dataclasses import fields
+
+    from streams.config import Topics
+
+    topics = "\n".join(f'{f.name} = "{ns}-{f.name}"' for f in fields(Topics))
+    settings = {"app_id": ns, "prefix": ns, **worker}
+    lines = "\n".join(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items())
+    return f"\n[topics]\n{topics}\n\n[worker]\n{lines}\n"

@@ -26,7 +26,6 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.partitioner import murmur2
 
 from streams.config import Config, ModelConfig
 from streams.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
@@ -35,6 +34,7 @@ from streams.join import PartitionJoin
 from streams.partials import PartialCalibrators
 from streams.records import pack, pack_examples, unpack
 from streams.snapshots import SnapshotStore
+from streams.topics import partition_of
 
 log = logging.getLogger("recal.join")
 
@@ -203,7 +203,7 @@ class JoinWorker:
         key = event.impression_id.encode()
         if message.key == key:
             return True
-        return (murmur2(key) & 0x7FFFFFFF) % self._n_partitions == partition
+        return partition_of(key, self._n_partitions) == partition
 
     async def _rekey(self, event: Impression | Action, kind: int) -> asyncio.Future:
         self.stats.rekeyed += 1

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
@@ -45,6 +44,7 @@ from streams.events import decode as decode_events
 from streams.join import PartitionJoin
 from streams.partials import PartialCalibrators
 from streams.records import pack, unpack, unpack_examples
+from streams.topics import partition_of
 
 log = logging.getLogger("recal.replay")
 
@@ -571,7 +571,7 @@ async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set
                 if kind == IMPRESSION and ((rng.from_ms is not None and event.ts < rng.from_ms)
                                            or (rng.to_ms is not None and event.ts >= rng.to_ms)):
                     continue
-                owner = (murmur2(event.impression_id.encode()) & 0x7FFFFFFF) % n
+                owner = partition_of(event.impression_id.encode(), n)
                 routed[owner].append((ts, order, kind, event))
     filt = row_filter(models, None, None)
     parts: dict[int, LabeledPartition] = {}

@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from streams.config import Config
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Where Kafka's default partitioner (murmur2, as the Java client and aiokafka) puts a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def ids_covering_partitions(prefix: str, partitions: int) -> list[str]:
+    """One id per partition (`prefix-0`, `prefix-1`, ...): events keyed by them reach every partition,
+    which is how tests, benchmarks and tools move every partition's event-time clock."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        key = f"{prefix}-{i}"
+        found.setdefault(partition_of(key.encode(), partitions), key)
+        i += 1
+    return [found[p] for p in sorted(found)]
 
 
 async def ensure_topics(config: Config, create_sources: bool = False) -> int:

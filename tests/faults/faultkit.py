@@ -16,11 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +27,12 @@ import psutil
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.segments import segment_key
-from streams.devstack import DevStack, free_port
+from streams import devstack
+from streams.devstack import DevStack, namespace_toml
+from streams.topics import ids_covering_partitions
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
@@ -62,27 +60,9 @@ population = "click"
 click_window = "10s"
 window = "20s"
 
-[topics]
-impressions = "{ns}-impressions"
-clicks = "{ns}-clicks"
-conversions = "{ns}-conversions"
-rekeyed = "{ns}-rekeyed"
-labeled = "{ns}-labeled"
-state = "{ns}-state"
-partials = "{ns}-partials"
-deadletter = "{ns}-deadletter"
-
-[worker]
-app_id = "{ns}"
-prefix = "{ns}"
-partitions = {PARTITIONS}
-grace = "5s"
-checkpoint_interval = "{checkpoint}"
-partials_interval = "500ms"
-holdout_percent = 0
-max_future_skew = "100000d"
-session_timeout = "6s"
-"""
+""" + namespace_toml(ns, partitions=PARTITIONS, grace="5s", checkpoint_interval=checkpoint,
+                          partials_interval="500ms", holdout_percent=0, max_future_skew="100000d",
+                          session_timeout="6s")
 
 
 def new_ns() -> str:
@@ -95,15 +75,6 @@ def impression(iid: str, ts: int, placement: str = "search", models=("ctr", "cvr
             "predictions": [{"model": m, "version": "v1", "score": scores.get(m, 0.05)} for m in models]}
 
 
-def tick_ids(n_partitions: int, prefix: str) -> list[str]:
-    """One impression id per partition, so every partition's event-time clock moves."""
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < n_partitions:
-        iid = f"{prefix}-{i}"
-        found.setdefault((murmur2(iid.encode()) & 0x7FFFFFFF) % n_partitions, iid)
-        i += 1
-    return list(found.values())
 
 
 class Scenario:
@@ -167,7 +138,7 @@ class Scenario:
         out: list[Message] = []
         ts = self.end_ms + 60_000
         for placement in PLACEMENTS:
-            for iid in tick_ids(PARTITIONS, f"{self.ns}-closer-{placement}"):
+            for iid in ids_covering_partitions(f"{self.ns}-closer-{placement}", PARTITIONS):
                 doc = impression(iid, ts, placement, models=self.closer_models)
                 out.append((f"{self.ns}-impressions", iid, orjson.dumps(doc)))
                 out.append((f"{self.ns}-clicks", iid,
@@ -186,7 +157,7 @@ class Scenario:
         """Impressions far ahead in event time: they close every window (and are never labeled)."""
         ts = ts if ts is not None else self.end_ms + 120_000
         return [(f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
-                for iid in tick_ids(PARTITIONS, f"{self.ns}-tick-{ts}")]
+                for iid in ids_covering_partitions(f"{self.ns}-tick-{ts}", PARTITIONS)]
 
 
 # -- Kafka helpers -------------------------------------------------------------------------------------
@@ -294,26 +265,12 @@ def index_fields(redis_url: str, ns: str) -> set[str]:
 
 
 # -- the worker ----------------------------------------------------------------------------------------
-class WorkerProcess:
-    """A `recal worker` subprocess with its own web port; `stats()` reads /stats, `rss_mb()` its memory."""
+class WorkerProcess(devstack.WorkerProcess):
+    """A worker whose resident memory is sampled on every poll (`max_rss_mb`)."""
 
     def __init__(self, config_path: Path, stack: DevStack, log_path: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--create-topics",
-             "--broker", stack.broker_url, "--redis", stack.redis_url, "--web-port", str(self.port)],
-            stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
+        super().__init__(config_path, stack.broker_url, stack.redis_url, log_path, env)
         self.max_rss_mb = 0.0
-
-    def stats(self) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=2) as response:
-                return orjson.loads(response.read())
-        except (OSError, ValueError):
-            return {}
 
     def rss_mb(self) -> float:
         try:
@@ -323,44 +280,8 @@ class WorkerProcess:
         self.max_rss_mb = max(self.max_rss_mb, rss)
         return rss
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.alive(), f"worker died, see {self.log_path}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError(f"worker not ready, see {self.log_path}")
-
-    def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition", poll_s: float = 0.3) -> dict:
-        deadline = time.monotonic() + timeout_s
-        stats: dict = {}
-        while time.monotonic() < deadline:
-            assert self.alive(), f"worker died, see {self.log_path}"
-            self.rss_mb()
-            stats = self.stats() or stats
-            if stats and predicate(stats):
-                return stats
-            time.sleep(poll_s)
-        raise TimeoutError(f"timed out waiting for {what}; last stats {stats}; log {self.log_path}")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def sample(self) -> None:
+        self.rss_mb()
 
 
 def wait_for_counts(redis_url: str, ns: str, expected: dict, worker: WorkerProcess, timeout_s: float = 90.0) -> dict:

@@ -18,7 +18,6 @@ from faultkit import (
     map_counts,
     new_ns,
     produce,
-    tick_ids,
     wait_for_counts,
 )
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 from recalibrators.segments import fallback_chain, parse_segment_key, segment_key
 from streams.config import load_config
 from streams.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
+from streams.topics import ids_covering_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +159,7 @@ def test_worker_keeps_forged_segments_apart_and_never_logs_the_secret(stack, sta
             n_pos[1] += clicked
     tick = {"segment": {"placement": "tick"}, "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}]}
     messages += [(f"{ns}-impressions", iid, orjson.dumps({"impression_id": iid, "ts": T0 + 60_000, **tick}))
-                 for iid in tick_ids(PARTITIONS, f"{ns}-tick")]
+                 for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)]
     produce(stack.broker_url, messages)
     counts = wait_for_counts(stack.redis_url, ns, expected, worker, timeout_s=60)
     assert set(expected) == {("ctr", "placement=a%7Cz%3Dc"), ("ctr", "placement=a|z=c"), ("ctr", "placement=a"),

@@ -26,10 +26,10 @@ import numpy as np
 import orjson
 import pytest
 import redis
-from aiokafka.partitioner import murmur2
 
 from streams import devstack
-from tests.integration.conftest import WorkerProcess
+from streams.devstack import WorkerProcess, namespace_toml
+from streams.topics import ids_covering_partitions
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
@@ -39,7 +39,7 @@ ARTIFACTS = Path(os.environ.get("RECAL_TEST_ARTIFACTS", Path(__file__).resolve()
 
 
 def config_text(ns: str) -> str:
-    return f"""
+    return """
 [defaults]
 window = "10s"
 allowed_lateness = "1s"
@@ -51,37 +51,10 @@ min_samples = 1
 [models.ctr]
 label = "click"
 
-[topics]
-impressions = "{ns}-impressions"
-clicks = "{ns}-clicks"
-conversions = "{ns}-conversions"
-rekeyed = "{ns}-rekeyed"
-labeled = "{ns}-labeled"
-state = "{ns}-state"
-partials = "{ns}-partials"
-deadletter = "{ns}-deadletter"
-
-[worker]
-app_id = "{ns}"
-prefix = "{ns}"
-partitions = {PARTITIONS}
-grace = "5s"
-checkpoint_interval = "1s"
-partials_interval = "300ms"
-holdout_percent = 30
-max_future_skew = "100000d"
-session_timeout = "6s"
-"""
+""" + namespace_toml(ns, partitions=PARTITIONS, grace="5s", checkpoint_interval="1s", partials_interval="300ms",
+                          holdout_percent=30, max_future_skew="100000d", session_timeout="6s")
 
 
-def tick_ids(prefix: str) -> list[str]:
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < PARTITIONS:
-        iid = f"{prefix}-{i}"
-        found.setdefault((murmur2(iid.encode()) & 0x7FFFFFFF) % PARTITIONS, iid)
-        i += 1
-    return list(found.values())
 
 
 def wave(ns: str, k: int, rng: np.random.Generator) -> tuple[list[tuple[str, str, bytes]], int]:
@@ -100,7 +73,7 @@ def wave(ns: str, k: int, rng: np.random.Generator) -> tuple[list[tuple[str, str
             messages.append((f"{ns}-clicks", iid,
                              orjson.dumps({"click_id": f"c-{iid}", "impression_id": iid, "ts": ts + 1000})))
     tick_ts = start + 40_000
-    for iid in tick_ids(f"{ns}-tick{k}"):
+    for iid in ids_covering_partitions(f"{ns}-tick{k}", PARTITIONS):
         messages.append((f"{ns}-impressions", iid, orjson.dumps({
             "impression_id": iid, "ts": tick_ts, "segment": {"placement": "tick"},
             "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}]})))
@@ -157,8 +130,7 @@ def observed(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("observability")
     config = tmp / "recal.toml"
     config.write_text(config_text(ns))
-    worker = WorkerProcess(config, SimpleNamespace(broker_url=stack.broker_url, redis_url=redis_url),
-                           tmp / "worker.log")
+    worker = WorkerProcess(config, stack.broker_url, redis_url, tmp / "worker.log")
     try:
         worker.wait_ready(60)
         before = scrape(worker.port)

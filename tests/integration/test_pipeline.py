@@ -15,16 +15,17 @@ import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from recalibrators.calibration_map import CalibrationMap
+from streams.devstack import namespace_toml
+from streams.topics import ids_covering_partitions
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
 
 
 def config_text(ns: str) -> str:
-    return f"""
+    return """
 [defaults]
 window = "10s"
 allowed_lateness = "1s"
@@ -42,27 +43,8 @@ population = "click"
 click_window = "10s"
 window = "20s"
 
-[topics]
-impressions = "{ns}-impressions"
-clicks = "{ns}-clicks"
-conversions = "{ns}-conversions"
-rekeyed = "{ns}-rekeyed"
-labeled = "{ns}-labeled"
-state = "{ns}-state"
-partials = "{ns}-partials"
-deadletter = "{ns}-deadletter"
-
-[worker]
-app_id = "{ns}"
-prefix = "{ns}"
-partitions = {PARTITIONS}
-grace = "5s"
-checkpoint_interval = "1s"
-partials_interval = "500ms"
-holdout_percent = 0
-max_future_skew = "100000d"
-session_timeout = "6s"
-"""
+""" + namespace_toml(ns, partitions=PARTITIONS, grace="5s", checkpoint_interval="1s", partials_interval="500ms",
+                          holdout_percent=0, max_future_skew="100000d", session_timeout="6s")
 
 
 def impression(iid: str, ts: int, placement: str = "search") -> dict:
@@ -71,15 +53,6 @@ def impression(iid: str, ts: int, placement: str = "search") -> dict:
                             {"model": "cvr", "version": "v1", "score": 0.1}]}
 
 
-def tick_ids(n_partitions: int, prefix: str) -> list[str]:
-    """One impression id per partition, so every partition's event-time clock moves."""
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < n_partitions:
-        iid = f"{prefix}-{i}"
-        found.setdefault((murmur2(iid.encode()) & 0x7FFFFFFF) % n_partitions, iid)
-        i += 1
-    return list(found.values())
 
 
 async def produce(broker: str, messages: list[tuple[str, str | None, bytes]]) -> None:
@@ -144,7 +117,7 @@ class Scenario:
 
     def ticks(self, ts: int) -> list[tuple[str, str, bytes]]:
         return [(f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
-                for iid in tick_ids(PARTITIONS, f"{self.ns}-tick-{ts}")]
+                for iid in ids_covering_partitions(f"{self.ns}-tick-{ts}", PARTITIONS)]
 
 
 def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMap | None:

@@ -17,7 +17,8 @@ import redis
 from streams.config import load_config
 from streams.publisher import MapPublisher
 from streams.replay import normalized_json, replay_labeled
-from tests.integration.test_pipeline import T0, Scenario, config_text, impression, produce, tick_ids, wait_for_map
+from streams.topics import ids_covering_partitions
+from tests.integration.test_pipeline import T0, Scenario, config_text, impression, produce, wait_for_map
 
 PARTITIONS = 4
 
@@ -70,7 +71,7 @@ def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tm
         second.kill()
 
     ticks = [(f"{ns}-impressions", iid, orjson.dumps(impression(iid, T0 + 60_000, placement="tick")))
-             for iid in tick_ids(PARTITIONS, f"{ns}-tick")]
+             for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)]
     asyncio.run(produce(stack.broker_url, scenario.messages[half:] + ticks))
     first.wait_for(lambda s: len(s.get("partitions", [])) == PARTITIONS, 60, "the survivor to own every partition")
     live_ctr = wait_for_map(stack, ns, "ctr", "*", scenario.n, scenario.ctr_positives, first, timeout_s=60)
