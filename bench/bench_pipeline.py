@@ -35,7 +35,7 @@ from streams.config import load_config
 from streams.devstack import DevStack, WorkerProcess
 from streams.events import CLICK, CONVERSION, IMPRESSION
 from streams.join import PartitionJoin
-from streams.simulator import kafka_partition, murmur2
+from streams.simulator import kafka_partition, murmur2, send_batched
 from streams.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,21 +84,6 @@ def with_partitions(traffic, topics, partitions: int):
     return [(names[kind], p, key, value, ts) for (kind, key, value, ts), p in zip(traffic, parts, strict=True)]
 
 
-async def send(producer: AIOKafkaProducer, messages) -> list[asyncio.Future]:
-    batches, futures = {}, []
-    for topic, partition, key, value, ts in messages:
-        batch = batches.get((topic, partition))
-        if batch is None:
-            batch = batches[(topic, partition)] = producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=ts) is None:
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = batches[(topic, partition)] = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=ts)
-    for (topic, partition), batch in batches.items():
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
-
-
 async def produce_all(broker: str, messages) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5, max_batch_size=1 << 20,
                                 max_request_size=4 << 20, acks=1)
@@ -107,7 +92,7 @@ async def produce_all(broker: str, messages) -> float:
         start = time.perf_counter()
         pending: list[asyncio.Future] = []
         for lo in range(0, len(messages), 20_000):
-            futures = await send(producer, messages[lo:lo + 20_000])
+            futures = await send_batched(producer, messages[lo:lo + 20_000])
             await asyncio.gather(*pending)
             pending = futures
         await asyncio.gather(*pending)
@@ -270,7 +255,7 @@ def main() -> int:
                         elapsed = loop.time() - start
                         due = min(total_live, int(total_live * elapsed / args.live_seconds))
                         if due > sent:
-                            futures = await send(producer, live_msgs[sent:due])
+                            futures = await send_batched(producer, live_msgs[sent:due])
                             sent = due
                             await asyncio.gather(*in_flight)
                             in_flight = futures

@@ -460,7 +460,7 @@ async def ensure_topics(broker: str, names: Sequence[str], partitions: int) -> l
         await admin.close()
 
 
-async def _send(producer: AIOKafkaProducer, messages: list[Message]) -> list[asyncio.Future]:
+async def send_batched(producer: AIOKafkaProducer, messages: list[Message]) -> list[asyncio.Future]:
     """Hand-built batches per (topic, partition): ~10x the rate of one `send()` per message."""
     batches: dict[tuple[str, int], BatchBuilder] = {}
     futures: list[asyncio.Future] = []
@@ -506,7 +506,7 @@ async def run_simulation(
             n = min(int(rate * elapsed) - generated, max_per_tick)
             generated += n
             tick = gen.advance(gen.t0_ms + int(elapsed * scenario.speed * 1000), n)
-            futures = await _send(producer, tick.messages)
+            futures = await send_batched(producer, tick.messages)
             # The previous tick's acks: bounds what is in flight and surfaces send errors.
             await asyncio.gather(*in_flight)
             in_flight = futures
