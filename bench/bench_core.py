@@ -23,7 +23,7 @@ from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.histogram import logit
 from recalibrators.isotonic import pav
 from recalibrators.metrics import calibration_ratio, ece
-from recalibrators.synthetic import SBend, make_drift_stream, make_stream, sample_scores
+from streams.dev.synthetic import SBend, make_drift_stream, make_stream, sample_scores
 
 
 def best_time(fn: Callable[[], object], repeat: int = 7, number: int = 20) -> float:

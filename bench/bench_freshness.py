@@ -22,9 +22,9 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from recalibrators.calibration_map import CalibrationMap
-from streams.config import parse_duration_ms
-from streams.devstack import DevStack, WorkerProcess
-from streams.topics import ids_covering_partitions
+from streams.dev.devstack import DevStack, WorkerProcess
+from streams.pipeline.config import parse_duration_ms
+from streams.pipeline.topics import ids_covering_partitions
 
 PARTITIONS = 4
 WINDOW_S = 10

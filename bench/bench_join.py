@@ -19,9 +19,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.config import ModelConfig
-from streams.events import CLICK, CONVERSION, IMPRESSION, Impression, Limits, decode
-from streams.join import PartitionJoin
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Limits, decode
+from streams.pipeline.join import PartitionJoin
 
 T0 = 1_767_225_600_000  # 2026-01-01
 PLATFORMS = ("ios", "android", "web")

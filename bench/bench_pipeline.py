@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_join import make_traffic
 
-from streams.config import load_config
-from streams.devstack import DevStack, WorkerProcess
-from streams.events import CLICK, CONVERSION, IMPRESSION
-from streams.join import PartitionJoin
-from streams.simulator import kafka_partition, murmur2, send_batched
-from streams.topics import ensure_topics
+from streams.dev.devstack import DevStack, WorkerProcess
+from streams.dev.simulator import kafka_partition, murmur2, send_batched
+from streams.pipeline.config import load_config
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION
+from streams.pipeline.join import PartitionJoin
+from streams.pipeline.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ async def raw_ceiling(broker: str, topics: list[str], partitions: int, total: in
 
 def expected_examples(messages, configs, partitions: int) -> int:
     """What the worker should emit once everything is read: the pure join, per partition, in event order."""
-    from streams.events import Limits, decode
+    from streams.pipeline.events import Limits, decode
 
     joins = [PartitionJoin(configs, 60_000, 10) for _ in range(partitions)]
     kinds = {"ad-impressions": IMPRESSION, "ad-clicks": CLICK, "ad-conversions": CONVERSION}

@@ -12,7 +12,7 @@
    merge + metrics + gate per map) - the same work `recal replay` does, minus the Redis publish.
 Prints examples/s of both and their ratio.
 
-With `--worker`, the labeled topic is instead written by a real `recal worker` (streams/demo.toml) on
+With `--worker`, the labeled topic is instead written by a real `recal worker` (streams/dev/demo.toml) on
 `recal simulate` traffic (`--rate` impressions/s for `--duration` s, demo speed), so record sizes are
 the live ones; the replay then also runs against the worker's own config.
 """
@@ -31,10 +31,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.config import load_config
-from streams.devstack import DevStack, WorkerProcess
-from streams.records import pack_examples
-from streams.replay import Progress, end_offsets, replay_labeled
+from streams.dev.devstack import DevStack, WorkerProcess
+from streams.pipeline.config import load_config
+from streams.pipeline.records import pack_examples
+from streams.replay.replay import Progress, end_offsets, replay_labeled
 
 T0 = 1_790_000_000_000
 PARTITIONS = 4
@@ -121,7 +121,7 @@ def run_worker(stack: DevStack, rate: float, duration: float) -> tuple[str, int]
     cfg.write_text((Path(__file__).resolve().parents[1] / "streams" / "demo.toml").read_text())
     worker = WorkerProcess(cfg, stack.broker_url, stack.redis_url, cfg.parent / "worker.log")
     try:
-        subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "--broker", stack.broker_url,
+        subprocess.run([sys.executable, "-m", "streams.cli.main", "simulate", "--broker", stack.broker_url,
                         "--rate", str(rate), "--duration", str(duration), "--speed", "600", "--create-topics"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         last, still = -1, 0

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_serving [--maps 100000] [--knots 98]
 
-Starts its own redis-server (streams.devstack) on a free loopback port and prints one table.
+Starts its own redis-server (streams.dev.devstack) on a free loopback port and prints one table.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import psutil
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.reader import MapReader
-from streams import devstack
-from streams.publisher import MapPublisher
+from recalibrators.serving.reader import MapReader
+from streams.dev import devstack
+from streams.pipeline.publisher import MapPublisher
 
 SEGMENT = {"platform": "ios", "placement": "search"}
 

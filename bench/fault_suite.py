@@ -9,7 +9,7 @@ processes); this script runs them with a results file (FAULT_RESULTS) and the fu
 30 s, broker frozen 15 s, 100,000 hostile messages), then prints one row per scenario: faults injected, events
 sent, labels expected vs counted, dead letters by reason, max worker RSS, outcome.
 
-The soak drives `streams.simulator.run_simulation` at a steady rate against one worker, samples the worker's
+The soak drives `streams.dev.simulator.run_simulation` at a steady rate against one worker, samples the worker's
 RSS and /stats every 10 s, and reports the RSS slope after warm-up, the pending join state against
 rate x window, and what the worker exposes about its event loop.
 """
@@ -35,9 +35,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.config import load_config  # noqa: E402
-from streams.devstack import DevStack, WorkerProcess, namespace_toml  # noqa: E402
-from streams.simulator import Scenario, run_simulation  # noqa: E402
+from streams.dev.devstack import DevStack, WorkerProcess, namespace_toml  # noqa: E402
+from streams.dev.simulator import Scenario, run_simulation  # noqa: E402
+from streams.pipeline.config import load_config  # noqa: E402
 
 
 # -- the pytest scenarios ----------------------------------------------------------------------------------

@@ -142,3 +142,19 @@ def binned_calibration_ratio(predict: Callable[[np.ndarray], np.ndarray], weight
     ok = weight > 0
     pos = float(positives[ok].sum())
     return float(np.sum(weight[ok] * predict(mean_score[ok]))) / pos if pos > 0 else float("inf")
+
+
+def parse_reliability(metrics: dict | None) -> list[tuple[float, float, float, float]]:
+    """The `rel` metric of a map as (raw, calibrated, observed, weight) per group; [] if absent."""
+    text = (metrics or {}).get("rel")
+    if not isinstance(text, str) or not text:
+        return []
+    rows = []
+    for part in text.split(";"):
+        values = part.split(",")
+        if len(values) == 4:
+            try:
+                rows.append(tuple(float(v) for v in values))
+            except ValueError:
+                continue
+    return rows

@@ -1,1 +1,1 @@
-"""The I/O shell: Faust app, the join worker, the Redis publisher, the CLI and the dev stack."""
+"""The I/O shell. Imports flow cli -> {dev, replay, dashboard} -> pipeline -> recalibrators, never back."""

@@ -21,8 +21,8 @@ import yaml  # pyyaml, in the dev extra
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from streams.cli import build_parser
-from streams.config import Config, KafkaSecurity, Topics, load_config
+from streams.cli.main import build_parser
+from streams.pipeline.config import Config, KafkaSecurity, Topics, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -47,7 +47,7 @@ def parse_cli(argv: list[str]):
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on errors
-        pytest.fail(f"`recal {shlex.join(argv)}` does not parse with streams.cli.build_parser(): exit {exc.code}")
+        pytest.fail(f"`recal {shlex.join(argv)}` does not parse with streams.cli.main.build_parser(): exit {exc.code}")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[0]]
     flags = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
     inexact = flags - set(sub._option_string_actions)
@@ -68,10 +68,10 @@ def env_dict(env: dict | list | None) -> dict[str, str]:
 
 
 def assert_vars_read_by_config(names: set[str], where: str) -> None:
-    """Every RECAL_* name must be one streams/config.py reads, and setting it must change the Config."""
+    """Every RECAL_* name must be one streams/pipeline/config.py reads, and setting it must change the Config."""
     names = {n for n in names if n.startswith("RECAL_")}
     unknown = names - KNOWN_VARS
-    assert not unknown, f"{where}: RECAL_* variables that streams/config.py does not read: {sorted(unknown)}"
+    assert not unknown, f"{where}: RECAL_* variables that streams/pipeline/config.py does not read: {sorted(unknown)}"
     base = load_config(None, env={})
     for name in names:
         assert load_config(None, env={name: "sentinel-value"}) != base, f"{where}: {name} has no effect on Config"
@@ -290,7 +290,7 @@ def test_dockerfile_base_images_are_pinned_slim_python_311(dockerfile):
 def test_dockerfile_entrypoint_is_the_console_script(dockerfile):
     entry = [json.loads(rest) for i, rest in dockerfile if i == "ENTRYPOINT"]
     assert entry[-1] == ["recal"]
-    assert PYPROJECT["project"]["scripts"]["recal"] == "streams.cli:main"
+    assert PYPROJECT["project"]["scripts"]["recal"] == "streams.cli.main:main"
     cmd = json.loads([rest for i, rest in dockerfile if i == "CMD"][-1])
     args = parse_cli(cmd)
     assert args.command == "worker" and args.config == "/etc/recal/recal.toml"

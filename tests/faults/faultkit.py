@@ -30,9 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.segments import segment_key
-from streams import devstack
-from streams.devstack import DevStack, namespace_toml
-from streams.topics import ids_covering_partitions
+from streams.dev import devstack
+from streams.dev.devstack import DevStack, namespace_toml
+from streams.pipeline.topics import ids_covering_partitions
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2

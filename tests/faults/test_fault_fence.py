@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from recalibrators.calibrator import Calibrator
-from streams import devstack
-from streams.aggregator import Aggregator, encode_partial
-from streams.config import ModelConfig
-from streams.partials import calibrator_config
-from streams.publisher import MapPublisher
+from streams.dev import devstack
+from streams.pipeline.aggregator import Aggregator, encode_partial
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.partials import calibrator_config
+from streams.pipeline.publisher import MapPublisher
 
 E = 1_790_000_000_000
 CONFIG = ModelConfig(min_samples=1, half_life_ms=10**15)

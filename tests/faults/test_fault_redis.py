@@ -18,9 +18,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.reader import Backoff, MapReader
-from streams import devstack
-from streams.publisher import MapPublisher, RetryingPublisher
+from recalibrators.serving.backoff import Backoff
+from recalibrators.serving.reader import MapReader
+from streams.dev import devstack
+from streams.pipeline.publisher import MapPublisher, RetryingPublisher
 
 OUTAGE_S = float(os.environ.get("FAULT_REDIS_OUTAGE_S", "10"))
 REFRESH_S = 1.0

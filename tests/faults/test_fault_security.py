@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recalibrators.segments import fallback_chain, parse_segment_key, segment_key
-from streams.config import load_config
-from streams.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
-from streams.topics import ids_covering_partitions
+from streams.pipeline.config import load_config
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
+from streams.pipeline.topics import ids_covering_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import asyncio
 from pathlib import Path
 from typing import ClassVar
 
-from streams import topics as topics_module
-from streams.config import load_config
+from streams.pipeline import topics as topics_module
+from streams.pipeline.config import load_config
 
 
 class RecordingAdmin:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.devstack import DevStack, WorkerProcess
+from streams.dev.devstack import DevStack, WorkerProcess
 
 
 @pytest.fixture(scope="session")

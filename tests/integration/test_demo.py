@@ -11,7 +11,7 @@ from pathlib import Path
 def test_demo_calibrates_ctr_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "artifacts"
     run = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "demo", "--duration", "30", "--rate", "2000", "--speed", "240",
+        [sys.executable, "-m", "streams.cli.main", "demo", "--duration", "30", "--rate", "2000", "--speed", "240",
          "--out", str(out)],
         capture_output=True, text=True, timeout=240,
     )

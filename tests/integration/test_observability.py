@@ -27,9 +27,9 @@ import orjson
 import pytest
 import redis
 
-from streams import devstack
-from streams.devstack import WorkerProcess, namespace_toml
-from streams.topics import ids_covering_partitions
+from streams.dev import devstack
+from streams.dev.devstack import WorkerProcess, namespace_toml
+from streams.pipeline.topics import ids_covering_partitions
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
@@ -229,7 +229,7 @@ def test_dashboard_in_headless_chromium(observed):
 
 def test_dashboard_command_and_maps_plot(observed):
     port = devstack.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "dashboard", "--redis", observed.redis_url,
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli.main", "dashboard", "--redis", observed.redis_url,
                              "--prefix", observed.ns, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -243,7 +243,7 @@ def test_dashboard_command_and_maps_plot(observed):
         proc.terminate()
         proc.wait(10)
     out = observed.tmp / "search.png"
-    run = subprocess.run([sys.executable, "-m", "streams.cli", "maps", "plot", "ctr", "placement=search", "-o",
+    run = subprocess.run([sys.executable, "-m", "streams.cli.main", "maps", "plot", "ctr", "placement=search", "-o",
                           str(out), "--redis", observed.redis_url, "--prefix", observed.ns],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

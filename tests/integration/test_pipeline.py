@@ -17,8 +17,8 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from recalibrators.calibration_map import CalibrationMap
-from streams.devstack import namespace_toml
-from streams.topics import ids_covering_partitions
+from streams.dev.devstack import namespace_toml
+from streams.pipeline.topics import ids_covering_partitions
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2

@@ -13,9 +13,17 @@ import redis
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from recalibrators.calibration_map import CalibrationMap
-from streams.config import load_config
-from streams.publisher import MapPublisher
-from streams.replay import Progress, ReplayRange, _client, normalized_json, offset_for_time, replay_labeled, replay_raw
+from streams.pipeline.config import load_config
+from streams.pipeline.publisher import MapPublisher
+from streams.replay.replay import (
+    Progress,
+    ReplayRange,
+    _client,
+    normalized_json,
+    offset_for_time,
+    replay_labeled,
+    replay_raw,
+)
 from tests.integration.test_pipeline import T0, Scenario, config_text, produce, wait_for_map
 
 
@@ -75,7 +83,7 @@ def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_
     # 2. through the CLI, twice (and the CLI's summary table)
     for run in ("a", "b"):
         out = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "replay", "--config", str(path), "--broker", stack.broker_url,
+            [sys.executable, "-m", "streams.cli.main", "replay", "--config", str(path), "--broker", stack.broker_url,
              "--redis", stack.redis_url, "--prefix", f"{ns}-replay-{run}"],
             capture_output=True, text=True, timeout=60, check=True)
         assert "ctr      *" in out.stdout and "replay:" in out.stderr

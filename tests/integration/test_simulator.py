@@ -12,10 +12,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from streams.config import Topics
-from streams.devstack import DevStack
-from streams.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits, decode
-from streams.simulator import Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.dev.devstack import DevStack
+from streams.dev.simulator import Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.pipeline.config import Topics
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits, decode
 
 TOPICS = Topics()
 KINDS = {TOPICS.impressions: IMPRESSION, TOPICS.clicks: CLICK, TOPICS.conversions: CONVERSION}

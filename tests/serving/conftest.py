@@ -1,4 +1,4 @@
-"""A real redis-server (streams.devstack) shared by the serving tests; every test starts on an empty db."""
+"""A real redis-server (streams.dev.devstack) shared by the serving tests; every test starts on an empty db."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import redis as redis_lib
 
 from recalibrators.calibration_map import CalibrationMap
-from streams import devstack
+from streams.dev import devstack
 
 
 @pytest.fixture(scope="session")

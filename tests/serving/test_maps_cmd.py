@@ -6,8 +6,8 @@ import argparse
 
 import orjson
 
-from streams.maps_cmd import register
-from streams.publisher import MapPublisher
+from streams.cli.maps import register
+from streams.pipeline.publisher import MapPublisher
 
 
 def run(argv: list[str]) -> int:

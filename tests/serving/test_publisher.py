@@ -10,9 +10,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.reader import Backoff
-from streams import devstack
-from streams.publisher import MapPublisher, RetryingPublisher
+from recalibrators.serving.backoff import Backoff
+from streams.dev import devstack
+from streams.pipeline.publisher import MapPublisher, RetryingPublisher
 
 SEG = {"platform": "ios", "placement": "search"}
 FIELD = "ctr:placement=search|platform=ios"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from recalibrators.reader import MapReader
-from streams import devstack
-from streams.publisher import MapPublisher
+from recalibrators.serving.reader import MapReader
+from streams.dev import devstack
+from streams.pipeline.publisher import MapPublisher
 
 IOS_SEARCH = {"platform": "ios", "placement": "search"}
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recalibrators import CalibrationMap, Calibrator, CalibratorConfig
-from recalibrators.synthetic import SBend, make_stream
+from streams.dev.synthetic import SBend, make_stream
 
 HL = 60_000.0
 CFG = CalibratorConfig(half_life_ms=HL, holdout_half_life_ms=HL / 4, prior_strength=1000.0)

@@ -12,12 +12,13 @@ import pytest
 
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
-from streams.aggregator import Aggregator, encode_partial, map_metrics, parse_reliability
-from streams.config import ModelConfig
-from streams.dashboard import history_svg, reliability_svg, render_index, render_map, rows
-from streams.join_worker import Stats
-from streams.metrics import MapTracker, Readiness, RecalCollector, exposition, registry
-from streams.publisher import PublishResult
+from recalibrators.metrics import parse_reliability
+from streams.dashboard.pages import history_svg, reliability_svg, render_index, render_map, rows
+from streams.pipeline.aggregator import Aggregator, encode_partial, map_metrics
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.join_worker import Stats
+from streams.pipeline.metrics import MapTracker, Readiness, RecalCollector, exposition, registry
+from streams.pipeline.publisher import PublishResult
 
 T0 = 1_790_000_000_000
 

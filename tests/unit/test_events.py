@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.events import (
+from streams.pipeline.events import (
     CLICK,
     CONVERSION,
     IMPRESSION,

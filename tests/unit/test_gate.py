@@ -1,7 +1,7 @@
 import numpy as np
 
 from recalibrators import CalibrationMap, Calibrator, CalibratorConfig, QualityGate
-from recalibrators.synthetic import SBend, make_stream
+from streams.dev.synthetic import SBend, make_stream
 
 
 def fitted(n, seed=0):

@@ -11,9 +11,9 @@ import zlib
 
 import pytest
 
-from streams.config import ModelConfig
-from streams.events import CLICK, CONVERSION, Action, Impression
-from streams.join import _BUCKET_MS, PartitionJoin, is_holdout
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.events import CLICK, CONVERSION, Action, Impression
+from streams.pipeline.join import _BUCKET_MS, PartitionJoin, is_holdout
 
 T0 = 1_700_000_000_000  # a multiple of the 1 s scheduling bucket
 LATENESS = 5_000

@@ -5,7 +5,7 @@ from sklearn.linear_model import LogisticRegression
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.histogram import logit
 from recalibrators.platt import fit_platt, platt_predict
-from recalibrators.synthetic import SBend, make_stream, sample_scores
+from streams.dev.synthetic import SBend, make_stream, sample_scores
 
 
 def test_platt_on_fine_bins_matches_sklearn_on_raw_events():

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.histogram import logit
 from recalibrators.metrics import calibration_ratio
-from recalibrators.synthetic import SBend, make_drift_stream, make_stream, sample_scores
+from streams.dev.synthetic import SBend, make_drift_stream, make_stream, sample_scores
 
 EVAL = sample_scores(np.random.default_rng(12345), 200_000)  # the score distribution errors are weighted by
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.aggregator import Aggregator, encode_partial
-from streams.config import ModelConfig
-from streams.partials import PartialCalibrators
-from streams.records import pack_examples
-from streams.replay import LabeledPartition, build_maps, load_checkpoint, row_filter, save_checkpoint
-from streams.replay_cmd import parse_time_ms
+from streams.cli.replay import parse_time_ms
+from streams.pipeline.aggregator import Aggregator, encode_partial
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.partials import PartialCalibrators
+from streams.pipeline.records import pack_examples
+from streams.replay.replay import LabeledPartition, build_maps, load_checkpoint, row_filter, save_checkpoint
 
 T0 = 1_790_000_000_000
 MODELS, VERSIONS = ["ctr", "cvr"], ["v1"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from recalibrators.calibration_map import CalibrationMap
-from streams.report import (
+from streams.dev.report import (
     ALL_SEGMENTS,
     Metrics,
     calibration_ratio,

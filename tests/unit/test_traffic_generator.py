@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import murmur2 as kafka_murmur2
 
-from streams.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
-from streams.simulator import MALFORMED_KINDS, Reservoir, Scenario, TrafficGenerator, murmur2
+from streams.dev.simulator import MALFORMED_KINDS, Reservoir, Scenario, TrafficGenerator, murmur2
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
 
 T0 = 1_700_000_000_000
 QUIET = Scenario(t0_ms=T0, duplicate_click_share=0, reordered_click_share=0, late_click_share=0, malformed_share=0)

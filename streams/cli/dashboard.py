@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import redis
 
-from streams.dashboard import DashboardSource
+from streams.dashboard.pages import DashboardSource
 
 log = logging.getLogger("recal.dashboard")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.records import pack, unpack
+from streams.pipeline.records import pack, unpack
 
 CHUNK_BYTES = 900_000
 

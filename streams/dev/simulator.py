@@ -4,7 +4,7 @@ Two layers. `TrafficGenerator` is pure (numpy + orjson, no I/O): `advance(to_ms,
 with event times up to `to_ms` and returns every message due by then, delayed clicks and conversions
 included. `run_simulation` drives it from a wall clock `speed` times slower than event time and writes the
 messages to Kafka with aiokafka. Every (model, segment) has its own S-bend miscalibration, so the truth
-reservoirs let `streams.report` score published maps against the real probabilities, not the noisy labels.
+reservoirs let `streams.dev.report` score published maps against the real probabilities, not the noisy labels.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from recalibrators.segments import segment_key
-from recalibrators.synthetic import SBend, sample_scores
-from streams.config import Topics
+from streams.dev.synthetic import SBend, sample_scores
+from streams.pipeline.config import Topics
 
 DEFAULT_TOPICS = Topics()
 HOUR_S = 3600.0

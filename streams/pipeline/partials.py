@@ -15,7 +15,7 @@ import numpy as np
 
 from recalibrators.calibrator import Calibrator, CalibratorConfig, prepare_batch
 from recalibrators.segments import fallback_chain
-from streams.config import ModelConfig
+from streams.pipeline.config import ModelConfig
 
 CalibratorKey = tuple[str, str, str]  # model, model version, segment key
 

@@ -2,7 +2,7 @@
 
 The aggregator keeps, per map key, the latest partial state of every partition for the newest
 model versions, merges them (exact: sums add), runs the quality gate against the map it published
-last, and hands accepted maps to the publisher. Pure state and logic; `streams.app` wires it to a
+last, and hands accepted maps to the publisher. Pure state and logic; `streams.pipeline.app` wires it to a
 Faust agent, a table and a timer.
 
 Map version (fencing): the number of labeled examples ever folded into the key, over all model
@@ -25,8 +25,8 @@ from recalibrators.calibrator import Calibrator
 from recalibrators.gate import QualityGate
 from recalibrators.histogram import Histogram
 from recalibrators.segments import parse_segment_key
-from streams.config import ModelConfig
-from streams.records import pack, unpack
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.records import pack, unpack
 
 log = logging.getLogger("recal.aggregate")
 drift_log = logging.getLogger("recal.drift")
@@ -147,22 +147,6 @@ def map_metrics(candidate: CalibrationMap, calibrator: Calibrator,
     out["rel"] = ";".join(f"{a:.4g},{b:.4g},{c:.4g},{d:.4g}" for a, b, c, d in zip(
         g_raw.tolist(), g_cal.tolist(), g_obs.tolist(), gw.tolist(), strict=True))
     return out
-
-
-def parse_reliability(metrics: dict | None) -> list[tuple[float, float, float, float]]:
-    """The `rel` metric of a map as (raw, calibrated, observed, weight) per group; [] if absent."""
-    text = (metrics or {}).get("rel")
-    if not isinstance(text, str) or not text:
-        return []
-    rows = []
-    for part in text.split(";"):
-        values = part.split(",")
-        if len(values) == 4:
-            try:
-                rows.append(tuple(float(v) for v in values))
-            except ValueError:
-                continue
-    return rows
 
 
 class Aggregator:

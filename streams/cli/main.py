@@ -7,15 +7,15 @@ import asyncio
 import logging
 import sys
 
-from streams import dashboard_cmd, maps_cmd, replay_cmd, simulate_cmd
+from streams.cli import dashboard, maps, replay, simulate
 
 
 def _worker(args: argparse.Namespace) -> int:
     import faust
 
-    from streams.app import create_app
-    from streams.config import load_config
-    from streams.topics import ensure_topics
+    from streams.pipeline.app import create_app
+    from streams.pipeline.config import load_config
+    from streams.pipeline.topics import ensure_topics
 
     config = load_config(args.config, broker=args.broker, redis=args.redis, web_port=args.web_port)
     asyncio.run(ensure_topics(config, create_sources=args.create_topics))
@@ -26,7 +26,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.dev.demo import run_demo
 
     return run_demo(args)
 
@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true", help="keep the stack up for the dashboard")
     demo.set_defaults(func=_demo)
 
-    simulate_cmd.register(sub)
-    maps_cmd.register(sub)
-    replay_cmd.register(sub)
-    dashboard_cmd.register(sub)
+    simulate.register(sub)
+    maps.register(sub)
+    replay.register(sub)
+    dashboard.register(sub)
     return parser
 
 

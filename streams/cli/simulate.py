@@ -8,8 +8,8 @@ import os
 import sys
 import time
 
-from streams.config import Topics
-from streams.simulator import Counters, Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.dev.simulator import Counters, Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.pipeline.config import Topics
 
 DEFAULT_BROKER = "localhost:9092"
 

@@ -18,13 +18,20 @@ import faust
 import mode
 import redis
 
-from recalibrators.reader import RedisKeys
-from streams.aggregator import Aggregator, MapState, encode_partial
-from streams.config import Config
-from streams.dashboard import DashboardSource
-from streams.join_worker import JoinWorker
-from streams.metrics import PROMETHEUS_CONTENT_TYPE, MapTracker, Readiness, RecalCollector, exposition, registry
-from streams.publisher import MapPublisher, RetryingPublisher
+from recalibrators.serving.keys import RedisKeys
+from streams.dashboard.pages import DashboardSource
+from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
+from streams.pipeline.config import Config
+from streams.pipeline.join_worker import JoinWorker
+from streams.pipeline.metrics import (
+    PROMETHEUS_CONTENT_TYPE,
+    MapTracker,
+    Readiness,
+    RecalCollector,
+    exposition,
+    registry,
+)
+from streams.pipeline.publisher import MapPublisher, RetryingPublisher
 
 log = logging.getLogger("recal.app")
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import redis
 
 from recalibrators.segments import fallback_chain, parse_segment_key
-from streams.config import load_config
-from streams.devstack import DevStack, WorkerProcess
-from streams.publisher import MapPublisher
-from streams.report import evaluate, reliability_png, render_table
-from streams.simulator import Scenario, run_simulation
-from streams.topics import ensure_topics
+from streams.dev.devstack import DevStack, WorkerProcess
+from streams.dev.report import evaluate, reliability_png, render_table
+from streams.dev.simulator import Scenario, run_simulation
+from streams.pipeline.config import load_config
+from streams.pipeline.publisher import MapPublisher
+from streams.pipeline.topics import ensure_topics
 
 DEMO_CONFIG = Path(__file__).with_name("demo.toml")
 

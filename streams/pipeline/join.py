@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from streams.config import ModelConfig
-from streams.events import CLICK, Action, Impression
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.events import CLICK, Action, Impression
 
 _HEAD = struct.Struct("<qI")  # impression ts, segment index
 _SLOT = struct.Struct("<HHd")  # model index, version index, score

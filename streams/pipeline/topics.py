@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
-from streams.config import Config
+from streams.pipeline.config import Config
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -6,7 +6,7 @@ Two sources:
   applied in offset order with the live batch boundaries (one `PartialCalibrators.learn` per record, as
   `JoinWorker._emit` does), then the partials are merged in partition order by the live `Aggregator`, so a
   replayed map is byte-identical to the live one apart from `updated_at`.
-- **raw**: the impression/click/conversion topics, re-joined by `streams.join.PartitionJoin` per partition
+- **raw**: the impression/click/conversion topics, re-joined by `streams.pipeline.join.PartitionJoin` per partition
   (events routed to the partition their impression_id hashes to, ordered by record timestamp). Counts
   match the live join; batch boundaries, hence decayed floats, may differ.
 
@@ -36,15 +36,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
-from recalibrators.reader import map_field
-from streams.aggregator import Aggregator, MapState, encode_partial, merged
-from streams.config import Config, ModelConfig
-from streams.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits
-from streams.events import decode as decode_events
-from streams.join import PartitionJoin
-from streams.partials import PartialCalibrators
-from streams.records import pack, unpack, unpack_examples
-from streams.topics import partition_of
+from recalibrators.serving.keys import map_field
+from streams.pipeline.aggregator import Aggregator, MapState, encode_partial, merged
+from streams.pipeline.config import Config, ModelConfig
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits
+from streams.pipeline.events import decode as decode_events
+from streams.pipeline.join import PartitionJoin
+from streams.pipeline.partials import PartialCalibrators
+from streams.pipeline.records import pack, unpack, unpack_examples
+from streams.pipeline.topics import partition_of
 
 log = logging.getLogger("recal.replay")
 

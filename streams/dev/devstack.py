@@ -186,7 +186,7 @@ class WorkerProcess:
         self.port = free_port()
         self.log_path = Path(log_path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--config", str(config_path), "--create-topics",
+            [sys.executable, "-m", "streams.cli.main", "worker", "--config", str(config_path), "--create-topics",
              "--broker", broker_url, "--redis", redis_url, "--web-port", str(self.port)],
             stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
@@ -260,7 +260,7 @@ def namespace_toml(ns: str, **worker: str | int) -> str:
     `worker` adds `[worker]` settings (strings are quoted, numbers are not)."""
     from dataclasses import fields
 
-    from streams.config import Topics
+    from streams.pipeline.config import Topics
 
     topics = "\n".join(f'{f.name} = "{ns}-{f.name}"' for f in fields(Topics))
     settings = {"app_id": ns, "prefix": ns, **worker}

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import redis
 
-from streams.publisher import MapPublisher
-from streams.replay import Progress, ReplayRange, format_summary, replay_labeled, replay_raw, summarize
+from streams.pipeline.publisher import MapPublisher
+from streams.replay.replay import Progress, ReplayRange, format_summary, replay_labeled, replay_raw, summarize
 
 
 def parse_time_ms(text: str) -> int:
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.config import load_config
+    from streams.pipeline.config import load_config
 
     config = load_config(args.config, broker=args.broker, redis=args.redis)
     rng = ReplayRange(args.start_offset, args.end_offset, args.from_time, args.to_time)

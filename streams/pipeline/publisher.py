@@ -15,7 +15,9 @@ from typing import Any, Literal
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.reader import Backoff, RedisKeys, check_model, map_field
+from recalibrators.serving.backoff import Backoff
+from recalibrators.serving.keys import RedisKeys, check_model, map_field
+from recalibrators.serving.store import MGET_CHUNK, MapStore, mget_chunked
 
 __all__ = ["MapPublisher", "PublishResult", "RetryingPublisher"]
 
@@ -61,14 +63,13 @@ class PublishResult:
         return self.status == "published"
 
 
-class MapPublisher:
+class MapPublisher(MapStore):
     """Writes maps under `prefix`; keeps the last `history` versions per key (0 disables history)."""
 
     def __init__(self, redis_client: redis.Redis, prefix: str = "recal", history: int = 5) -> None:
         if history < 0:
             raise ValueError("history must be >= 0")
-        self.redis = redis_client
-        self.keys = RedisKeys(prefix)
+        super().__init__(redis_client, prefix)
         self.history = history
         self._script = redis_client.register_script(_PUBLISH_LUA)
 
@@ -116,10 +117,9 @@ class MapPublisher:
         src, dst = RedisKeys(from_prefix), RedisKeys(to_prefix)
         counts = {"published": 0, "refused_stale": 0, "invalid": 0}
         fields = sorted(f.decode() for f in self.redis.hkeys(src.index))
-        for start in range(0, len(fields), _CHUNK):
-            chunk = fields[start : start + _CHUNK]
+        for start in range(0, len(fields), MGET_CHUNK):
             maps = []
-            for field, raw in zip(chunk, self.redis.mget([src.map(f) for f in chunk]), strict=True):
+            for field, raw in mget_chunked(self.redis, src, fields[start : start + MGET_CHUNK]):
                 try:
                     m = CalibrationMap.from_json(raw) if raw is not None else None
                     ok = m is not None and map_field(m) == field
@@ -165,28 +165,6 @@ class MapPublisher:
             if result.published:
                 return result
         return result
-
-    # ---- reading (CLI) ------------------------------------------------------------------------------
-
-    def list_maps(self, prefix: str | None = None) -> dict[str, CalibrationMap | None]:
-        """Every indexed map by field; None where the stored value is missing or invalid."""
-        keys = RedisKeys(prefix) if prefix else self.keys
-        fields = sorted(f.decode() for f in self.redis.hkeys(keys.index))
-        out: dict[str, CalibrationMap | None] = {}
-        for start in range(0, len(fields), _CHUNK):
-            chunk = fields[start : start + _CHUNK]
-            for field, raw in zip(chunk, self.redis.mget([keys.map(f) for f in chunk]), strict=True):
-                try:
-                    out[field] = CalibrationMap.from_json(raw) if raw is not None else None
-                except ValueError:
-                    out[field] = None
-        return out
-
-    def get_map(self, model: str, segment_key: str, prefix: str | None = None) -> CalibrationMap | None:
-        """The stored map, None if absent; ValueError if the stored value is invalid."""
-        keys = RedisKeys(prefix) if prefix else self.keys
-        raw = self.redis.get(keys.map(f"{check_model(model)}:{segment_key}"))
-        return None if raw is None else CalibrationMap.from_json(raw)
 
 
 def _result(field: str, reply: list) -> PublishResult:

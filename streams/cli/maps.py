@@ -13,7 +13,7 @@ import orjson
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
-from streams.publisher import MapPublisher
+from streams.pipeline.publisher import MapPublisher
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
 
@@ -133,7 +133,7 @@ def plot_map(m, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from streams.aggregator import parse_reliability
+    from recalibrators.metrics import parse_reliability
 
     metrics = m.metrics_dict or {}
     rel = parse_reliability(metrics)

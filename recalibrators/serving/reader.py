@@ -9,11 +9,9 @@ See docs/serving.md for the Redis contract.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass
 from typing import NamedTuple, Self
 
 import numpy as np
@@ -22,64 +20,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.segments import fallback_chain, segment_key
+from recalibrators.segments import fallback_chain
+from recalibrators.serving.backoff import Backoff
+from recalibrators.serving.keys import RedisKeys, map_field
+from recalibrators.serving.store import mget_chunked
 
-__all__ = ["Age", "Backoff", "MapReader", "RedisKeys", "check_model", "map_field"]
+__all__ = ["Age", "MapReader"]
 
 log = logging.getLogger(__name__)
 
-_MGET_CHUNK = 1000
 _MAX_DRAIN = 1000  # notifications folded into one load + one cache swap
 _UNRESOLVED = object()
-
-
-def check_model(model: str) -> str:
-    """Model names are Redis key components: non-empty and without ':'."""
-    if not model or ":" in model:
-        raise ValueError(f"model name must be non-empty and must not contain ':', got {model!r}")
-    return model
-
-
-def map_field(m: CalibrationMap) -> str:
-    """`{model}:{segment_key}`: a map's field in the index, its key suffix and its notification prefix."""
-    return f"{check_model(m.model)}:{segment_key(m.segment_dict)}"
-
-
-@dataclass(frozen=True)
-class RedisKeys:
-    """The key layout of one namespace (prefix)."""
-
-    prefix: str = "recal"
-
-    @property
-    def index(self) -> str:
-        return f"{self.prefix}:maps"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:maps:updated"
-
-    def map(self, field: str) -> str:
-        return f"{self.prefix}:map:{field}"
-
-    def history(self, field: str) -> str:
-        return f"{self.prefix}:hist:{field}"
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: delay k is uniform in [d/2, d], d = min(cap, base * 2**k)."""
-
-    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
-        self.base, self.cap = base, cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2 ** min(self.failures, 32))
-        self.failures += 1
-        return delay * (0.5 + random.random() / 2)  # jitter: clients that failed together spread out
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Age(NamedTuple):
@@ -344,17 +295,15 @@ class MapReader:
         """
         names = list(fields)
         updates: dict[str, CalibrationMap] = {}
-        for start in range(0, len(names), _MGET_CHUNK):
-            chunk = names[start : start + _MGET_CHUNK]
-            for field, raw in zip(chunk, client.mget([self._keys.map(f) for f in chunk]), strict=True):
-                if raw is None:
-                    continue  # deleted after the index read; the next check drops it
-                m = self._validate(field, raw, fields[field])
-                if m is None:
-                    continue
-                cur = self._maps.get(field)
-                if cur is None or m.version > cur.version or (authoritative and m.version == fields[field]):
-                    updates[field] = m
+        for field, raw in mget_chunked(client, self._keys, names):
+            if raw is None:
+                continue  # deleted after the index read; the next check drops it
+            m = self._validate(field, raw, fields[field])
+            if m is None:
+                continue
+            cur = self._maps.get(field)
+            if cur is None or m.version > cur.version or (authoritative and m.version == fields[field]):
+                updates[field] = m
         deleted = [f for f in deleted if f in self._maps]
         if updates or deleted:
             new = dict(self._maps)

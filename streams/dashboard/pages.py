@@ -24,9 +24,8 @@ from urllib.parse import urlencode
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.reader import RedisKeys
-from streams.aggregator import parse_reliability
-from streams.publisher import MapPublisher
+from recalibrators.metrics import parse_reliability
+from recalibrators.serving.store import MapStore
 
 __all__ = ["DashboardSource", "Row", "history_svg", "reliability_svg", "render_index", "render_map", "rows"]
 
@@ -267,25 +266,18 @@ class DashboardSource:
 
     def __init__(self, client: redis.Redis, prefix: str = "recal", history: int = HISTORY) -> None:
         self.client = client
-        self.publisher = MapPublisher(client, prefix=prefix)
-        self.keys = RedisKeys(prefix)
+        self.store = MapStore(client, prefix=prefix)
         self.prefix = prefix
         self.history = history
 
     def index_html(self) -> str:
-        return render_index(rows(self.publisher.list_maps()), source=f"prefix {self.prefix!r}")
+        return render_index(rows(self.store.list_maps()), source=f"prefix {self.prefix!r}")
 
     def map_html(self, model: str, segment: str) -> tuple[int, str]:
         try:
-            m = self.publisher.get_map(model, segment)
+            m = self.store.get_map(model, segment)
         except ValueError:
             m = None
         if m is None:
             return 404, render_missing(model, segment)
-        history = []
-        for raw in self.client.lrange(self.keys.history(f"{model}:{segment}"), 0, self.history - 1):
-            try:
-                history.append(CalibrationMap.from_json(raw))
-            except ValueError:
-                continue
-        return 200, render_map(m, history)
+        return 200, render_map(m, self.store.history(model, segment, self.history))

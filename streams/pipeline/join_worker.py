@@ -27,14 +27,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from streams.config import Config, ModelConfig
-from streams.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
-from streams.events import decode as decode_events
-from streams.join import PartitionJoin
-from streams.partials import PartialCalibrators
-from streams.records import pack, pack_examples, unpack
-from streams.snapshots import SnapshotStore
-from streams.topics import partition_of
+from streams.pipeline.config import Config, ModelConfig
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
+from streams.pipeline.events import decode as decode_events
+from streams.pipeline.join import PartitionJoin
+from streams.pipeline.partials import PartialCalibrators
+from streams.pipeline.records import pack, pack_examples, unpack
+from streams.pipeline.snapshots import SnapshotStore
+from streams.pipeline.topics import partition_of
 
 log = logging.getLogger("recal.join")
 

@@ -1,0 +1,1 @@
+"""The `recal` command line: one module per command."""

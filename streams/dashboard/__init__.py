@@ -1,0 +1,1 @@
+"""The calibration dashboard: pages and plots over the maps in Redis."""

@@ -1,0 +1,1 @@
+"""The production stream worker: decode, join, calibrate partials, aggregate, publish."""

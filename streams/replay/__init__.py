@@ -1,0 +1,1 @@
+"""Rebuilding calibrators from the topics for backfills (`recal replay`)."""
