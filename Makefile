@@ -16,6 +16,7 @@ demo: $(BIN)/recal
 
 test: $(BIN)/recal
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 bench: $(BIN)/recal

@@ -123,8 +123,19 @@ def quality() -> None:
     print("Calibration ratios: truth = sum map / sum p_true on eval scores; train = sum map / sum labels")
     print("in-sample; labels = sum labels / sum p_true of the training stream (the label-noise floor).")
     print("ECE: eval scores with labels drawn from p_true.")
-    cols = ["segment ", "events   ", "ours  ", "sk iso", "platt ", "ours/best", "truth ", "train ", "labels",
-            "ECE ours", "ECE iso"]
+    cols = [
+        "segment ",
+        "events   ",
+        "ours  ",
+        "sk iso",
+        "platt ",
+        "ours/best",
+        "truth ",
+        "train ",
+        "labels",
+        "ECE ours",
+        "ECE iso",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
     for name, bend in bends.items():
@@ -143,8 +154,10 @@ def quality() -> None:
             errs = [float(np.mean(np.abs(p - pt))) for p in (ours, iso, platt)]
             e4 = " | ".join(f"{e * 1e4:6.2f}" for e in errs)
             r3 = " | ".join(f"{r:6.3f}" for r in ratios)
-            print(f"| {name:<8} | {n:>9,} | {e4} | {errs[0] / min(errs[1:]):9.3f} | {r3} "
-                  f"| {ece(ours, ev_y):8.5f} | {ece(iso, ev_y):7.5f} |")
+            print(
+                f"| {name:<8} | {n:>9,} | {e4} | {errs[0] / min(errs[1:]):9.3f} | {r3} "
+                f"| {ece(ours, ev_y):8.5f} | {ece(iso, ev_y):7.5f} |"
+            )
     print()
 
 
@@ -165,8 +178,10 @@ def win_rate(n: int = 20_000, seeds: int = 10) -> None:
             errs = [float(np.mean(np.abs(p - pt))) for p in (cal.to_map().apply(ev), iso, platt)]
             ratios.append(errs[0] / min(errs[1:]))
     r = np.array(ratios)
-    print(f"{n:,} events, {len(bends)} segments x {seeds} seeds: ours <= best baseline in {np.sum(r <= 1)}/"
-          f"{r.size}; ours/best mean {r.mean():.3f}, median {np.median(r):.3f}, worst {r.max():.3f}")
+    print(
+        f"{n:,} events, {len(bends)} segments x {seeds} seeds: ours <= best baseline in {np.sum(r <= 1)}/"
+        f"{r.size}; ours/best mean {r.mean():.3f}, median {np.median(r):.3f}, worst {r.max():.3f}"
+    )
     print()
 
 

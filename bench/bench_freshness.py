@@ -50,10 +50,9 @@ session_timeout = "6s"
 
 
 def impression(iid: str, ts: int) -> bytes:
-    return orjson.dumps({"impression_id": iid, "ts": ts,
-                         "predictions": [{"model": "ctr", "version": "v1", "score": 0.02}]})
-
-
+    return orjson.dumps(
+        {"impression_id": iid, "ts": ts, "predictions": [{"model": "ctr", "version": "v1", "score": 0.02}]}
+    )
 
 
 def map_n(cache: redis.Redis) -> float:
@@ -82,8 +81,9 @@ async def run(rounds: int, refresh: str) -> list[float]:
                 await asyncio.sleep(0.5)
                 sent = time.perf_counter()
                 for iid in ids_covering_partitions(f"tick-{r}", PARTITIONS):
-                    await producer.send("ad-impressions", impression(iid, base + (WINDOW_S + 3) * 1000),
-                                        key=iid.encode())
+                    await producer.send(
+                        "ad-impressions", impression(iid, base + (WINDOW_S + 3) * 1000), key=iid.encode()
+                    )
                 await producer.flush()
                 expected += 100 + (PARTITIONS if r else 0)  # earlier ticks close with this round too
                 while map_n(cache) < expected - 0.5:

@@ -29,13 +29,22 @@ PLACEMENTS = ("search", "feed", "related")
 SEGMENTS = [{"platform": p, "placement": q} for p in PLATFORMS for q in PLACEMENTS]
 CONFIGS = {
     "ctr": ModelConfig(label="click", window_ms=60_000, allowed_lateness_ms=5_000),
-    "cvr": ModelConfig(label="conversion", population="click", window_ms=300_000, click_window_ms=60_000,
-                       allowed_lateness_ms=5_000),
+    "cvr": ModelConfig(
+        label="conversion", population="click", window_ms=300_000, click_window_ms=60_000, allowed_lateness_ms=5_000
+    ),
 }
 
 
-def make_traffic(n: int, span_ms: int, *, click_rate: float = 0.02, conversion_rate: float = 0.1, seed: int = 1,
-                 t0_ms: int = T0, run: str = "5eed0001") -> list[tuple[int, bytes, bytes, int]]:
+def make_traffic(
+    n: int,
+    span_ms: int,
+    *,
+    click_rate: float = 0.02,
+    conversion_rate: float = 0.1,
+    seed: int = 1,
+    t0_ms: int = T0,
+    run: str = "5eed0001",
+) -> list[tuple[int, bytes, bytes, int]]:
     """`n` impressions (2 predictions each) with event times spread over `span_ms`, plus clicks (~exp 5 s
     after) and post-click conversions (~exp 60 s after the click). Returns (kind, key, value, ts) in
     event-time order, one event per message, key = impression_id, JSON like the simulator's."""
@@ -49,9 +58,11 @@ def make_traffic(n: int, span_ms: int, *, click_rate: float = 0.02, conversion_r
     seg_json = [orjson.dumps(s).decode() for s in SEGMENTS]
     out: list[tuple[int, bytes, bytes, int]] = []
     for i in range(n):  # f-strings beat orjson.dumps(dict) 2x here; the bytes are identical in shape
-        value = (f'{{"impression_id":"{ids[i]}","ts":{ts_l[i]},"segment":{seg_json[seg_l[i]]},"predictions":'
-                 f'[{{"model":"ctr","version":"v1","score":{ctr_l[i]!r}}},'
-                 f'{{"model":"cvr","version":"v1","score":{cvr_l[i]!r}}}]}}').encode()
+        value = (
+            f'{{"impression_id":"{ids[i]}","ts":{ts_l[i]},"segment":{seg_json[seg_l[i]]},"predictions":'
+            f'[{{"model":"ctr","version":"v1","score":{ctr_l[i]!r}}},'
+            f'{{"model":"cvr","version":"v1","score":{cvr_l[i]!r}}}]}}'
+        ).encode()
         out.append((IMPRESSION, ids[i].encode(), value, ts_l[i]))
     clicked = np.flatnonzero(rng.random(n) < click_rate)
     click_ts = ts[clicked] + rng.exponential(5_000, clicked.size).astype(np.int64)
@@ -93,7 +104,7 @@ def throughput(n: int, span_ms: int, batch: int = 5_000) -> dict[str, float]:
     gc.collect()
     start = time.perf_counter()
     for lo in range(0, len(traffic), batch):
-        for kind, _key, value, _ts in traffic[lo:lo + batch]:
+        for kind, _key, value, _ts in traffic[lo : lo + batch]:
             for event in decode(value, kind, limits):
                 if type(event) is Impression:
                     join.add_impression(event)
@@ -108,9 +119,17 @@ def throughput(n: int, span_ms: int, batch: int = 5_000) -> dict[str, float]:
         for _ in decode(value, kind, limits):
             pass
     decode_s = time.perf_counter() - decode_start
-    return {"events": len(traffic), "impressions": n, "seconds": seconds, "events_per_s": len(traffic) / seconds,
-            "impressions_per_s": n / seconds, "examples": examples, "pending": len(join.pending),
-            "decode_only_events_per_s": len(traffic) / decode_s, "counters": dict(join.counters)}
+    return {
+        "events": len(traffic),
+        "impressions": n,
+        "seconds": seconds,
+        "events_per_s": len(traffic) / seconds,
+        "impressions_per_s": n / seconds,
+        "examples": examples,
+        "pending": len(join.pending),
+        "decode_only_events_per_s": len(traffic) / decode_s,
+        "counters": dict(join.counters),
+    }
 
 
 def main() -> int:
@@ -122,12 +141,27 @@ def main() -> int:
     per_pending, pending = bytes_per_pending(args.pending)
     tp = throughput(args.events, span_ms=1_800_000)
     rows = [
-        ("bytes per pending impression", f"{per_pending:,.0f} B", "<= 300 B", per_pending <= 300,
-         f"{pending:,} pending, 2 predictions, tracemalloc"),
-        ("join throughput (decode+join+expire)", f"{tp['events_per_s']:,.0f} ev/s", "", None,
-         f"{tp['events']:,} events in {tp['seconds']:.2f} s, one core"),
-        ("  as impressions/s", f"{tp['impressions_per_s']:,.0f} imp/s", ">= 30,000", tp["impressions_per_s"] >= 30_000,
-         f"{tp['examples']:,} examples, {tp['pending']:,} still pending"),
+        (
+            "bytes per pending impression",
+            f"{per_pending:,.0f} B",
+            "<= 300 B",
+            per_pending <= 300,
+            f"{pending:,} pending, 2 predictions, tracemalloc",
+        ),
+        (
+            "join throughput (decode+join+expire)",
+            f"{tp['events_per_s']:,.0f} ev/s",
+            "",
+            None,
+            f"{tp['events']:,} events in {tp['seconds']:.2f} s, one core",
+        ),
+        (
+            "  as impressions/s",
+            f"{tp['impressions_per_s']:,.0f} imp/s",
+            ">= 30,000",
+            tp["impressions_per_s"] >= 30_000,
+            f"{tp['examples']:,} examples, {tp['pending']:,} still pending",
+        ),
         ("  events.decode alone", f"{tp['decode_only_events_per_s']:,.0f} ev/s", "", None, ""),
     ]
     print(f"{'measure':40} {'value':>18} {'target':>10}  ok  notes")

@@ -85,14 +85,15 @@ def with_partitions(traffic, topics, partitions: int):
 
 
 async def produce_all(broker: str, messages) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5, max_batch_size=1 << 20,
-                                max_request_size=4 << 20, acks=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker, linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks=1
+    )
     await producer.start()
     try:
         start = time.perf_counter()
         pending: list[asyncio.Future] = []
         for lo in range(0, len(messages), 20_000):
-            futures = await send_batched(producer, messages[lo:lo + 20_000])
+            futures = await send_batched(producer, messages[lo : lo + 20_000])
             await asyncio.gather(*pending)
             pending = futures
         await asyncio.gather(*pending)
@@ -102,8 +103,13 @@ async def produce_all(broker: str, messages) -> float:
 
 
 async def raw_ceiling(broker: str, topics: list[str], partitions: int, total: int) -> float:
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -163,8 +169,9 @@ def main() -> int:
     with DevStack() as stack, tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "bench.toml"
         config_path.write_text(CONFIG_TOML)
-        config = load_config(config_path, env={}, broker=stack.broker_url, redis=stack.redis_url,
-                             partitions=args.partitions)
+        config = load_config(
+            config_path, env={}, broker=stack.broker_url, redis=stack.redis_url, partitions=args.partitions
+        )
         asyncio.run(ensure_topics(config, create_sources=True))
         topics = config.topics
         backlog_msgs = with_partitions(backlog, topics, args.partitions)
@@ -173,12 +180,19 @@ def main() -> int:
 
         t = time.perf_counter()
         expected = expected_examples(backlog_msgs, config.model, args.partitions)
-        print(f"pure join over the backlog (expected examples {expected:,}) in {time.perf_counter() - t:.1f} s",
-              flush=True)
+        print(
+            f"pure join over the backlog (expected examples {expected:,}) in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
 
         produce_s = asyncio.run(produce_all(stack.broker_url, backlog_msgs))
-        rows.append(("produce backlog (create_batch/send_batch)", f"{total / produce_s:,.0f} msg/s",
-                     f"{total:,} messages ({args.impressions:,} impressions) in {produce_s:.1f} s"))
+        rows.append(
+            (
+                "produce backlog (create_batch/send_batch)",
+                f"{total / produce_s:,.0f} msg/s",
+                f"{total:,} messages ({args.impressions:,} impressions) in {produce_s:.1f} s",
+            )
+        )
         print(rows[-1], flush=True)
 
         ceiling = asyncio.run(raw_ceiling(stack.broker_url, list(topics.sources[:3]), args.partitions, total))
@@ -207,9 +221,23 @@ def main() -> int:
                     first = last_zero  # consumption began between the last zero and now
                     if args.profile:
                         spy = subprocess.Popen(
-                            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(worker.proc.pid),
-                             "-d", "20", "-r", "200", "-f", "raw", "-o", str(ROOT / "artifacts/worker.pyspy.txt")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            [
+                                str(Path(sys.executable).parent / "py-spy"),
+                                "record",
+                                "-p",
+                                str(worker.proc.pid),
+                                "-d",
+                                "20",
+                                "-r",
+                                "200",
+                                "-f",
+                                "raw",
+                                "-o",
+                                str(ROOT / "artifacts/worker.pyspy.txt"),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                 if n != last_n:
                     last_n, last_change = n, now
                 elif n >= total and now - last_change >= 1.0:
@@ -224,14 +252,25 @@ def main() -> int:
             got = labeled(s)
             rate = args.impressions / backlog_s
             rows.append(("worker startup to first event", f"{first - started:.1f} s", "faust + assignment + restore"))
-            rows.append(("worker backlog: impressions/s", f"{rate:,.0f} imp/s",
-                         f"{total:,} messages in {backlog_s:.1f} s = {total / backlog_s:,.0f} msg/s; "
-                         f"{total / backlog_s / ceiling:.0%} of the raw ceiling; target 30,000 imp/s: "
-                         f"{'met' if rate >= 30_000 else 'NOT met'}"))
-            rows.append(("labeled examples emitted", f"{got:,}", f"pure join expects {expected:,}; "
-                         f"by model {s.get('labeled')}"))
-            rows.append(("worker events_in (re-reads included)", f"{consumed(s):,}",
-                         f"{consumed(s) - total:,} more than the {total:,} messages produced"))
+            rows.append(
+                (
+                    "worker backlog: impressions/s",
+                    f"{rate:,.0f} imp/s",
+                    f"{total:,} messages in {backlog_s:.1f} s = {total / backlog_s:,.0f} msg/s; "
+                    f"{total / backlog_s / ceiling:.0%} of the raw ceiling; target 30,000 imp/s: "
+                    f"{'met' if rate >= 30_000 else 'NOT met'}",
+                )
+            )
+            rows.append(
+                ("labeled examples emitted", f"{got:,}", f"pure join expects {expected:,}; by model {s.get('labeled')}")
+            )
+            rows.append(
+                (
+                    "worker events_in (re-reads included)",
+                    f"{consumed(s):,}",
+                    f"{consumed(s) - total:,} more than the {total:,} messages produced",
+                )
+            )
             rows.append(("worker join counters", "", str(s.get("join"))))
             rows.append(("worker dead letters", "", str(s.get("dead_letters"))))
             print(*rows[-6:], sep="\n", flush=True)
@@ -243,8 +282,13 @@ def main() -> int:
             lags = []
 
             async def live_run() -> float:
-                producer = AIOKafkaProducer(bootstrap_servers=stack.broker_url, linger_ms=5,
-                                            max_batch_size=1 << 20, max_request_size=4 << 20, acks=1)
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=stack.broker_url,
+                    linger_ms=5,
+                    max_batch_size=1 << 20,
+                    max_request_size=4 << 20,
+                    acks=1,
+                )
                 await producer.start()
                 try:
                     loop = asyncio.get_running_loop()
@@ -277,14 +321,29 @@ def main() -> int:
             drain_s = time.perf_counter() - end
             caught = consumed(worker.stats(timeout_s=1.0)) - base >= len(live_msgs)
             achieved = live_n / live_wall
-            rows.append(("live: producer rate achieved", f"{achieved:,.0f} imp/s",
-                         f"{live_n:,} impressions ({len(live_msgs):,} messages) in {live_wall:.1f} s"))
-            rows.append(("live: lag at end of production", f"{lag_end:,} msgs",
-                         f"drained in {drain_s:.1f} s" if caught else "NOT drained within 60 s"))
+            rows.append(
+                (
+                    "live: producer rate achieved",
+                    f"{achieved:,.0f} imp/s",
+                    f"{live_n:,} impressions ({len(live_msgs):,} messages) in {live_wall:.1f} s",
+                )
+            )
+            rows.append(
+                (
+                    "live: lag at end of production",
+                    f"{lag_end:,} msgs",
+                    f"drained in {drain_s:.1f} s" if caught else "NOT drained within 60 s",
+                )
+            )
             rows.append(("live: lag per second", "", " ".join(f"{t_}s:{lag:,}" for t_, lag in lags)))
             keeps_up = caught and lag_end < args.rate  # less than a second of input behind
-            rows.append(("live: worker keeps up", "yes" if keeps_up else "NO",
-                         f"sustained ~{len(live_msgs) / (live_wall + drain_s):,.0f} msg/s incl. drain"))
+            rows.append(
+                (
+                    "live: worker keeps up",
+                    "yes" if keeps_up else "NO",
+                    f"sustained ~{len(live_msgs) / (live_wall + drain_s):,.0f} msg/s incl. drain",
+                )
+            )
         finally:
             worker.stop()
             (ROOT / "artifacts").mkdir(exist_ok=True)

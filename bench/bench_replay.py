@@ -47,13 +47,23 @@ def make_record(rng: np.random.Generator, partition: int, seq: int, durable: int
     model = (rng.uniform(size=n) < 0.1).astype(np.uint16)  # 10% cvr
     score = np.clip(rng.beta(1.2, 30, n), 1e-4, 1 - 1e-4)
     columns = {
-        "model": model, "version": np.zeros(n, np.uint16),
+        "model": model,
+        "version": np.zeros(n, np.uint16),
         "segment": rng.integers(0, len(SEGMENTS), n).astype(np.uint32),
-        "score": score, "label": (rng.uniform(size=n) < score * 1.3).astype(np.uint8),
-        "ts": t + np.sort(rng.integers(0, 1_000, n)).astype(np.int64), "holdout": rng.uniform(size=n) < 0.1,
+        "score": score,
+        "label": (rng.uniform(size=n) < score * 1.3).astype(np.uint8),
+        "ts": t + np.sort(rng.integers(0, 1_000, n)).astype(np.int64),
+        "holdout": rng.uniform(size=n) < 0.1,
     }
-    header = {"type": "examples", "partition": partition, "seq": seq, "durable": durable,
-              "models": ["ctr", "cvr"], "versions": ["v1"], "segments": SEGMENTS}
+    header = {
+        "type": "examples",
+        "partition": partition,
+        "seq": seq,
+        "durable": durable,
+        "models": ["ctr", "cvr"],
+        "versions": ["v1"],
+        "segments": SEGMENTS,
+    }
     return pack_examples(header, columns)
 
 
@@ -62,8 +72,7 @@ async def write_topic(broker: str, topic: str, records_per_partition: int, n: in
     await admin.start()
     await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5, max_batch_size=1 << 20,
-                                max_request_size=8 << 20)
+    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5, max_batch_size=1 << 20, max_request_size=8 << 20)
     await producer.start()
     rng = np.random.default_rng(7)
     written = 0
@@ -78,8 +87,9 @@ async def write_topic(broker: str, topic: str, records_per_partition: int, n: in
                 seq += 1
                 if seq % 5 == 0:
                     durable = seq - 2  # a snapshot every few records
-                futures.append(await producer.send(topic, make_record(rng, p, seq, durable, n, T0 + i * 1_000),
-                                                   partition=p))
+                futures.append(
+                    await producer.send(topic, make_record(rng, p, seq, durable, n, T0 + i * 1_000), partition=p)
+                )
                 written += n
             await asyncio.gather(*futures)
     finally:
@@ -88,8 +98,13 @@ async def write_topic(broker: str, topic: str, records_per_partition: int, n: in
 
 
 async def raw_ceiling(broker: str, topic: str) -> tuple[int, int, float]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -116,14 +131,30 @@ def run_worker(stack: DevStack, rate: float, duration: float) -> tuple[str, int]
     import subprocess
     import tempfile
 
-
     cfg = Path(tempfile.mkdtemp()) / "recal.toml"
     cfg.write_text((Path(__file__).resolve().parents[1] / "streams" / "demo.toml").read_text())
     worker = WorkerProcess(cfg, stack.broker_url, stack.redis_url, cfg.parent / "worker.log")
     try:
-        subprocess.run([sys.executable, "-m", "streams.cli.main", "simulate", "--broker", stack.broker_url,
-                        "--rate", str(rate), "--duration", str(duration), "--speed", "600", "--create-topics"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streams.cli.main",
+                "simulate",
+                "--broker",
+                stack.broker_url,
+                "--rate",
+                str(rate),
+                "--duration",
+                str(duration),
+                "--speed",
+                "600",
+                "--create-topics",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         last, still = -1, 0
         while still < 4:  # consumed everything: no new events for 2 s
             time.sleep(0.5)
@@ -150,15 +181,24 @@ def main() -> int:
             path, labeled = run_worker(stack, args.rate, args.duration)
             config = load_config(path, env={}, broker=stack.broker_url, redis=stack.redis_url)
             topic = config.topics.labeled
-            print(f"worker labeled {labeled:,} examples from {args.rate * args.duration:,.0f} impressions "
-                  f"in {time.perf_counter() - t:.1f}s")
+            print(
+                f"worker labeled {labeled:,} examples from {args.rate * args.duration:,.0f} impressions "
+                f"in {time.perf_counter() - t:.1f}s"
+            )
         else:
             topic = "bench-labeled"
             written = asyncio.run(write_topic(stack.broker_url, topic, args.records, args.examples))
-            print(f"wrote {PARTITIONS * args.records:,} labeled records ({written:,} examples) "
-                  f"in {time.perf_counter() - t:.1f}s")
-            config = load_config(None, env={}, broker=stack.broker_url, redis=stack.redis_url,
-                                 topics=load_config(None, env={}).topics.__class__(labeled=topic))
+            print(
+                f"wrote {PARTITIONS * args.records:,} labeled records ({written:,} examples) "
+                f"in {time.perf_counter() - t:.1f}s"
+            )
+            config = load_config(
+                None,
+                env={},
+                broker=stack.broker_url,
+                redis=stack.redis_url,
+                topics=load_config(None, env={}).topics.__class__(labeled=topic),
+            )
         records, size, raw_s = asyncio.run(raw_ceiling(stack.broker_url, topic))
         progress = Progress(0, stream=open("/dev/null", "w"))  # noqa: SIM115
         result = asyncio.run(replay_labeled(config, progress=progress))
@@ -169,10 +209,14 @@ def main() -> int:
     print("| measure | value |")
     print("|---|---|")
     print(f"| labeled records read (raw getmany) | {records:,} ({size / 1e6:.1f} MB) in {raw_s:.2f} s |")
-    print(f"| raw ceiling | {records / raw_s:,.0f} records/s = {raw_examples_s:,.0f} examples/s "
-          f"({size / raw_s / 1e6:.0f} MB/s) |")
-    print(f"| replay (decode + supersession + learn + merge/metrics/gate) | {result.examples:,} examples applied "
-          f"({result.records:,} records, {result.superseded} superseded) in {result.seconds:.2f} s |")
+    print(
+        f"| raw ceiling | {records / raw_s:,.0f} records/s = {raw_examples_s:,.0f} examples/s "
+        f"({size / raw_s / 1e6:.0f} MB/s) |"
+    )
+    print(
+        f"| replay (decode + supersession + learn + merge/metrics/gate) | {result.examples:,} examples applied "
+        f"({result.records:,} records, {result.superseded} superseded) in {result.seconds:.2f} s |"
+    )
     print(f"| replay throughput | {replay_s:,.0f} examples/s |")
     print(f"| replay / raw ceiling | {replay_s / raw_examples_s:.0%} |")
     print(f"| examples per labeled record (mean) | {per_record:,.0f} |")

@@ -150,9 +150,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     try:
         bench_propagation(client, url, args.knots, rows)
-        maps = [make_map(args.knots, {"p": str(i)}) for i in range(args.maps - 1)] + [
-            make_map(args.knots, SEGMENT)
-        ]
+        maps = [make_map(args.knots, {"p": str(i)}) for i in range(args.maps - 1)] + [make_map(args.knots, SEGMENT)]
         bench_publish(client, maps, rows)
         del maps
         bench_memory(url, args.maps, rows)

@@ -43,11 +43,26 @@ from streams.pipeline.config import load_config  # noqa: E402
 # -- the pytest scenarios ----------------------------------------------------------------------------------
 def run_tests(args: argparse.Namespace, results: Path) -> tuple[int, dict[str, str]]:
     junit = results.with_suffix(".xml")
-    env = {**os.environ, "FAULT_RESULTS": str(results), "FAULT_REDIS_OUTAGE_S": str(args.redis_outage),
-           "FAULT_BROKER_PAUSE_S": str(args.broker_pause), "FAULT_HOSTILE_N": str(args.hostile),
-           "FAULT_SEED": str(args.seed)}
-    cmd = [sys.executable, "-m", "pytest", "tests/faults", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", f"--basetemp={tempfile.mkdtemp(prefix='recal-faults-')}", *args.pytest_args]
+    env = {
+        **os.environ,
+        "FAULT_RESULTS": str(results),
+        "FAULT_REDIS_OUTAGE_S": str(args.redis_outage),
+        "FAULT_BROKER_PAUSE_S": str(args.broker_pause),
+        "FAULT_HOSTILE_N": str(args.hostile),
+        "FAULT_SEED": str(args.seed),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/faults",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        f"--basetemp={tempfile.mkdtemp(prefix='recal-faults-')}",
+        *args.pytest_args,
+    ]
     print("$", " ".join(cmd), flush=True)
     started = time.monotonic()
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
@@ -56,9 +71,15 @@ def run_tests(args: argparse.Namespace, results: Path) -> tuple[int, dict[str, s
     if junit.exists():
         for case in ET.parse(junit).iter("testcase"):
             tags = {child.tag for child in case}
-            outcome = ("failed" if tags & {"failure", "error"} else
-                       "xfail" if "skipped" in tags and "xfail" in ET.tostring(case, "unicode") else
-                       "skipped" if "skipped" in tags else "passed")
+            outcome = (
+                "failed"
+                if tags & {"failure", "error"}
+                else "xfail"
+                if "skipped" in tags and "xfail" in ET.tostring(case, "unicode")
+                else "skipped"
+                if "skipped" in tags
+                else "passed"
+            )
             outcomes[case.get("name", "")] = outcome
     return rc, outcomes
 
@@ -113,15 +134,25 @@ def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -
                         return
                     rss = ps.memory_info().rss / 2**20
                     samples.append((time.monotonic() - started, rss, {**worker.stats(), "threads": ps.num_threads()}))
-                    print(f"  soak t={samples[-1][0]:5.0f}s rss={rss:6.1f} MB pending={samples[-1][2].get('pending')}"
-                          f" events_in={sum(samples[-1][2].get('events_in', {}).values())}", flush=True)
+                    print(
+                        f"  soak t={samples[-1][0]:5.0f}s rss={rss:6.1f} MB pending={samples[-1][2].get('pending')}"
+                        f" events_in={sum(samples[-1][2].get('events_in', {}).values())}",
+                        flush=True,
+                    )
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            scenario = Scenario(seed=6, speed=speed, click_window_s=600, conversion_window_s=1800,
-                                conversion_delay_median_s=300, malformed_share=0.001)
-            result = asyncio.run(run_simulation(scenario, stack.broker_url, rate=rate, duration_s=duration_s,
-                                                topics=topics))
+            scenario = Scenario(
+                seed=6,
+                speed=speed,
+                click_window_s=600,
+                conversion_window_s=1800,
+                conversion_delay_median_s=300,
+                malformed_share=0.001,
+            )
+            result = asyncio.run(
+                run_simulation(scenario, stack.broker_url, rate=rate, duration_s=duration_s, topics=topics)
+            )
             time.sleep(sample_s + 1)
             stop.set()
             sampler.join()
@@ -135,36 +166,53 @@ def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -
     last = samples[-1][2] if samples else {}
     achieved = result.impressions_per_s
     return {
-        "duration_s": duration_s, "rate_target": rate, "rate_achieved": round(achieved),
-        "speed": speed, "impressions": result.counters.impressions, "messages": sum(result.counters.sent.values()),
+        "duration_s": duration_s,
+        "rate_target": rate,
+        "rate_achieved": round(achieved),
+        "speed": speed,
+        "impressions": result.counters.impressions,
+        "messages": sum(result.counters.sent.values()),
         "malformed_sent": sum(result.counters.malformed.values()),
         "rss_start_mb": round(float(rss[0]), 1) if rss.size else None,
         "rss_max_mb": round(float(rss.max()), 1) if rss.size else None,
         "rss_slope_mb_per_min": round(slope, 2),
-        "pending_last": last.get("pending"), "pending_max": max((s[2].get("pending") or 0) for s in samples),
+        "pending_last": last.get("pending"),
+        "pending_max": max((s[2].get("pending") or 0) for s in samples),
         "pending_expected (rate x window / speed)": round(
-            achieved * ((1 - CLICK_SHARE) * UNCLICKED_HORIZON_S + CLICK_SHARE * CLICKED_HORIZON_S) / speed),
-        "events_in": sum(last.get("events_in", {}).values()), "labeled": last.get("labeled"),
-        "dead_letters": last.get("dead_letters"), "threads_last": last.get("threads"),
-        "asyncio_tasks": "not exposed by /stats (threads via psutil instead)", "crashed": crashed,
+            achieved * ((1 - CLICK_SHARE) * UNCLICKED_HORIZON_S + CLICK_SHARE * CLICKED_HORIZON_S) / speed
+        ),
+        "events_in": sum(last.get("events_in", {}).values()),
+        "labeled": last.get("labeled"),
+        "dead_letters": last.get("dead_letters"),
+        "threads_last": last.get("threads"),
+        "asyncio_tasks": "not exposed by /stats (threads via psutil instead)",
+        "crashed": crashed,
         "worker_log": str(workdir / "worker.log"),
     }
 
 
 # -- the table ---------------------------------------------------------------------------------------------
 def table(rows: list[dict], outcomes: dict[str, str]) -> str:
-    lines = ["| scenario | faults injected | events sent | labels expected | labels counted | dead letters by reason"
-             " | max RSS MB | result |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scenario | faults injected | events sent | labels expected | labels counted | dead letters by reason"
+        " | max RSS MB | result |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         letters = row.get("dead_letters") or {}
         expected = row.get("dead_letters_expected")
         dl = ", ".join(f"{k} {v:,}" for k, v in sorted(letters.items(), key=lambda kv: -kv[1]))
         if expected is not None:
-            dl = f"{sum(letters.values()):,} of {sum(expected.values()):,} expected " + (
-                "(every reason matches)" if letters == expected else "(MISMATCH)") + f": {dl}"
-        lines.append(f"| {row['scenario']} | {row.get('faults', 0):,} | {row.get('events_sent', 0):,} "
-                     f"| {row.get('labels_expected', 0):,} | {row.get('labels_counted', 0):,} | {dl or '-'} "
-                     f"| {row.get('max_rss_mb', '-')} | {outcomes.get(row['test'], '?')} |")
+            dl = (
+                f"{sum(letters.values()):,} of {sum(expected.values()):,} expected "
+                + ("(every reason matches)" if letters == expected else "(MISMATCH)")
+                + f": {dl}"
+            )
+        lines.append(
+            f"| {row['scenario']} | {row.get('faults', 0):,} | {row.get('events_sent', 0):,} "
+            f"| {row.get('labels_expected', 0):,} | {row.get('labels_counted', 0):,} | {dl or '-'} "
+            f"| {row.get('max_rss_mb', '-')} | {outcomes.get(row['test'], '?')} |"
+        )
     other = [f"{name}: {o}" for name, o in outcomes.items() if name not in {r["test"] for r in rows}]
     if other:
         lines.append("")
@@ -197,8 +245,9 @@ def main() -> int:
             if row.get("detail"):
                 print(f"  {row['scenario']}: {orjson.dumps(row['detail']).decode()[:400]}")
     if args.soak > 0:
-        print(f"\nsoak: {args.soak:.0f} s at {args.soak_rate:.0f} impressions/s (speed {args.soak_speed:.0f})",
-              flush=True)
+        print(
+            f"\nsoak: {args.soak:.0f} s at {args.soak_rate:.0f} impressions/s (speed {args.soak_speed:.0f})", flush=True
+        )
         report = soak(args.soak, args.soak_rate, args.soak_speed)
         print()
         print("| soak measure | value |")

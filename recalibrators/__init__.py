@@ -9,7 +9,20 @@ from .platt import fit_platt, platt_predict
 from .validation import check_batch, drop_invalid, valid_mask
 
 __all__ = [
-    "SCHEMA_VERSION", "BinSpec", "CalibrationMap", "Calibrator", "CalibratorConfig", "GateDecision",
-    "Histogram", "QualityGate", "check_batch", "drop_invalid", "fit_platt", "identity_map", "pav",
-    "platt_predict", "shrunk_isotonic", "valid_mask",
+    "SCHEMA_VERSION",
+    "BinSpec",
+    "CalibrationMap",
+    "Calibrator",
+    "CalibratorConfig",
+    "GateDecision",
+    "Histogram",
+    "QualityGate",
+    "check_batch",
+    "drop_invalid",
+    "fit_platt",
+    "identity_map",
+    "pav",
+    "platt_predict",
+    "shrunk_isotonic",
+    "valid_mask",
 ]

@@ -23,8 +23,18 @@ _GRID = 1024  # cells of the sqrt(score) lookup grid used by `apply` on large ba
 _MAX_WALK = 3  # grid cells holding more knots than this fall back to np.interp
 
 _REQUIRED = {
-    "schema": int, "model": str, "model_version": str, "segment": dict, "version": int, "updated_at": int,
-    "method": str, "n": float, "positives": float, "last_event_ms": int, "x": list, "y": list,
+    "schema": int,
+    "model": str,
+    "model_version": str,
+    "segment": dict,
+    "version": int,
+    "updated_at": int,
+    "method": str,
+    "n": float,
+    "positives": float,
+    "last_event_ms": int,
+    "x": list,
+    "y": list,
 }
 _OPTIONAL = {"platt": dict, "metrics": dict}
 
@@ -196,10 +206,18 @@ class CalibrationMap:
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
-            "schema": SCHEMA_VERSION, "model": self.model, "model_version": self.model_version,
-            "segment": dict(self.segment), "version": self.version, "updated_at": self.updated_at,
-            "method": self.method, "n": self.n, "positives": self.positives,
-            "last_event_ms": self.last_event_ms, "x": self.x, "y": self.y,
+            "schema": SCHEMA_VERSION,
+            "model": self.model,
+            "model_version": self.model_version,
+            "segment": dict(self.segment),
+            "version": self.version,
+            "updated_at": self.updated_at,
+            "method": self.method,
+            "n": self.n,
+            "positives": self.positives,
+            "last_event_ms": self.last_event_ms,
+            "x": self.x,
+            "y": self.y,
         }
         if self.platt is not None:
             doc["platt"] = {"a": self.platt[0], "b": self.platt[1]}
@@ -236,16 +254,34 @@ class CalibrationMap:
                 raise ValueError("platt must be an object with keys 'a' and 'b'")
             platt = (platt["a"], platt["b"])
         return cls(
-            x=doc["x"], y=doc["y"], method=doc["method"], n=doc["n"], positives=doc["positives"],
-            last_event_ms=doc["last_event_ms"], model=doc["model"], model_version=doc["model_version"],
-            segment=doc["segment"], version=doc["version"], updated_at=doc["updated_at"], platt=platt,
+            x=doc["x"],
+            y=doc["y"],
+            method=doc["method"],
+            n=doc["n"],
+            positives=doc["positives"],
+            last_event_ms=doc["last_event_ms"],
+            model=doc["model"],
+            model_version=doc["model_version"],
+            segment=doc["segment"],
+            version=doc["version"],
+            updated_at=doc["updated_at"],
+            platt=platt,
             metrics=doc.get("metrics"),
         )
 
     def _key(self) -> tuple:
         return (
-            self.method, self.n, self.positives, self.last_event_ms, self.model, self.model_version,
-            self.segment, self.version, self.updated_at, self.platt, self.metrics,
+            self.method,
+            self.n,
+            self.positives,
+            self.last_event_ms,
+            self.model,
+            self.model_version,
+            self.segment,
+            self.version,
+            self.updated_at,
+            self.platt,
+            self.metrics,
         )
 
     def __eq__(self, other: object) -> bool:

@@ -83,8 +83,15 @@ class PreparedBatch:
     held: _Part | None
 
 
-def prepare_batch(spec: BinSpec, scores: Any, labels: Any, weights: Any | None = None, *,
-                  ts_ms: int | np.ndarray, holdout: Any | None = None) -> PreparedBatch:
+def prepare_batch(
+    spec: BinSpec,
+    scores: Any,
+    labels: Any,
+    weights: Any | None = None,
+    *,
+    ts_ms: int | np.ndarray,
+    holdout: Any | None = None,
+) -> PreparedBatch:
     """Validate (ValueError on bad input), clip, take logits and bin once."""
     s, y, w = check_batch(scores, labels, weights)
     t = check_timestamps(ts_ms, s.shape[0])
@@ -107,8 +114,9 @@ def prepare_batch(spec: BinSpec, scores: Any, labels: Any, weights: Any | None =
     parts = []
     for m in (~mask, mask):
         parts.append((idx[m], s[m], z[m], y[m], None if w is None else w[m], t if isinstance(t, int) else t[m]))
-    return PreparedBatch(s.shape[0], t_max, parts[0] if parts[0][0].size else None,
-                         parts[1] if parts[1][0].size else None)
+    return PreparedBatch(
+        s.shape[0], t_max, parts[0] if parts[0][0].size else None, parts[1] if parts[1][0].size else None
+    )
 
 
 class Calibrator:
@@ -173,18 +181,19 @@ class Calibrator:
         every level of a segment fallback chain; identical to `learn_batch` on the same arrays."""
         self._advance(batch.t_max)
         cfg = self.config
-        for part, hist, half_life in ((batch.main, self._main, cfg.half_life_ms),
-                                      (batch.held, self._holdout, cfg.holdout_half_life_ms)):
+        for part, hist, half_life in (
+            (batch.main, self._main, cfg.half_life_ms),
+            (batch.held, self._holdout, cfg.holdout_half_life_ms),
+        ):
             if part is not None:
                 self._add(hist, half_life, *part)
         self._n_seen += batch.n
         self._fit = None
 
-    def learn_one(
-        self, score: float, label: int, ts_ms: int, weight: float = 1.0, holdout: bool = False
-    ) -> None:
-        self.learn_batch(np.array([score]), np.array([label]), np.array([weight]), ts_ms=ts_ms,
-                         holdout=np.array([holdout]))
+    def learn_one(self, score: float, label: int, ts_ms: int, weight: float = 1.0, holdout: bool = False) -> None:
+        self.learn_batch(
+            np.array([score]), np.array([label]), np.array([weight]), ts_ms=ts_ms, holdout=np.array([holdout])
+        )
 
     def _advance(self, t_max: int) -> None:
         if self._t_ref is None:
@@ -195,8 +204,17 @@ class Calibrator:
             self._holdout.scale(2.0 ** (-dt / self.config.holdout_half_life_ms))
             self._t_ref = t_max
 
-    def _add(self, hist: Histogram, half_life: float, idx: np.ndarray, s: np.ndarray, z: np.ndarray,
-             y: np.ndarray, w: np.ndarray | None, t: int | np.ndarray) -> None:
+    def _add(
+        self,
+        hist: Histogram,
+        half_life: float,
+        idx: np.ndarray,
+        s: np.ndarray,
+        z: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray | None,
+        t: int | np.ndarray,
+    ) -> None:
         if isinstance(t, int):
             decay = 2.0 ** ((t - self._t_ref) / half_life)
             hist.add(idx, s, z, y, decay if w is None else w * decay)
@@ -212,8 +230,11 @@ class Calibrator:
             self._fit = self._compute_fit()
         x, y, platt, method = self._fit
         fields: dict[str, Any] = {
-            "n": self.n_effective, "positives": self.positives, "last_event_ms": self.last_event_ms,
-            "version": self._n_seen, "updated_at": self.last_event_ms,
+            "n": self.n_effective,
+            "positives": self.positives,
+            "last_event_ms": self.last_event_ms,
+            "version": self._n_seen,
+            "updated_at": self.last_event_ms,
         }
         return CalibrationMap(x=x, y=y, method=method, platt=platt, **(fields | meta))
 
@@ -273,7 +294,9 @@ class Calibrator:
         """u32 header length | orjson header | per histogram: packed non-empty-bin mask + those columns
         (float64 LE) | prior knots x, y (float64 LE). No pickle; <= 8 KB for the default config."""
         header: dict[str, Any] = {
-            "format": _FORMAT, "config": dataclasses.asdict(self.config), "t_ref": self._t_ref,
+            "format": _FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "t_ref": self._t_ref,
             "n_seen": self._n_seen,
         }
         parts = []
@@ -294,29 +317,29 @@ class Calibrator:
     def from_bytes(cls, data: bytes) -> Calibrator:
         try:
             (hlen,) = _HEADER.unpack_from(data, 0)
-            header = orjson.loads(data[_HEADER.size:_HEADER.size + hlen])
+            header = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
             if header.get("format") != _FORMAT:
                 raise ValueError(f"unsupported calibrator format {header.get('format')!r}")
             config = CalibratorConfig(**header["config"])
-            buf = memoryview(data)[_HEADER.size + hlen:]
+            buf = memoryview(data)[_HEADER.size + hlen :]
             spec = config.bins
             hists = []
             for rows in (4, 3):
                 nmask = (spec.n_bins + 7) // 8
                 mask = np.unpackbits(np.frombuffer(buf[:nmask], dtype=np.uint8))[: spec.n_bins].astype(bool)
                 k = int(mask.sum())
-                cols = np.frombuffer(buf[nmask:nmask + 8 * rows * k], dtype="<f8").reshape(rows, k)
+                cols = np.frombuffer(buf[nmask : nmask + 8 * rows * k], dtype="<f8").reshape(rows, k)
                 sums = np.zeros((rows, spec.n_bins))
                 sums[:, mask] = cols
                 hists.append(Histogram(spec, with_logit=rows == 4, sums=sums))
-                buf = buf[nmask + 8 * rows * k:]
+                buf = buf[nmask + 8 * rows * k :]
             prior = None
             if "prior" in header:
                 n = header["prior_knots"]
-                knots = np.frombuffer(buf[:16 * n], dtype="<f8")
+                knots = np.frombuffer(buf[: 16 * n], dtype="<f8")
                 prior_doc = header["prior"] | {"x": knots[:n].tolist(), "y": knots[n:].tolist()}
                 prior = CalibrationMap.from_json(orjson.dumps(prior_doc))
-                buf = buf[16 * n:]
+                buf = buf[16 * n :]
             if len(buf):
                 raise ValueError(f"{len(buf)} trailing bytes")
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:

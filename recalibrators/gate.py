@@ -39,19 +39,23 @@ class QualityGate:
     max_loss_increase: float = 0.001
     min_holdout_weight: float = 100.0
 
-    def check(self, candidate: CalibrationMap, current: CalibrationMap | None,
-              holdout: Histogram | None) -> GateDecision:
+    def check(
+        self, candidate: CalibrationMap, current: CalibrationMap | None, holdout: Histogram | None
+    ) -> GateDecision:
         if candidate.n < self.min_effective_samples:
-            return GateDecision(False, f"insufficient effective samples: {candidate.n:.1f} < "
-                                       f"{self.min_effective_samples:g}")
+            return GateDecision(
+                False, f"insufficient effective samples: {candidate.n:.1f} < {self.min_effective_samples:g}"
+            )
         hw = 0.0 if holdout is None else holdout.total_weight
         if hw >= self.min_holdout_weight and hw > 0:
             args = (holdout.weight, holdout.positives, holdout.mean_score())
             base = current if current is not None else identity_map()
             cand_ll, base_ll = binned_log_loss(candidate.apply, *args), binned_log_loss(base.apply, *args)
             if cand_ll > base_ll * (1.0 + self.max_loss_increase):
-                return GateDecision(False, f"holdout log loss worse: {cand_ll:.6f} > {base_ll:.6f} "
-                                           f"(+{self.max_loss_increase:.2%} allowed)")
+                return GateDecision(
+                    False,
+                    f"holdout log loss worse: {cand_ll:.6f} > {base_ll:.6f} (+{self.max_loss_increase:.2%} allowed)",
+                )
         if current is None:
             return GateDecision(True, "accepted: first map")
         if holdout is not None and holdout.total_weight > 0:
@@ -61,8 +65,7 @@ class QualityGate:
         cand, cur = candidate.apply(points), current.apply(points)
         diff = np.abs(cand - cur)
         if self.max_abs_change is not None and diff.max() > self.max_abs_change:
-            return GateDecision(False, f"change too large: max |delta| {diff.max():.4g} > "
-                                       f"{self.max_abs_change:g}")
+            return GateDecision(False, f"change too large: max |delta| {diff.max():.4g} > {self.max_abs_change:g}")
         if self.max_rel_change is not None:
             rel = float(np.max(diff / np.maximum(cur, 1e-12)))
             if rel > self.max_rel_change:

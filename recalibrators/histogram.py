@@ -123,9 +123,7 @@ class Histogram:
         ok = self.nonempty()
         return np.where(ok, self.sums[WZ] / np.where(ok, self.sums[W], 1.0), self.spec.center_logits)
 
-    def add(
-        self, idx: np.ndarray, s: np.ndarray, z: np.ndarray, y: np.ndarray, w: np.ndarray | float
-    ) -> None:
+    def add(self, idx: np.ndarray, s: np.ndarray, z: np.ndarray, y: np.ndarray, w: np.ndarray | float) -> None:
         """Accumulate examples already binned (idx), clipped (s), logit-transformed (z), weighted (w)."""
         n = self.spec.n_bins
         sums = self.sums

@@ -54,7 +54,6 @@ def shrunk_isotonic(
     return pav((positives + m * prior_rate) / denom, denom)
 
 
-
 def eb_prior_strength(
     weight: np.ndarray,
     positives: np.ndarray,

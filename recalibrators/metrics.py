@@ -12,8 +12,17 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = [
-    "Reliability", "binned_calibration_ratio", "binned_log_loss", "brier", "calibration_ratio", "ece",
-    "field_rce", "log_loss", "mce", "normalized_entropy", "reliability",
+    "Reliability",
+    "binned_calibration_ratio",
+    "binned_log_loss",
+    "brier",
+    "calibration_ratio",
+    "ece",
+    "field_rce",
+    "log_loss",
+    "mce",
+    "normalized_entropy",
+    "reliability",
 ]
 
 _EPS = 1e-15
@@ -52,8 +61,9 @@ def _bin_ids(p: np.ndarray, w: np.ndarray, n_bins: int, strategy: str) -> np.nda
     raise ValueError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}")
 
 
-def reliability(p: object, y: object, w: object | None = None, n_bins: int = 15,
-                strategy: str = "quantile") -> Reliability:
+def reliability(
+    p: object, y: object, w: object | None = None, n_bins: int = 15, strategy: str = "quantile"
+) -> Reliability:
     p, y, w = _arrays(p, y, w)
     ids = _bin_ids(p, w, n_bins, strategy)
     wb = np.bincount(ids, weights=w, minlength=n_bins)
@@ -126,8 +136,9 @@ def field_rce(p: object, y: object, segment_ids: object, w: object | None = None
     return float(np.sum(ws[ok] * np.abs(ps[ok] - ys[ok]) / ys[ok]) / ws[ok].sum())
 
 
-def binned_log_loss(predict: Callable[[np.ndarray], np.ndarray], weight: np.ndarray, positives: np.ndarray,
-                    mean_score: np.ndarray) -> float:
+def binned_log_loss(
+    predict: Callable[[np.ndarray], np.ndarray], weight: np.ndarray, positives: np.ndarray, mean_score: np.ndarray
+) -> float:
     """Weighted log loss of `predict` (e.g. CalibrationMap.apply) evaluated at each bin's mean score."""
     ok = weight > 0
     if not ok.any():
@@ -137,8 +148,9 @@ def binned_log_loss(predict: Callable[[np.ndarray], np.ndarray], weight: np.ndar
     return float(-np.sum(pos * np.log(q) + (wt - pos) * np.log1p(-q)) / wt.sum())
 
 
-def binned_calibration_ratio(predict: Callable[[np.ndarray], np.ndarray], weight: np.ndarray,
-                             positives: np.ndarray, mean_score: np.ndarray) -> float:
+def binned_calibration_ratio(
+    predict: Callable[[np.ndarray], np.ndarray], weight: np.ndarray, positives: np.ndarray, mean_score: np.ndarray
+) -> float:
     ok = weight > 0
     pos = float(positives[ok].sum())
     return float(np.sum(weight[ok] * predict(mean_score[ok]))) / pos if pos > 0 else float("inf")

@@ -13,8 +13,9 @@ import numpy as np
 __all__ = ["fit_platt", "platt_predict"]
 
 
-def _objective(a: float, b: float, w: np.ndarray, p: np.ndarray, z: np.ndarray, ridge: float,
-               a0: float, b0: float) -> float:
+def _objective(
+    a: float, b: float, w: np.ndarray, p: np.ndarray, z: np.ndarray, ridge: float, a0: float, b0: float
+) -> float:
     eta = a * z + b
     # -log sigmoid(eta) = logaddexp(0, -eta); -log(1 - sigmoid(eta)) = logaddexp(0, eta)
     nll = float(p @ np.logaddexp(0.0, -eta) + (w - p) @ np.logaddexp(0.0, eta))
@@ -43,8 +44,8 @@ def fit_platt(
     for _ in range(max_iter):
         eta = a * z + b
         q = np.exp(-np.logaddexp(0.0, -eta))
-        r = w * q - p                      # gradient of the NLL wrt eta
-        h = w * q * (1.0 - q)              # curvature
+        r = w * q - p  # gradient of the NLL wrt eta
+        h = w * q * (1.0 - q)  # curvature
         gb = r.sum() + ridge * (b - b0)
         hbb = h.sum() + ridge
         if free_a:

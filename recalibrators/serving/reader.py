@@ -68,9 +68,7 @@ class MapReader:
     ) -> None:
         self._url = redis_url
         self._keys = RedisKeys(prefix)
-        self._segment_by = {
-            model: [list(dims) for dims in levels] for model, levels in (segment_by or {}).items()
-        }
+        self._segment_by = {model: [list(dims) for dims in levels] for model, levels in (segment_by or {}).items()}
         self._check_interval = check_interval
         self._socket_timeout = socket_timeout
         self._max_backoff = max_backoff

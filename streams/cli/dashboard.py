@@ -51,8 +51,9 @@ def make_server(source: DashboardSource, host: str, port: int) -> ThreadingHTTPS
             except redis.RedisError as exc:
                 self._send(503, f"Redis unavailable: {type(exc).__name__}".encode(), content_type="text/plain")
 
-        def _send(self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8",
-                  extra: dict | None = None) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str = "text/html; charset=utf-8", extra: dict | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

@@ -29,8 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config file (models, topics, worker settings)")
     p.add_argument("--broker", help="Kafka bootstrap servers (env RECAL_BROKER)")
     p.add_argument("--redis", help="Redis URL (env RECAL_REDIS)")
-    p.add_argument("--source", choices=("labeled", "raw"), default="labeled",
-                   help="labeled: the join's output, byte-identical maps (default); raw: re-join the sources")
+    p.add_argument(
+        "--source",
+        choices=("labeled", "raw"),
+        default="labeled",
+        help="labeled: the join's output, byte-identical maps (default); raw: re-join the sources",
+    )
     p.add_argument("--from", dest="from_time", type=parse_time_ms, help="event time, inclusive (ISO or epoch ms)")
     p.add_argument("--to", dest="to_time", type=parse_time_ms, help="event time, exclusive (ISO or epoch ms)")
     p.add_argument("--start-offset", type=int, help="first offset of every partition")
@@ -70,9 +74,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress = Progress(0)
         if args.source == "raw":
             return await replay_raw(config, rng, models, progress=progress)
-        return await replay_labeled(config, rng, models, checkpoint=args.checkpoint,
-                                    checkpoint_every_s=args.checkpoint_every, progress=progress, stop=stop,
-                                    partitions=partitions)
+        return await replay_labeled(
+            config,
+            rng,
+            models,
+            checkpoint=args.checkpoint,
+            checkpoint_every_s=args.checkpoint_every,
+            progress=progress,
+            stop=stop,
+            partitions=partitions,
+        )
 
     result = asyncio.run(run())
     if result.interrupted:
@@ -90,10 +101,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rows = summarize(result.maps, result.aggregator, live, statuses)
         print(format_summary(rows))
         rate = result.examples / result.seconds if result.seconds else 0.0
-        print(f"\n{result.records:,} records, {result.examples:,} examples in {result.seconds:.2f}s "
-              f"({rate:,.0f} examples/s); {result.superseded} superseded records dropped"
-              + (f", {result.conflicts} CONFLICTS (see log)" if result.conflicts else "")
-              + ("" if args.no_publish else f"; {len(result.maps)} maps in prefix {prefix!r}"))
+        print(
+            f"\n{result.records:,} records, {result.examples:,} examples in {result.seconds:.2f}s "
+            f"({rate:,.0f} examples/s); {result.superseded} superseded records dropped"
+            + (f", {result.conflicts} CONFLICTS (see log)" if result.conflicts else "")
+            + ("" if args.no_publish else f"; {len(result.maps)} maps in prefix {prefix!r}")
+        )
         if args.promote and not args.no_publish:
             counts = MapPublisher(client, prefix=config.prefix).promote(prefix, config.prefix, force=args.force)
             print(f"promoted into {config.prefix!r}: {counts}")

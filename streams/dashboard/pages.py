@@ -84,9 +84,21 @@ def rows(maps: dict[str, CalibrationMap | None], now_s: float | None = None) -> 
             continue
         metrics = m.metrics_dict or {}
         age = max(0.0, now_s - m.updated_at / 1000) if m.updated_at > 0 else None
-        out.append(Row(fld, model, segment, m.version, age, m.n, _num(metrics, "ece_raw"),
-                       _num(metrics, "ece_cal"), _num(metrics, "ratio_raw"), _num(metrics, "ratio_cal"),
-                       str(metrics.get("eval", ""))))
+        out.append(
+            Row(
+                fld,
+                model,
+                segment,
+                m.version,
+                age,
+                m.n,
+                _num(metrics, "ece_raw"),
+                _num(metrics, "ece_cal"),
+                _num(metrics, "ratio_raw"),
+                _num(metrics, "ratio_cal"),
+                str(metrics.get("eval", "")),
+            )
+        )
     out.sort(key=lambda r: (-r.badness, -(r.ece_cal or 0.0), r.field))
     return out
 
@@ -117,33 +129,45 @@ def map_href(model: str, segment: str) -> str:
 
 def _page(title: str, body: str, refresh: int | None = None) -> str:
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>"
+    )
 
 
 def render_index(table: list[Row], source: str = "", refresh: int | None = 10) -> str:
-    head = ("<tr><th class=l>model</th><th class=l>segment</th><th>version</th><th>age</th><th>n</th>"
-            "<th>ECE raw</th><th>ECE calibrated</th><th>ratio raw</th><th>ratio calibrated</th>"
-            "<th class=l>eval</th></tr>")
+    head = (
+        "<tr><th class=l>model</th><th class=l>segment</th><th>version</th><th>age</th><th>n</th>"
+        "<th>ECE raw</th><th>ECE calibrated</th><th>ratio raw</th><th>ratio calibrated</th>"
+        "<th class=l>eval</th></tr>"
+    )
     body_rows = []
     for r in table:
         link = f'<a href="{html.escape(map_href(r.model, r.segment))}">{html.escape(r.segment)}</a>'
         if r.error:
-            body_rows.append(f'<tr><td class=l>{html.escape(r.model)}</td><td class=l>{link}</td>'
-                             f'<td colspan=8 class="bad l">{html.escape(r.error)}</td></tr>')
+            body_rows.append(
+                f"<tr><td class=l>{html.escape(r.model)}</td><td class=l>{link}</td>"
+                f'<td colspan=8 class="bad l">{html.escape(r.error)}</td></tr>'
+            )
             continue
         body_rows.append(
             f"<tr><td class=l>{html.escape(r.model)}</td><td class=l>{link}</td><td>{r.version}</td>"
             f"<td>{_age(r.age_s)}</td><td>{_f(r.n, ',.0f')}</td><td>{_f(r.ece_raw, '.4f')}</td>"
             f"<td>{_f(r.ece_cal, '.4f')}</td>{_ratio_cell(r.ratio_raw)}{_ratio_cell(r.ratio_cal)}"
-            f"<td class=l>{html.escape(r.eval)}</td></tr>")
+            f"<td class=l>{html.escape(r.eval)}</td></tr>"
+        )
     empty = "" if table else "<p>No maps published yet.</p>"
-    sub = (f"{len(table)} maps{' from ' + html.escape(source) if source else ''}. Metrics on the most recent "
-           "window (holdout; <i>fit</i> = in-sample when the holdout is too thin), worst calibrated first. "
-           "ratio = predicted / observed positives (&gt; 1 over-predicts).")
-    return _page("recal calibration", f'<h1>recal calibration maps</h1><div class="sub">{sub}</div>{empty}'
-                 f'<table id="maps"><thead>{head}</thead><tbody>{"".join(body_rows)}</tbody></table>',
-                 refresh)
+    sub = (
+        f"{len(table)} maps{' from ' + html.escape(source) if source else ''}. Metrics on the most recent "
+        "window (holdout; <i>fit</i> = in-sample when the holdout is too thin), worst calibrated first. "
+        "ratio = predicted / observed positives (&gt; 1 over-predicts)."
+    )
+    return _page(
+        "recal calibration",
+        f'<h1>recal calibration maps</h1><div class="sub">{sub}</div>{empty}'
+        f'<table id="maps"><thead>{head}</thead><tbody>{"".join(body_rows)}</tbody></table>',
+        refresh,
+    )
 
 
 def _ticks(hi: float, n: int = 5) -> list[float]:
@@ -159,34 +183,43 @@ def reliability_svg(rel: list[tuple[float, float, float, float]], width: int = 4
     """Predicted (x) vs observed (y) per group, raw and calibrated, on a common linear scale."""
     pad = 48
     if not rel:
-        return (f'<svg id="reliability" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
-                f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no reliability data</text></svg>')
+        return (
+            f'<svg id="reliability" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no reliability data</text></svg>'
+        )
     hi = max(max(r[0], r[1], r[2]) for r in rel) * 1.08 or 1.0
     hi = min(hi, 1.0)
     sx = lambda v: pad + (width - 2 * pad) * min(v, hi) / hi  # noqa: E731
     sy = lambda v: height - pad - (height - 2 * pad) * min(v, hi) / hi  # noqa: E731
     w_max = max(r[3] for r in rel) or 1.0
-    parts = [f'<svg id="reliability" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-             'xmlns="http://www.w3.org/2000/svg" font-size="11">']
+    parts = [
+        f'<svg id="reliability" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'xmlns="http://www.w3.org/2000/svg" font-size="11">'
+    ]
     for t in _ticks(hi):
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{sy(0):.1f}" x2="{sx(t):.1f}" y2="{sy(hi):.1f}" stroke="#eee"/>'
-                     f'<line x1="{sx(0):.1f}" y1="{sy(t):.1f}" x2="{sx(hi):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                     f'<text x="{sx(t):.1f}" y="{height - pad + 14}" text-anchor="middle">{t:.3g}</text>'
-                     f'<text x="{pad - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
-    parts.append(f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(hi)}" y2="{sy(hi)}" stroke="#999" '
-                 'stroke-dasharray="4 3"/>')
-    parts.append(f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">predicted</text>'
-                 f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">'
-                 "observed</text>")
+        parts.append(
+            f'<line x1="{sx(t):.1f}" y1="{sy(0):.1f}" x2="{sx(t):.1f}" y2="{sy(hi):.1f}" stroke="#eee"/>'
+            f'<line x1="{sx(0):.1f}" y1="{sy(t):.1f}" x2="{sx(hi):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
+            f'<text x="{sx(t):.1f}" y="{height - pad + 14}" text-anchor="middle">{t:.3g}</text>'
+            f'<text x="{pad - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>'
+        )
+    parts.append(f'<line x1="{sx(0)}" y1="{sy(0)}" x2="{sx(hi)}" y2="{sy(hi)}" stroke="#999" stroke-dasharray="4 3"/>')
+    parts.append(
+        f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">predicted</text>'
+        f'<text x="14" y="{height / 2}" text-anchor="middle" transform="rotate(-90 14 {height / 2})">'
+        "observed</text>"
+    )
     for idx, color in ((0, RAW_COLOR), (1, CAL_COLOR)):
         pts = " ".join(f"{sx(r[idx]):.1f},{sy(r[2]):.1f}" for r in rel)
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5" opacity="0.7"/>')
         name = "raw" if idx == 0 else "calibrated"
         for r in rel:
             radius = 2.5 + 6.0 * math.sqrt(r[3] / w_max)
-            parts.append(f'<circle class="{name}" cx="{sx(r[idx]):.1f}" cy="{sy(r[2]):.1f}" r="{radius:.1f}" '
-                         f'fill="{color}" fill-opacity="0.75"><title>{name}: predicted {r[idx]:.4g}, observed '
-                         f"{r[2]:.4g}, weight {r[3]:.4g}</title></circle>")
+            parts.append(
+                f'<circle class="{name}" cx="{sx(r[idx]):.1f}" cy="{sy(r[2]):.1f}" r="{radius:.1f}" '
+                f'fill="{color}" fill-opacity="0.75"><title>{name}: predicted {r[idx]:.4g}, observed '
+                f"{r[2]:.4g}, weight {r[3]:.4g}</title></circle>"
+            )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -196,30 +229,38 @@ def history_svg(points: list[tuple[int, float | None, float | None]], width: int
     oldest first. The y axis always includes the 0.9..1.1 band."""
     pad = 44
     values = [v for _, a, b in points for v in (a, b) if v is not None]
-    svg = (f'<svg id="history" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           'xmlns="http://www.w3.org/2000/svg" font-size="11">')
+    svg = (
+        f'<svg id="history" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'xmlns="http://www.w3.org/2000/svg" font-size="11">'
+    )
     if not values:
         return svg + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no history</text></svg>'
     lo, hi = min([*values, 0.9]) * 0.97, max([*values, 1.1]) * 1.03
     n = len(points)
     sx = lambda i: pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5)  # noqa: E731
     sy = lambda v: height - pad - (height - 2 * pad) * (v - lo) / (hi - lo)  # noqa: E731
-    parts = [svg, f'<rect x="{pad}" y="{sy(1.1):.1f}" width="{width - 2 * pad}" height="{sy(0.9) - sy(1.1):.1f}" '
-             'fill="#e6f4ea"/>',
-             f'<line x1="{pad}" y1="{sy(1):.1f}" x2="{width - pad}" y2="{sy(1):.1f}" stroke="#999" '
-             'stroke-dasharray="4 3"/>']
+    parts = [
+        svg,
+        f'<rect x="{pad}" y="{sy(1.1):.1f}" width="{width - 2 * pad}" height="{sy(0.9) - sy(1.1):.1f}" '
+        'fill="#e6f4ea"/>',
+        f'<line x1="{pad}" y1="{sy(1):.1f}" x2="{width - pad}" y2="{sy(1):.1f}" stroke="#999" stroke-dasharray="4 3"/>',
+    ]
     for t in (lo, 1.0, hi):
         parts.append(f'<text x="{pad - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
-    parts.append(f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">refreshes (oldest → newest, '
-                 f"{n})</text>")
+    parts.append(
+        f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">refreshes (oldest → newest, {n})</text>'
+    )
     for idx, color, name in ((1, RAW_COLOR, "raw"), (2, CAL_COLOR, "calibrated")):
         pts = [(sx(i), sy(p[idx])) for i, p in enumerate(points) if p[idx] is not None]
         if not pts:
             continue
-        parts.append(f'<polyline points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}" fill="none" '
-                     f'stroke="{color}" stroke-width="2"/>')
-        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>{name}</title></circle>'
-                  for x, y in pts]
+        parts.append(
+            f'<polyline points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}" fill="none" '
+            f'stroke="{color}" stroke-width="2"/>'
+        )
+        parts += [
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>{name}</title></circle>' for x, y in pts
+        ]
     parts.append("</svg>")
     return "".join(parts)
 
@@ -234,31 +275,42 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
     for h in sorted(history, key=lambda h: h.version):
         hm = h.metrics_dict or {}
         points.append((h.updated_at, _num(hm, "ratio_raw"), _num(hm, "ratio_cal")))
-    summary = (f"version {m.version} · model version {html.escape(m.model_version)} · {html.escape(m.method)} · "
-               f"age {_age(max(0.0, now_s - m.updated_at / 1000) if m.updated_at else None)} · n {m.n:,.0f} · "
-               f"positives {m.positives:,.0f} · eval {html.escape(str(metrics.get('eval', '-')))} "
-               f"(weight {_f(_num(metrics, 'eval_weight'), ',.0f')})")
-    stats = (f"<table><tr><th></th><th>ECE</th><th>ratio</th></tr>"
-             f"<tr><td class=l>raw</td><td>{_f(_num(metrics, 'ece_raw'), '.4f')}</td>"
-             f"{_ratio_cell(_num(metrics, 'ratio_raw'))}</tr>"
-             f"<tr><td class=l>calibrated</td><td>{_f(_num(metrics, 'ece_cal'), '.4f')}</td>"
-             f"{_ratio_cell(_num(metrics, 'ratio_cal'))}</tr></table>")
-    counts = "".join(f"<tr><td>{r[0]:.4g}</td><td>{r[1]:.4g}</td><td>{r[2]:.4g}</td><td>{r[3]:,.0f}</td></tr>"
-                     for r in rel)
-    legend = (f'<div class="legend"><span><i class="dot" style="background:{RAW_COLOR}"></i> raw</span>'
-              f'<span><i class="dot" style="background:{CAL_COLOR}"></i> calibrated</span></div>')
-    body = (f'<p><a href="/dashboard">← all maps</a></p><h1>{html.escape(m.model)} · {html.escape(seg)}</h1>'
-            f'<div class="sub">{summary}</div>{stats}{legend}<div class="charts"><div><h2>Reliability '
-            f"(recent window)</h2>{reliability_svg(rel)}</div><div><h2>Calibration ratio over the last "
-            f"{len(points)} refreshes</h2>{history_svg(points)}</div></div>"
-            "<h2>Reliability groups</h2><table id=groups><tr><th>predicted raw</th><th>predicted calibrated</th>"
-            f"<th>observed</th><th>weight</th></tr>{counts}</table>")
+    summary = (
+        f"version {m.version} · model version {html.escape(m.model_version)} · {html.escape(m.method)} · "
+        f"age {_age(max(0.0, now_s - m.updated_at / 1000) if m.updated_at else None)} · n {m.n:,.0f} · "
+        f"positives {m.positives:,.0f} · eval {html.escape(str(metrics.get('eval', '-')))} "
+        f"(weight {_f(_num(metrics, 'eval_weight'), ',.0f')})"
+    )
+    stats = (
+        f"<table><tr><th></th><th>ECE</th><th>ratio</th></tr>"
+        f"<tr><td class=l>raw</td><td>{_f(_num(metrics, 'ece_raw'), '.4f')}</td>"
+        f"{_ratio_cell(_num(metrics, 'ratio_raw'))}</tr>"
+        f"<tr><td class=l>calibrated</td><td>{_f(_num(metrics, 'ece_cal'), '.4f')}</td>"
+        f"{_ratio_cell(_num(metrics, 'ratio_cal'))}</tr></table>"
+    )
+    counts = "".join(
+        f"<tr><td>{r[0]:.4g}</td><td>{r[1]:.4g}</td><td>{r[2]:.4g}</td><td>{r[3]:,.0f}</td></tr>" for r in rel
+    )
+    legend = (
+        f'<div class="legend"><span><i class="dot" style="background:{RAW_COLOR}"></i> raw</span>'
+        f'<span><i class="dot" style="background:{CAL_COLOR}"></i> calibrated</span></div>'
+    )
+    body = (
+        f'<p><a href="/dashboard">← all maps</a></p><h1>{html.escape(m.model)} · {html.escape(seg)}</h1>'
+        f'<div class="sub">{summary}</div>{stats}{legend}<div class="charts"><div><h2>Reliability '
+        f"(recent window)</h2>{reliability_svg(rel)}</div><div><h2>Calibration ratio over the last "
+        f"{len(points)} refreshes</h2>{history_svg(points)}</div></div>"
+        "<h2>Reliability groups</h2><table id=groups><tr><th>predicted raw</th><th>predicted calibrated</th>"
+        f"<th>observed</th><th>weight</th></tr>{counts}</table>"
+    )
     return _page(f"recal {m.model} {seg}", body)
 
 
 def render_missing(model: str, segment: str) -> str:
-    return _page("recal: no map", f'<p><a href="/dashboard">← all maps</a></p><h1>No map for '
-                 f"{html.escape(model)} · {html.escape(segment)}</h1>")
+    return _page(
+        "recal: no map",
+        f'<p><a href="/dashboard">← all maps</a></p><h1>No map for {html.escape(model)} · {html.escape(segment)}</h1>',
+    )
 
 
 class DashboardSource:

@@ -31,10 +31,12 @@ def _progress_line(sim, event_ms: int, wall_s: float, worker: WorkerProcess, cac
         maps = cache.hlen("recal:maps")
     except redis.RedisError:
         maps = "?"
-    return (f"\r[{wall_s:5.0f}s] impressions sent {sim.impressions:>8,}  clicks {sim.clicks:>6,}  "
-            f"events in {sum(stats.get('events_in', {}).values()):>8,}  "
-            f"labeled {sum(stats.get('labeled', {}).values()):>8,}  maps {maps:>3}  "
-            f"dead letters {sum(stats.get('dead_letters', {}).values()):>5,}")
+    return (
+        f"\r[{wall_s:5.0f}s] impressions sent {sim.impressions:>8,}  clicks {sim.clicks:>6,}  "
+        f"events in {sum(stats.get('events_in', {}).values()):>8,}  "
+        f"labeled {sum(stats.get('labeled', {}).values()):>8,}  maps {maps:>3}  "
+        f"dead letters {sum(stats.get('dead_letters', {}).values()):>5,}"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -54,10 +56,15 @@ def run_demo(args: argparse.Namespace) -> int:
             cache = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
             scenario = Scenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
-            result = asyncio.run(run_simulation(
-                scenario, stack.broker_url, rate=args.rate, duration_s=args.duration,
-                progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, cache), end="", flush=True),
-            ))
+            result = asyncio.run(
+                run_simulation(
+                    scenario,
+                    stack.broker_url,
+                    rate=args.rate,
+                    duration_s=args.duration,
+                    progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, cache), end="", flush=True),
+                )
+            )
             print(f"\nsimulator done: {result.impressions_per_s:,.0f} impressions/s; letting the worker drain")
             time.sleep(2 * config.refresh_interval_ms / 1000 + config.partials_interval_ms / 1000 + 1)
             print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, cache).strip())

@@ -123,9 +123,12 @@ def tansu(port: int | None = None) -> Server:
         argv=[
             tansu_binary(),
             "broker",
-            "--listener-url", f"tcp://127.0.0.1:{port}",
-            "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--storage-engine",
+            "memory://tansu/",
         ],
     )
 
@@ -137,11 +140,16 @@ def redis(port: int | None = None) -> Server:
         port=port,
         argv=[
             redis_server_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "no",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
         ],
     )
 
@@ -181,14 +189,35 @@ class WorkerProcess:
     The demo, the integration and fault tests, and the benchmarks all drive workers through this.
     """
 
-    def __init__(self, config_path: str | Path, broker_url: str, redis_url: str, log_path: str | Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | Path,
+        broker_url: str,
+        redis_url: str,
+        log_path: str | Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.log_path = Path(log_path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", "worker", "--config", str(config_path), "--create-topics",
-             "--broker", broker_url, "--redis", redis_url, "--web-port", str(self.port)],
-            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "streams.cli.main",
+                "worker",
+                "--config",
+                str(config_path),
+                "--create-topics",
+                "--broker",
+                broker_url,
+                "--redis",
+                redis_url,
+                "--web-port",
+                str(self.port),
+            ],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 

@@ -41,8 +41,11 @@ class SBend:
     def random(cls, rng: np.random.Generator) -> SBend:
         """A plausible per-segment miscalibration around the default bend."""
         return cls(
-            a=float(rng.uniform(0.75, 1.15)), b=float(rng.uniform(-0.8, 0.3)),
-            c=float(rng.uniform(-0.5, 0.5)), d=float(rng.uniform(-5.0, -3.0)), w=float(rng.uniform(0.4, 1.0)),
+            a=float(rng.uniform(0.75, 1.15)),
+            b=float(rng.uniform(-0.8, 0.3)),
+            c=float(rng.uniform(-0.5, 0.5)),
+            d=float(rng.uniform(-5.0, -3.0)),
+            w=float(rng.uniform(0.4, 1.0)),
         )
 
 

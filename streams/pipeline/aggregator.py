@@ -38,8 +38,9 @@ MIN_EVAL_WEIGHT = 100.0  # below this much holdout weight, metrics are computed 
 
 
 def encode_partial(partition: int, model: str, version: str, segment: str, calibrator: Calibrator) -> bytes:
-    return pack({"partition": partition, "model": model, "version": version, "segment": segment},
-                [calibrator.to_bytes()])
+    return pack(
+        {"partition": partition, "model": model, "version": version, "segment": segment}, [calibrator.to_bytes()]
+    )
 
 
 class MapState:
@@ -112,8 +113,9 @@ def _group_ids(weight: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarra
     return idx, np.concatenate(([0], np.cumsum(np.diff(group) > 0)))
 
 
-def map_metrics(candidate: CalibrationMap, calibrator: Calibrator,
-                n_groups: int = RELIABILITY_BINS) -> dict[str, float | str]:
+def map_metrics(
+    candidate: CalibrationMap, calibrator: Calibrator, n_groups: int = RELIABILITY_BINS
+) -> dict[str, float | str]:
     """Calibration of the raw scores and of `candidate` on the calibrator's most recent data.
 
     Evaluated on the holdout histogram (held-back examples, short half-life) when it holds at least
@@ -127,8 +129,11 @@ def map_metrics(candidate: CalibrationMap, calibrator: Calibrator,
     if hist.total_weight < MIN_EVAL_WEIGHT:
         hist, source = calibrator.histogram, "fit"
     total_w, total_pos = hist.total_weight, hist.total_positives
-    out: dict[str, float | str] = {"eval": source, "eval_weight": round(total_w, 3),
-                                   "eval_positives": round(total_pos, 3)}
+    out: dict[str, float | str] = {
+        "eval": source,
+        "eval_weight": round(total_w, 3),
+        "eval_positives": round(total_pos, 3),
+    }
     idx, group = _group_ids(hist.weight, n_groups)
     if idx.size == 0:
         return out
@@ -144,8 +149,10 @@ def map_metrics(candidate: CalibrationMap, calibrator: Calibrator,
     if total_pos > 0:  # no positives: the ratio is undefined (and not stored: metrics must be finite)
         out["ratio_raw"] = float(np.dot(w, raw)) / total_pos
         out["ratio_cal"] = float(np.dot(w, cal)) / total_pos
-    out["rel"] = ";".join(f"{a:.4g},{b:.4g},{c:.4g},{d:.4g}" for a, b, c, d in zip(
-        g_raw.tolist(), g_cal.tolist(), g_obs.tolist(), gw.tolist(), strict=True))
+    out["rel"] = ";".join(
+        f"{a:.4g},{b:.4g},{c:.4g},{d:.4g}"
+        for a, b, c, d in zip(g_raw.tolist(), g_cal.tolist(), g_obs.tolist(), gw.tolist(), strict=True)
+    )
     return out
 
 
@@ -181,12 +188,20 @@ class Aggregator:
         self.drift[key] = alert
         extra = {"model": model, "segment": segment, "ratio": ratio, "ece": ece, "alert": alert}
         if alert:
-            drift_log.warning("calibration drift on %s: raw ratio %.3f (allowed %.2f..%.2f), raw ECE %.4f "
-                              "(max %.4f)", key, ratio, cfg.drift_ratio_low, cfg.drift_ratio_high, ece,
-                              cfg.drift_max_ece, extra=extra)
+            drift_log.warning(
+                "calibration drift on %s: raw ratio %.3f (allowed %.2f..%.2f), raw ECE %.4f (max %.4f)",
+                key,
+                ratio,
+                cfg.drift_ratio_low,
+                cfg.drift_ratio_high,
+                ece,
+                cfg.drift_max_ece,
+                extra=extra,
+            )
         else:
-            drift_log.warning("calibration drift cleared on %s: raw ratio %.3f, raw ECE %.4f", key, ratio, ece,
-                              extra=extra)
+            drift_log.warning(
+                "calibration drift cleared on %s: raw ratio %.3f, raw ECE %.4f", key, ratio, ece, extra=extra
+            )
 
     def add(self, key: MapKey, record: bytes, state: MapState | None = None) -> MapState:
         """Fold one partial record in; `state` is the stored state when this process has none."""
@@ -219,7 +234,9 @@ class Aggregator:
                 prior = previous
         calibrator = merged(state.versions[newest], prior)
         candidate = calibrator.to_map(
-            model=model, model_version=newest, segment=parse_segment_key(segment),
+            model=model,
+            model_version=newest,
+            segment=parse_segment_key(segment),
             version=state.examples(but=newest, merged_examples=calibrator.n_seen),
             updated_at=now_ms if now_ms is not None else int(time.time() * 1000),
         )
@@ -231,10 +248,15 @@ class Aggregator:
             self._check_drift(key, metrics)
             self.metrics_seconds += time.perf_counter() - started
         current = self.published.get(key)
-        gate = QualityGate(min_effective_samples=cfg.min_samples, max_abs_change=cfg.max_change or None,
-                           max_rel_change=None, max_loss_increase=cfg.max_loss_increase)
-        decision = gate.check(candidate, current if current and current.model_version == newest else None,
-                              calibrator.holdout)
+        gate = QualityGate(
+            min_effective_samples=cfg.min_samples,
+            max_abs_change=cfg.max_change or None,
+            max_rel_change=None,
+            max_loss_increase=cfg.max_loss_increase,
+        )
+        decision = gate.check(
+            candidate, current if current and current.model_version == newest else None, calibrator.holdout
+        )
         if not decision.accepted:
             self.refused[key] = decision.reason
             self.gate_refusals += 1

@@ -76,8 +76,14 @@ def create_app(config: Config) -> faust.App:
         producer_acks=-1,
         table_cleanup_interval=60,
     )
-    partials_topic = app.topic(config.topics.partials, key_type=bytes, value_type=bytes,
-                               key_serializer="raw", value_serializer="raw", partitions=config.partitions)
+    partials_topic = app.topic(
+        config.topics.partials,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.partitions,
+    )
     table = app.Table("partials", default=None, key_type=bytes, value_type=bytes, partitions=config.partitions)
     aggregator = Aggregator(config.model)
     cache = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -85,8 +91,9 @@ def create_app(config: Config) -> faust.App:
 
     async def send_partials(partials) -> None:
         for partition, (model, version, segment), calibrator in partials:
-            await partials_topic.send(key=f"{model}:{segment}".encode(),
-                                      value=encode_partial(partition, model, version, segment, calibrator))
+            await partials_topic.send(
+                key=f"{model}:{segment}".encode(), value=encode_partial(partition, model, version, segment, calibrator)
+            )
 
     join = JoinWorker(config, on_partials=send_partials)
     app.service(JoinService(join, loop=app.loop, beacon=app.beacon))
@@ -139,8 +146,9 @@ def create_app(config: Config) -> faust.App:
         return None
 
     readiness = Readiness({"broker": broker_ok, "redis": redis_ok}, ttl=2.0, timeout=1.5)
-    dashboard = DashboardSource(redis.Redis.from_url(config.redis, socket_timeout=2.0, socket_connect_timeout=1.0),
-                                prefix=config.prefix)
+    dashboard = DashboardSource(
+        redis.Redis.from_url(config.redis, socket_timeout=2.0, socket_connect_timeout=1.0), prefix=config.prefix
+    )
 
     @app.page("/healthz")
     async def healthz(web, request):
@@ -172,8 +180,9 @@ def create_app(config: Config) -> faust.App:
     async def dashboard_map(web, request):
         query = request.query
         try:
-            status, page = await asyncio.to_thread(dashboard.map_html, query.get("model", ""),
-                                                   query.get("segment", "*"))
+            status, page = await asyncio.to_thread(
+                dashboard.map_html, query.get("model", ""), query.get("segment", "*")
+            )
         except redis.RedisError as exc:
             return web.text(f"Redis unavailable: {type(exc).__name__}", status=503)
         return web.html(page, status=status)
@@ -181,14 +190,24 @@ def create_app(config: Config) -> faust.App:
     @app.page("/stats")
     async def stats(web, request):
         s = join.stats
-        return web.json({
-            "events_in": dict(s.events_in), "dead_letters": dict(s.dead_letters), "join": dict(s.join),
-            "labeled": dict(s.labeled), "rekeyed": s.rekeyed, "snapshots": s.snapshots, "batches": s.batches,
-            "partitions": sorted(join.parts), "pending": sum(len(p.join.pending) for p in join.parts.values()),
-            "maps_published": publisher.published, "maps_refused_stale": publisher.refused,
-            "gate_refusals": aggregator.gate_refusals, "publish_failures": publisher.failures,
-            "gate_refused": dict(aggregator.refused),  # key -> the gate's last refusal reason
-            "drift_alerts": sorted(k for k, alert in aggregator.drift.items() if alert),
-        })
+        return web.json(
+            {
+                "events_in": dict(s.events_in),
+                "dead_letters": dict(s.dead_letters),
+                "join": dict(s.join),
+                "labeled": dict(s.labeled),
+                "rekeyed": s.rekeyed,
+                "snapshots": s.snapshots,
+                "batches": s.batches,
+                "partitions": sorted(join.parts),
+                "pending": sum(len(p.join.pending) for p in join.parts.values()),
+                "maps_published": publisher.published,
+                "maps_refused_stale": publisher.refused,
+                "gate_refusals": aggregator.gate_refusals,
+                "publish_failures": publisher.failures,
+                "gate_refused": dict(aggregator.refused),  # key -> the gate's last refusal reason
+                "drift_alerts": sorted(k for k, alert in aggregator.drift.items() if alert),
+            }
+        )
 
     return app

@@ -151,8 +151,12 @@ class KafkaSecurity:
 
         context = self._ssl_context() if "SSL" in self.security_protocol else None
         if self.security_protocol.startswith("SASL"):
-            return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password,
-                                         mechanism=self.sasl_mechanism or "PLAIN", ssl_context=context)
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password,
+                mechanism=self.sasl_mechanism or "PLAIN",
+                ssl_context=context,
+            )
         return faust.SSLCredentials(context) if context is not None else None
 
     def client_args(self) -> dict[str, Any]:
@@ -160,8 +164,11 @@ class KafkaSecurity:
         if "SSL" in self.security_protocol:
             args["ssl_context"] = self._ssl_context()
         if self.security_protocol.startswith("SASL"):
-            args.update(sasl_mechanism=self.sasl_mechanism or "PLAIN",
-                        sasl_plain_username=self.sasl_username, sasl_plain_password=self.sasl_password)
+            args.update(
+                sasl_mechanism=self.sasl_mechanism or "PLAIN",
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
         return args
 
 
@@ -219,8 +226,13 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             worker[f"{key}_ms"] = parse_duration_ms(worker.pop(key))
     if data:
         raise ValueError(f"unknown top-level keys in config: {sorted(data)}")
-    settings: dict[str, Any] = {**worker, "defaults": defaults, "models": models, "topics": topics,
-                                "kafka": KafkaSecurity.from_env(env)}
+    settings: dict[str, Any] = {
+        **worker,
+        "defaults": defaults,
+        "models": models,
+        "topics": topics,
+        "kafka": KafkaSecurity.from_env(env),
+    }
     for key, var in (("broker", "RECAL_BROKER"), ("redis", "RECAL_REDIS"), ("prefix", "RECAL_PREFIX")):
         if env.get(var):
             settings[key] = env[var]

@@ -58,8 +58,7 @@ class Examples:
     def __len__(self) -> int:
         return len(self.label)
 
-    def append(self, model: int, version: int, segment: int, score: float, label: int, ts: int,
-               holdout: bool) -> None:
+    def append(self, model: int, version: int, segment: int, score: float, label: int, ts: int, holdout: bool) -> None:
         self.model.append(model)
         self.version.append(version)
         self.segment.append(segment)
@@ -173,7 +172,7 @@ class PartitionJoin:
         ts, _ = _HEAD.unpack_from(entry)
         dues = [
             self._slot_due(ts, model_idx, impression_id)
-            for i, (model_idx, _, _) in enumerate(_SLOT.iter_unpack(entry[_HEAD.size:]))
+            for i, (model_idx, _, _) in enumerate(_SLOT.iter_unpack(entry[_HEAD.size :]))
             if not done >> i & 1
         ]
         return min(dues) if dues else None
@@ -219,14 +218,16 @@ class PartitionJoin:
         entry = self.pending.get(action.impression_id)
         if entry is not None:
             self._apply(action, action.impression_id, entry)
-        elif action.ts + self.grace_ms <= self.high_mark or action.impression_id in self.decided \
-                or action.impression_id in self.decided_prev:
+        elif (
+            action.ts + self.grace_ms <= self.high_mark
+            or action.impression_id in self.decided
+            or action.impression_id in self.decided_prev
+        ):
             self.counters[f"late_{_kind(action)}"] += 1
         else:
             waiting = self.early.setdefault(action.impression_id, [])
             if not waiting:
-                self._schedule(self._early_buckets, self._early_heap, action.ts + self.grace_ms,
-                               action.impression_id)
+                self._schedule(self._early_buckets, self._early_heap, action.ts + self.grace_ms, action.impression_id)
             waiting.append(action)
             self.counters[f"early_{_kind(action)}"] += 1
 
@@ -241,7 +242,7 @@ class PartitionJoin:
             return
         ts, _ = _HEAD.unpack_from(entry)
         relevant = False
-        for model_idx, _, _ in _SLOT.iter_unpack(entry[_HEAD.size:]):
+        for model_idx, _, _ in _SLOT.iter_unpack(entry[_HEAD.size :]):
             cfg = self._configs[model_idx]
             if is_click:
                 if cfg.label == "conversion" and cfg.population == "impression":
@@ -294,7 +295,7 @@ class PartitionJoin:
         ts, seg_idx = _HEAD.unpack_from(entry)
         done = self.resolved.get(impression_id, 0)
         holdout = None
-        for i, (model_idx, version_idx, score) in enumerate(_SLOT.iter_unpack(entry[_HEAD.size:])):
+        for i, (model_idx, version_idx, score) in enumerate(_SLOT.iter_unpack(entry[_HEAD.size :])):
             if done >> i & 1 or self._slot_due(ts, model_idx, impression_id) > self.high_mark:
                 continue
             done |= 1 << i
@@ -348,11 +349,12 @@ class PartitionJoin:
         return struct.pack("<I", len(head)) + head + b"".join(entries)
 
     @classmethod
-    def restore(cls, data: bytes, model_config: Callable[[str], ModelConfig], grace_ms: int,
-                holdout_percent: int) -> PartitionJoin:
+    def restore(
+        cls, data: bytes, model_config: Callable[[str], ModelConfig], grace_ms: int, holdout_percent: int
+    ) -> PartitionJoin:
         join = cls(model_config, grace_ms, holdout_percent)
         (head_len,) = struct.unpack_from("<I", data)
-        header = orjson.loads(data[4:4 + head_len])
+        header = orjson.loads(data[4 : 4 + head_len])
         join.high_mark = header["high_mark"]
         for name in header["models"]:
             join.model_index(name)
@@ -364,7 +366,7 @@ class PartitionJoin:
         join._decided_gen = header["decided_gen"]
         pos = 4 + head_len
         for impression_id, length in zip(header["ids"], header["lengths"], strict=True):
-            entry = data[pos:pos + length]
+            entry = data[pos : pos + length]
             pos += length
             join.pending[impression_id] = entry
             due = join._next_due(impression_id, entry, join.resolved.get(impression_id, 0))

@@ -105,7 +105,11 @@ class JoinWorker:
     async def start(self) -> None:
         kafka = self.config.kafka_client_args()
         self.producer = AIOKafkaProducer(
-            **kafka, linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all",
+            **kafka,
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            max_request_size=4 << 20,
+            acks="all",
             enable_idempotence=False,  # the embedded broker refuses InitProducerId; see module doc
         )
         await self.producer.start()
@@ -157,8 +161,11 @@ class JoinWorker:
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
         started = time.perf_counter()
         sends: list[asyncio.Future] = []
-        limits = Limits(self.config.max_message_bytes, self.config.max_predictions,
-                        int(time.time() * 1000) + self.config.max_future_skew_ms)
+        limits = Limits(
+            self.config.max_message_bytes,
+            self.config.max_predictions,
+            int(time.time() * 1000) + self.config.max_future_skew_ms,
+        )
         touched: set[int] = set()
         for tp, messages in batch.items():
             state = self.parts.get(tp.partition)
@@ -177,8 +184,11 @@ class JoinWorker:
                     kind = _header_kind(message.headers)
                 self.stats.events_in[tp.topic] += 1
                 invalid: list[Invalid] = []
-                for event in (decode_events(message.value, kind, limits) if kind is not None
-                              else [Invalid("bad_header:recal-kind", -1)]):
+                for event in (
+                    decode_events(message.value, kind, limits)
+                    if kind is not None
+                    else [Invalid("bad_header:recal-kind", -1)]
+                ):
                     if type(event) is Invalid:
                         invalid.append(event)
                     elif not self._owned_here(message, event, tp.partition):
@@ -208,13 +218,19 @@ class JoinWorker:
     async def _rekey(self, event: Impression | Action, kind: int) -> asyncio.Future:
         self.stats.rekeyed += 1
         if kind == IMPRESSION:
-            doc = {"impression_id": event.impression_id, "ts": event.ts, "segment": event.segment,
-                   "predictions": [{"model": m, "version": v, "score": s} for m, v, s in event.predictions]}
+            doc = {
+                "impression_id": event.impression_id,
+                "ts": event.ts,
+                "segment": event.segment,
+                "predictions": [{"model": m, "version": v, "score": s} for m, v, s in event.predictions],
+            }
         else:
             id_field = "click_id" if kind == CLICK else "conversion_id"
             doc = {id_field: event.action_id, "impression_id": event.impression_id, "ts": event.ts}
         return await self.producer.send(
-            self.topics.rekeyed, orjson.dumps(doc), key=event.impression_id.encode(),
+            self.topics.rekeyed,
+            orjson.dumps(doc),
+            key=event.impression_id.encode(),
             headers=[(_KIND_HEADER, KIND_NAMES[kind].encode())],
         )
 
@@ -237,8 +253,7 @@ class JoinWorker:
         ]
         if first.index >= 0:
             headers.append(("recal-reasons", orjson.dumps([[i.index, i.reason] for i in invalid[:100]])))
-        return await self.producer.send(self.topics.deadletter, message.value, key=message.key,
-                                        headers=headers)
+        return await self.producer.send(self.topics.deadletter, message.value, key=message.key, headers=headers)
 
     def _labels_caught_up(self, state: PartitionState) -> bool:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
@@ -265,10 +280,14 @@ class JoinWorker:
             reason = f"orphan_{'click' if action.kind == CLICK else 'conversion'}"
             self.stats.dead_letters[reason] += 1
             doc = {"impression_id": action.impression_id, "ts": action.ts, "id": action.action_id}
-            sends.append(await self.producer.send(
-                self.topics.deadletter, orjson.dumps(doc), key=action.impression_id.encode(),
-                headers=[("recal-reason", reason.encode()), ("recal-partition", str(state.partition).encode())],
-            ))
+            sends.append(
+                await self.producer.send(
+                    self.topics.deadletter,
+                    orjson.dumps(doc),
+                    key=action.impression_id.encode(),
+                    headers=[("recal-reason", reason.encode()), ("recal-partition", str(state.partition).encode())],
+                )
+            )
         if not len(examples):
             return sends
         columns = examples.arrays()
@@ -277,8 +296,15 @@ class JoinWorker:
         for model_idx, count in zip(*np.unique(columns["model"], return_counts=True), strict=True):
             self.stats.labeled[models[model_idx]] += int(count)
         state.seq += 1
-        header = {"type": "examples", "partition": state.partition, "seq": state.seq, "durable": state.durable,
-                  "models": models, "versions": versions, "segments": segments}
+        header = {
+            "type": "examples",
+            "partition": state.partition,
+            "seq": state.seq,
+            "durable": state.durable,
+            "models": models,
+            "versions": versions,
+            "segments": segments,
+        }
         record = pack_examples(header, columns)
         sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
         return sends
@@ -294,7 +320,8 @@ class JoinWorker:
         await self._send_partials(states)
         offsets = {
             TopicPartition(topic, state.partition): offset
-            for state in states for topic, offset in state.offsets.items()
+            for state in states
+            for topic, offset in state.offsets.items()
         }
         if offsets:
             try:
@@ -313,8 +340,9 @@ class JoinWorker:
         assert self._snapshots is not None and self.consumer is not None
         async with self._lock:
             partitions = sorted({tp.partition for tp in assigned} - set(self.parts))
-            self._n_partitions = len(self.consumer.partitions_for_topic(self.topics.impressions) or ()) \
-                or self._n_partitions
+            self._n_partitions = (
+                len(self.consumer.partitions_for_topic(self.topics.impressions) or ()) or self._n_partitions
+            )
             for partition in partitions:
                 state = await self._restore(partition)
                 self.parts[partition] = state
@@ -338,8 +366,9 @@ class JoinWorker:
                 offsets={},
             )
         header, blobs = unpack(blob)
-        join = PartitionJoin.restore(bytes(blobs[0]), self._model_config, self.config.grace_ms,
-                                     self.config.holdout_percent)
+        join = PartitionJoin.restore(
+            bytes(blobs[0]), self._model_config, self.config.grace_ms, self.config.holdout_percent
+        )
         partials = PartialCalibrators.from_blobs(self._model_config, header["keys"], blobs[1:])
         log.info("partition %d restored at seq %d, offsets %s", partition, header["seq"], header["offsets"])
         return PartitionState(partition, join, partials, header["offsets"], header["seq"], header["seq"])

@@ -53,8 +53,9 @@ class RecalCollector:
     the event loop mutates is copied first with one C-level `dict(...)`/`list(...)` call before it is
     iterated, which the GIL makes atomic."""
 
-    def __init__(self, join, publisher, aggregator, tracker: MapTracker,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, join, publisher, aggregator, tracker: MapTracker, clock: Callable[[], float] = time.time
+    ) -> None:
         self.join = join
         self.publisher = publisher
         self.aggregator = aggregator
@@ -64,54 +65,80 @@ class RecalCollector:
     def collect(self) -> Iterator[Metric]:
         s = self.join.stats
         yield _counter("recal_events_in", "Raw messages read, per source topic.", "topic", s.events_in)
-        yield _counter("recal_dead_letters", "Messages and events sent to the dead-letter topic, per reason.",
-                       "reason", s.dead_letters)
-        yield _counter("recal_join_events", "Join outcomes: late_*, duplicate_*, early_*, orphan_*, ...",
-                       "kind", s.join)
+        yield _counter(
+            "recal_dead_letters",
+            "Messages and events sent to the dead-letter topic, per reason.",
+            "reason",
+            s.dead_letters,
+        )
+        yield _counter(
+            "recal_join_events", "Join outcomes: late_*, duplicate_*, early_*, orphan_*, ...", "kind", s.join
+        )
         yield _counter("recal_labeled", "Labeled examples emitted, per model.", "model", s.labeled)
         yield _counter("recal_rekeyed", "Events re-published keyed by their impression.", None, s.rekeyed)
         yield _counter("recal_snapshots", "Join state snapshots written.", None, s.snapshots)
         yield _counter("recal_batches", "Consumer batches processed.", None, s.batches)
-        yield _counter("recal_batch_seconds", "Seconds spent processing batches (divide by recal_batches_total "
-                       "for the mean batch latency).", None, s.batch_seconds)
-        yield _counter("recal_expiry_deferred", "Batches that kept windows open because label topics lagged.",
-                       None, s.expiry_deferred)
+        yield _counter(
+            "recal_batch_seconds",
+            "Seconds spent processing batches (divide by recal_batches_total for the mean batch latency).",
+            None,
+            s.batch_seconds,
+        )
+        yield _counter(
+            "recal_expiry_deferred",
+            "Batches that kept windows open because label topics lagged.",
+            None,
+            s.expiry_deferred,
+        )
 
         parts = dict(self.join.parts)
-        pending = GaugeMetricFamily("recal_join_pending", "Impressions waiting in join state, per partition.",
-                                    labels=["partition"])
+        pending = GaugeMetricFamily(
+            "recal_join_pending", "Impressions waiting in join state, per partition.", labels=["partition"]
+        )
         pending_bytes = GaugeMetricFamily(
             "recal_join_pending_bytes",
             f"Estimated join state bytes (pending impressions x {BYTES_PER_PENDING} B, bench/bench_join.py).",
-            labels=["partition"])
+            labels=["partition"],
+        )
         for p, state in sorted(parts.items()):
             n = len(state.join.pending)
             pending.add_metric([str(p)], n)
             pending_bytes.add_metric([str(p)], n * BYTES_PER_PENDING)
         yield pending
         yield pending_bytes
-        yield GaugeMetricFamily("recal_partitions_assigned", "Join partitions owned by this worker.",
-                                value=len(parts))
+        yield GaugeMetricFamily("recal_partitions_assigned", "Join partitions owned by this worker.", value=len(parts))
         yield self._lag(parts)
 
         p = self.publisher
         yield _counter("recal_maps_published", "Maps written to Redis.", None, p.published)
-        yield _counter("recal_maps_refused_stale", "Maps refused by the Redis fence (a newer version was live).",
-                       None, p.refused)
-        yield _counter("recal_maps_gate_refused", "Candidate maps held back by the quality gate.", None,
-                       self.aggregator.gate_refusals)
-        yield _counter("recal_redis_publish_errors", "Publish attempts that failed on a Redis error.", None,
-                       p.failures)
-        yield GaugeMetricFamily("recal_maps_pending", "Maps waiting for Redis (retried with backoff).",
-                                value=len(p.pending))
-        yield _counter("recal_map_metrics_seconds", "Seconds spent computing the maps' calibration metrics.",
-                       None, getattr(self.aggregator, "metrics_seconds", 0.0))
+        yield _counter(
+            "recal_maps_refused_stale", "Maps refused by the Redis fence (a newer version was live).", None, p.refused
+        )
+        yield _counter(
+            "recal_maps_gate_refused",
+            "Candidate maps held back by the quality gate.",
+            None,
+            self.aggregator.gate_refusals,
+        )
+        yield _counter("recal_redis_publish_errors", "Publish attempts that failed on a Redis error.", None, p.failures)
+        yield GaugeMetricFamily(
+            "recal_maps_pending", "Maps waiting for Redis (retried with backoff).", value=len(p.pending)
+        )
+        yield _counter(
+            "recal_map_metrics_seconds",
+            "Seconds spent computing the maps' calibration metrics.",
+            None,
+            getattr(self.aggregator, "metrics_seconds", 0.0),
+        )
         yield from self._maps()
 
     def _lag(self, parts: dict) -> GaugeMetricFamily:
-        lag = GaugeMetricFamily("recal_consumer_lag", "Records behind the log end, per source topic partition "
-                                "(highwater minus the next offset to read; absent until the first fetch).",
-                                labels=["topic", "partition"])
+        lag = GaugeMetricFamily(
+            "recal_consumer_lag",
+            "Records behind the log end, per source topic partition "
+            "(highwater minus the next offset to read; absent until the first fetch).",
+            labels=["topic", "partition"],
+        )
         consumer = self.join.consumer
         if consumer is None:
             return lag
@@ -129,15 +156,24 @@ class RecalCollector:
 
     def _maps(self) -> Iterator[Metric]:
         now = self.clock()
-        age = GaugeMetricFamily("recal_map_age_seconds", "Seconds since the last map this worker published "
-                                "(its updated_at), per model and segment.", labels=["model", "segment"])
-        ece = GaugeMetricFamily("recal_map_ece", "ECE on the recent window (the map's metrics), raw scores "
-                                "vs calibrated.", labels=["model", "segment", "scores"])
-        ratio = GaugeMetricFamily("recal_map_calibration_ratio", "sum(prediction)/sum(positives) on the recent "
-                                  "window, raw vs calibrated (> 1 over-predicts).",
-                                  labels=["model", "segment", "scores"])
-        n = GaugeMetricFamily("recal_map_effective_samples", "Effective (decayed) sample size of the map.",
-                              labels=["model", "segment"])
+        age = GaugeMetricFamily(
+            "recal_map_age_seconds",
+            "Seconds since the last map this worker published (its updated_at), per model and segment.",
+            labels=["model", "segment"],
+        )
+        ece = GaugeMetricFamily(
+            "recal_map_ece",
+            "ECE on the recent window (the map's metrics), raw scores vs calibrated.",
+            labels=["model", "segment", "scores"],
+        )
+        ratio = GaugeMetricFamily(
+            "recal_map_calibration_ratio",
+            "sum(prediction)/sum(positives) on the recent window, raw vs calibrated (> 1 over-predicts).",
+            labels=["model", "segment", "scores"],
+        )
+        n = GaugeMetricFamily(
+            "recal_map_effective_samples", "Effective (decayed) sample size of the map.", labels=["model", "segment"]
+        )
         for m in list(self.tracker.published.values()):
             seg = _segment_label(m)
             age.add_metric([m.model, seg], max(0.0, now - m.updated_at / 1000))
@@ -149,9 +185,12 @@ class RecalCollector:
                     ece.add_metric([m.model, seg, label], v)
                 if isinstance(v := metrics.get(f"ratio_{scores}"), (int, float)) and math.isfinite(v):
                     ratio.add_metric([m.model, seg, label], v)
-        drift = GaugeMetricFamily("recal_drift_alert", "1 while the raw scores drift out of calibration "
-                                  "(ratio or ECE beyond the aggregator's thresholds), else 0.",
-                                  labels=["model", "segment"])
+        drift = GaugeMetricFamily(
+            "recal_drift_alert",
+            "1 while the raw scores drift out of calibration "
+            "(ratio or ECE beyond the aggregator's thresholds), else 0.",
+            labels=["model", "segment"],
+        )
         for key, alert in sorted(dict(getattr(self.aggregator, "drift", {})).items()):
             model, segment = key.split(":", 1)
             drift.add_metric([model, segment], 1.0 if alert else 0.0)
@@ -185,8 +224,13 @@ class Readiness:
     returns None when fine or raises / returns an error string.
     """
 
-    def __init__(self, checks: dict[str, Callable[[], Any]], ttl: float = 2.0, timeout: float = 1.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        checks: dict[str, Callable[[], Any]],
+        ttl: float = 2.0,
+        timeout: float = 1.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.checks = checks
         self.ttl = ttl
         self.timeout = timeout

@@ -38,13 +38,17 @@ class PartialCalibrators:
         self.calibrators: dict[CalibratorKey, Calibrator] = {}
         self.dirty: set[CalibratorKey] = set()
 
-    def learn(self, columns: dict[str, np.ndarray], models: list[str], versions: list[str],
-              segments: list[dict[str, str]]) -> None:
+    def learn(
+        self, columns: dict[str, np.ndarray], models: list[str], versions: list[str], segments: list[dict[str, str]]
+    ) -> None:
         """Fold a batch of examples in; indices in `columns` point into the three string tables."""
         if not len(columns["label"]):
             return
-        group = (columns["model"].astype(np.int64) << 48) | (columns["version"].astype(np.int64) << 32) \
+        group = (
+            (columns["model"].astype(np.int64) << 48)
+            | (columns["version"].astype(np.int64) << 32)
             | columns["segment"].astype(np.int64)
+        )
         order = np.argsort(group, kind="stable")  # stable: each group keeps the record's order
         sorted_group = group[order]
         starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
@@ -57,8 +61,13 @@ class PartialCalibrators:
             cfg = self._model_config(model)
             config = calibrator_config(cfg)
             # Validated and binned once, then folded into every level of the fallback chain.
-            batch = prepare_batch(config.bins, columns["score"][rows], columns["label"][rows],
-                                  ts_ms=columns["ts"][rows], holdout=columns["holdout"][rows])
+            batch = prepare_batch(
+                config.bins,
+                columns["score"][rows],
+                columns["label"][rows],
+                ts_ms=columns["ts"][rows],
+                holdout=columns["holdout"][rows],
+            )
             for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
                 key = (model, version, segment)
                 calibrator = self.calibrators.get(key)
@@ -76,8 +85,9 @@ class PartialCalibrators:
         return [list(k) for k in keys], [self.calibrators[k].to_bytes() for k in keys]
 
     @classmethod
-    def from_blobs(cls, model_config: Callable[[str], ModelConfig], keys: list[list[str]],
-                   blobs: list[bytes]) -> PartialCalibrators:
+    def from_blobs(
+        cls, model_config: Callable[[str], ModelConfig], keys: list[list[str]], blobs: list[bytes]
+    ) -> PartialCalibrators:
         partials = cls(model_config)
         for key, blob in zip(keys, blobs, strict=True):
             partials.calibrators[tuple(key)] = Calibrator.from_bytes(bytes(blob))

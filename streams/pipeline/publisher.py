@@ -155,9 +155,7 @@ class MapPublisher(MapStore):
 
         return self._publish_bumped(restored, field, self.keys)
 
-    def _publish_bumped(
-        self, build: Callable[[int], CalibrationMap], field: str, keys: RedisKeys
-    ) -> PublishResult:
+    def _publish_bumped(self, build: Callable[[int], CalibrationMap], field: str, keys: RedisKeys) -> PublishResult:
         """Compare-and-set loop: build the map from the stored version, publish it fenced, retry if beaten."""
         for _ in range(_CAS_ATTEMPTS):
             stored = self.redis.hget(keys.index, field)

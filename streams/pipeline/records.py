@@ -35,13 +35,13 @@ def unpack(data: bytes) -> tuple[dict[str, Any], list[memoryview]]:
     """Split a record into its header and blobs; raises ValueError on any malformed record."""
     try:
         (head_len,) = _LEN.unpack_from(data)
-        header = orjson.loads(data[4:4 + head_len])
+        header = orjson.loads(data[4 : 4 + head_len])
         view = memoryview(data)
         blobs, pos = [], 4 + head_len
         for size in header["blobs"]:
             if pos + size > len(data):
                 raise ValueError("record truncated")
-            blobs.append(view[pos:pos + size])
+            blobs.append(view[pos : pos + size])
             pos += size
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed record: {exc}") from exc

@@ -23,7 +23,7 @@ class SnapshotStore:
         self._last_complete: dict[int, int] = {}
 
     async def write(self, partition: int, blob: bytes) -> None:
-        pieces = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+        pieces = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
         prev = self._last_complete.get(partition, -1)
         start = -1
         for i, piece in enumerate(pieces):

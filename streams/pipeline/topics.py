@@ -39,8 +39,9 @@ async def ensure_topics(config: Config, create_sources: bool = False) -> int:
         topics = config.topics
         missing_sources = [t for t in topics.sources[:3] if t not in existing]
         if missing_sources and create_sources:
-            await admin.create_topics([NewTopic(t, config.partitions, config.replication_factor)
-                                       for t in missing_sources])
+            await admin.create_topics(
+                [NewTopic(t, config.partitions, config.replication_factor) for t in missing_sources]
+            )
             existing.update(missing_sources)
         elif missing_sources:
             raise RuntimeError(f"source topics missing: {missing_sources} (create them, or pass --create-topics)")
@@ -50,8 +51,13 @@ async def ensure_topics(config: Config, create_sources: bool = False) -> int:
         wrong = {t: c for t, c in counts.items() if c != n}
         if wrong:
             raise RuntimeError(f"topics must be co-partitioned with {topics.impressions} ({n} partitions): {wrong}")
-        internal = [(topics.rekeyed, n), (topics.labeled, n), (topics.state, n),
-                    (topics.partials, config.partitions), (topics.deadletter, config.partitions)]
+        internal = [
+            (topics.rekeyed, n),
+            (topics.labeled, n),
+            (topics.state, n),
+            (topics.partials, config.partitions),
+            (topics.deadletter, config.partitions),
+        ]
         new = [NewTopic(t, p, config.replication_factor) for t, p in internal if t not in existing]
         if new:
             await admin.create_topics(new)

@@ -61,8 +61,12 @@ class _Pending:
 class LabeledPartition:
     """Applies one partition's labeled records in offset order, honouring supersession (module doc)."""
 
-    def __init__(self, partition: int, model_config: Callable[[str], ModelConfig],
-                 row_filter: Callable[[dict, dict], np.ndarray | None] | None = None) -> None:
+    def __init__(
+        self,
+        partition: int,
+        model_config: Callable[[str], ModelConfig],
+        row_filter: Callable[[dict, dict], np.ndarray | None] | None = None,
+    ) -> None:
         self.partition = partition
         self.partials = PartialCalibrators(model_config)
         self.row_filter = row_filter
@@ -92,8 +96,12 @@ class LabeledPartition:
             self.buffer = kept
             if seq <= self.applied_seq:
                 self.conflicts += 1
-                log.warning("partition %d: record seq %d supersedes records already final (applied up to %d)",
-                            self.partition, seq, self.applied_seq)
+                log.warning(
+                    "partition %d: record seq %d supersedes records already final (applied up to %d)",
+                    self.partition,
+                    seq,
+                    self.applied_seq,
+                )
         self.buffer.append(_Pending(seq, record))
         self.max_seq = seq
         self.durable = max(self.durable, durable)
@@ -153,9 +161,12 @@ def row_filter(models: set[str] | None, from_ms: int | None, to_ms: int | None):
 
 
 # -- building the maps -------------------------------------------------------------------------------------
-def build_maps(partials: dict[int, PartialCalibrators], model_config: Callable[[str], ModelConfig],
-               version_first_ts: dict[tuple[str, str], int], now_ms: int | None = None,
-               ) -> tuple[list[CalibrationMap], Aggregator]:
+def build_maps(
+    partials: dict[int, PartialCalibrators],
+    model_config: Callable[[str], ModelConfig],
+    version_first_ts: dict[tuple[str, str], int],
+    now_ms: int | None = None,
+) -> tuple[list[CalibrationMap], Aggregator]:
     """Merge partials in partition order through the live Aggregator (same merge, metrics, gate)."""
     aggregator = Aggregator(model_config)
     by_key: dict[str, list[tuple[int, str, int, Calibrator]]] = {}
@@ -191,8 +202,9 @@ class SummaryRow:
     status: str  # published | refused_stale | held: <gate reason>
 
 
-def summarize(maps: list[CalibrationMap], aggregator: Aggregator, live: dict[str, CalibrationMap | None],
-              results: dict[str, str]) -> list[SummaryRow]:
+def summarize(
+    maps: list[CalibrationMap], aggregator: Aggregator, live: dict[str, CalibrationMap | None], results: dict[str, str]
+) -> list[SummaryRow]:
     rows = []
     built = {map_field(m): m for m in maps}
     for key in sorted(aggregator.states):
@@ -209,8 +221,17 @@ def summarize(maps: list[CalibrationMap], aggregator: Aggregator, live: dict[str
         status = results.get(key) or ("held: " + aggregator.refused.get(key, "?"))
         ece = metrics.get("ece_cal")
         ratio = metrics.get("ratio_cal")
-        rows.append(SummaryRow(model, segment, calibrator.n_effective, None if ece is None else float(ece),
-                               None if ratio is None else float(ratio), delta, status))
+        rows.append(
+            SummaryRow(
+                model,
+                segment,
+                calibrator.n_effective,
+                None if ece is None else float(ece),
+                None if ratio is None else float(ratio),
+                delta,
+                status,
+            )
+        )
     return rows
 
 
@@ -220,8 +241,10 @@ def format_summary(rows: Iterable[SummaryRow]) -> str:
 
     lines = [f"{'model':<8} {'segment':<40} {'samples':>12} {'ECE':>8} {'ratio':>7} {'max|Δ| live':>12}  status"]
     for r in rows:
-        lines.append(f"{r.model:<8} {r.segment:<40} {r.samples:>12.1f} {f(r.ece, '.4f'):>8} {f(r.ratio, '.3f'):>7} "
-                     f"{f(r.max_delta, '.4f'):>12}  {r.status}")
+        lines.append(
+            f"{r.model:<8} {r.segment:<40} {r.samples:>12.1f} {f(r.ece, '.4f'):>8} {f(r.ratio, '.3f'):>7} "
+            f"{f(r.max_delta, '.4f'):>12}  {r.status}"
+        )
     return "\n".join(lines)
 
 
@@ -246,26 +269,41 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        print(f"replay: {self.done:,}/{self.total:,} records ({pct:.1f}%), {self.examples:,} examples, "
-              f"{self.examples / elapsed:,.0f} examples/s, {rate:,.0f} records/s, ETA {eta:.0f}s",
-              file=self.stream, flush=True)
+        print(
+            f"replay: {self.done:,}/{self.total:,} records ({pct:.1f}%), {self.examples:,} examples, "
+            f"{self.examples / elapsed:,.0f} examples/s, {rate:,.0f} records/s, ETA {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, identity: dict, parts: dict[int, LabeledPartition], ends: dict[int, int],
-                    complete: bool = False) -> None:
+def save_checkpoint(
+    path: str, identity: dict, parts: dict[int, LabeledPartition], ends: dict[int, int], complete: bool = False
+) -> None:
     """Per-partition offsets + partial calibrators + not-yet-final records, written atomically."""
     entries, blobs = [], []
     for p in sorted(parts):
         part = parts[p]
         keys, cal_blobs = part.partials.to_blobs()
-        entries.append({
-            "partition": p, "next": part.next_offset, "end": ends[p], "max_seq": part.max_seq,
-            "durable": part.durable, "applied_seq": part.applied_seq, "keys": keys,
-            "buffer": [b.seq for b in part.buffer], "records": part.records, "examples": part.examples,
-            "superseded": part.superseded, "conflicts": part.conflicts, "read_examples": part.read_examples,
-            "first_ts": [[m, v, t] for (m, v), t in sorted(part.version_first_ts.items())],
-        })
+        entries.append(
+            {
+                "partition": p,
+                "next": part.next_offset,
+                "end": ends[p],
+                "max_seq": part.max_seq,
+                "durable": part.durable,
+                "applied_seq": part.applied_seq,
+                "keys": keys,
+                "buffer": [b.seq for b in part.buffer],
+                "records": part.records,
+                "examples": part.examples,
+                "superseded": part.superseded,
+                "conflicts": part.conflicts,
+                "read_examples": part.read_examples,
+                "first_ts": [[m, v, t] for (m, v), t in sorted(part.version_first_ts.items())],
+            }
+        )
         blobs += cal_blobs + [b.record for b in part.buffer]
     data = pack({"kind": CHECKPOINT_KIND, "identity": identity, "complete": complete, "parts": entries}, blobs)
     tmp = f"{path}.tmp"
@@ -276,8 +314,12 @@ def save_checkpoint(path: str, identity: dict, parts: dict[int, LabeledPartition
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, identity: dict, model_config: Callable[[str], ModelConfig], row_filter_fn,
-                    ) -> tuple[dict[int, LabeledPartition], dict[int, int], bool] | None:
+def load_checkpoint(
+    path: str,
+    identity: dict,
+    model_config: Callable[[str], ModelConfig],
+    row_filter_fn,
+) -> tuple[dict[int, LabeledPartition], dict[int, int], bool] | None:
     """The saved state, None if there is no file; ValueError if it belongs to a different replay."""
     if not os.path.exists(path):
         return None
@@ -286,13 +328,15 @@ def load_checkpoint(path: str, identity: dict, model_config: Callable[[str], Mod
     if header.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not a replay checkpoint")
     if header["identity"] != identity:
-        raise ValueError(f"{path} belongs to another replay ({header['identity']}), not {identity}; "
-                         "remove it or pass another --checkpoint")
+        raise ValueError(
+            f"{path} belongs to another replay ({header['identity']}), not {identity}; "
+            "remove it or pass another --checkpoint"
+        )
     parts, ends, pos = {}, {}, 0
     for e in header["parts"]:
         part = LabeledPartition(e["partition"], model_config, row_filter_fn)
         n_keys = len(e["keys"])
-        part.partials = PartialCalibrators.from_blobs(model_config, e["keys"], blobs[pos:pos + n_keys])
+        part.partials = PartialCalibrators.from_blobs(model_config, e["keys"], blobs[pos : pos + n_keys])
         pos += n_keys
         part.buffer = [_Pending(seq, bytes(blobs[pos + i])) for i, seq in enumerate(e["buffer"])]
         pos += len(e["buffer"])
@@ -396,22 +440,41 @@ class ReplayRange:
 
 
 def _client(config: Config) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**config.kafka_client_args(), group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                            fetch_max_bytes=64 << 20)
+    return AIOKafkaConsumer(
+        **config.kafka_client_args(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
 
 
-async def replay_labeled(config: Config, rng: ReplayRange | None = None, models: set[str] | None = None,
-                         checkpoint: str | None = None, checkpoint_every_s: float = 10.0,
-                         progress: Progress | None = None, stop: asyncio.Event | None = None,
-                         now_ms: int | None = None, partitions: list[int] | None = None) -> ReplayResult:
+async def replay_labeled(
+    config: Config,
+    rng: ReplayRange | None = None,
+    models: set[str] | None = None,
+    checkpoint: str | None = None,
+    checkpoint_every_s: float = 10.0,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+    now_ms: int | None = None,
+    partitions: list[int] | None = None,
+) -> ReplayResult:
     """Rebuild maps from the labeled topic (module doc). Interruptible through `stop`; resumable through
     `checkpoint` (written every `checkpoint_every_s` and when stopped)."""
     rng = rng or ReplayRange()
     topic = config.topics.labeled
     filt = row_filter(models, rng.from_ms, rng.to_ms)
-    identity = {"source": "labeled", "topic": topic, "start": rng.start_offset, "end": rng.end_offset,
-                "from": rng.from_ms, "to": rng.to_ms, "models": sorted(models or ())}
+    identity = {
+        "source": "labeled",
+        "topic": topic,
+        "start": rng.start_offset,
+        "end": rng.end_offset,
+        "from": rng.from_ms,
+        "to": rng.to_ms,
+        "models": sorted(models or ()),
+    }
     started = time.monotonic()
     consumer = _client(config)
     await consumer.start()
@@ -441,14 +504,16 @@ async def replay_labeled(config: Config, rng: ReplayRange | None = None, models:
         progress.total = total
         interrupted = False
         if not complete:
-            interrupted = await _consume(consumer, topic, parts, ends, progress, stop, checkpoint, identity,
-                                         checkpoint_every_s)
+            interrupted = await _consume(
+                consumer, topic, parts, ends, progress, stop, checkpoint, identity, checkpoint_every_s
+            )
         progress.update(0, 0, force=True)
         if interrupted:
             if checkpoint:
                 save_checkpoint(checkpoint, identity, parts, ends)
-            return ReplayResult([], Aggregator(config.model), interrupted=True, partitions=parts,
-                                seconds=time.monotonic() - started)
+            return ReplayResult(
+                [], Aggregator(config.model), interrupted=True, partitions=parts, seconds=time.monotonic() - started
+            )
         if checkpoint:
             save_checkpoint(checkpoint, identity, parts, ends, complete=True)
         for part in parts.values():
@@ -461,15 +526,28 @@ async def replay_labeled(config: Config, rng: ReplayRange | None = None, models:
             first_ts[key] = min(ts, first_ts.get(key, ts))
     maps, aggregator = build_maps({p: s.partials for p, s in parts.items()}, config.model, first_ts, now_ms)
     return ReplayResult(
-        maps, aggregator, records=sum(s.records for s in parts.values()),
-        examples=sum(s.examples for s in parts.values()), superseded=sum(s.superseded for s in parts.values()),
-        conflicts=sum(s.conflicts for s in parts.values()), seconds=time.monotonic() - started, partitions=parts,
+        maps,
+        aggregator,
+        records=sum(s.records for s in parts.values()),
+        examples=sum(s.examples for s in parts.values()),
+        superseded=sum(s.superseded for s in parts.values()),
+        conflicts=sum(s.conflicts for s in parts.values()),
+        seconds=time.monotonic() - started,
+        partitions=parts,
     )
 
 
-async def _consume(consumer: AIOKafkaConsumer, topic: str, parts: dict[int, LabeledPartition],
-                   ends: dict[int, int], progress: Progress, stop: asyncio.Event | None, checkpoint: str | None,
-                   identity: dict, checkpoint_every_s: float) -> bool:
+async def _consume(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    parts: dict[int, LabeledPartition],
+    ends: dict[int, int],
+    progress: Progress,
+    stop: asyncio.Event | None,
+    checkpoint: str | None,
+    identity: dict,
+    checkpoint_every_s: float,
+) -> bool:
     """Read every partition up to its end; True when stopped early."""
     todo = {TopicPartition(topic, p) for p, s in parts.items() if s.next_offset < ends[p]}
     consumer.assign(sorted(todo))
@@ -502,8 +580,13 @@ async def _consume(consumer: AIOKafkaConsumer, topic: str, parts: dict[int, Labe
 
 
 # -- from the raw topics -----------------------------------------------------------------------------------
-async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set[str] | None = None,
-                     progress: Progress | None = None, now_ms: int | None = None) -> ReplayResult:
+async def replay_raw(
+    config: Config,
+    rng: ReplayRange | None = None,
+    models: set[str] | None = None,
+    progress: Progress | None = None,
+    now_ms: int | None = None,
+) -> ReplayResult:
     """Re-join the source topics in process (module doc). Holds the range's events in memory."""
     rng = rng or ReplayRange()
     topics = config.topics
@@ -515,8 +598,13 @@ async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set
         n = len(consumer.partitions_for_topic(topics.impressions) or ())
         if not n:
             raise RuntimeError(f"topic {topics.impressions} not found")
-        horizon = max([m.horizon_ms + m.allowed_lateness_ms for m in config.models.values()]
-                      + [config.defaults.horizon_ms + config.defaults.allowed_lateness_ms]) + config.grace_ms
+        horizon = (
+            max(
+                [m.horizon_ms + m.allowed_lateness_ms for m in config.models.values()]
+                + [config.defaults.horizon_ms + config.defaults.allowed_lateness_ms]
+            )
+            + config.grace_ms
+        )
         sources = [(topics.impressions, IMPRESSION), (topics.clicks, CLICK), (topics.conversions, CONVERSION)]
         tps = [TopicPartition(t, p) for t, _ in sources for p in range(n)]
         begin, end = await consumer.beginning_offsets(tps), await end_offsets(consumer, tps)
@@ -557,8 +645,9 @@ async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set
                     consumer.pause(tp)
     finally:
         await consumer.stop()
-    limits = Limits(config.max_message_bytes, config.max_predictions,
-                    int(time.time() * 1000) + config.max_future_skew_ms)
+    limits = Limits(
+        config.max_message_bytes, config.max_predictions, int(time.time() * 1000) + config.max_future_skew_ms
+    )
     joins = [PartitionJoin(config.model, config.grace_ms, config.holdout_percent) for _ in range(n)]
     routed: list[list[tuple[int, int, int, object]]] = [[] for _ in range(n)]
     invalid = 0
@@ -568,8 +657,10 @@ async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set
                 if type(event) is Invalid:
                     invalid += 1
                     continue
-                if kind == IMPRESSION and ((rng.from_ms is not None and event.ts < rng.from_ms)
-                                           or (rng.to_ms is not None and event.ts >= rng.to_ms)):
+                if kind == IMPRESSION and (
+                    (rng.from_ms is not None and event.ts < rng.from_ms)
+                    or (rng.to_ms is not None and event.ts >= rng.to_ms)
+                ):
                     continue
                 owner = partition_of(event.impression_id.encode(), n)
                 routed[owner].append((ts, order, kind, event))
@@ -581,7 +672,7 @@ async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set
         join = joins[p]
         events = sorted(routed[p], key=lambda e: (e[0], e[1]))
         for start in range(0, len(events), 20_000):
-            for _, _, kind, event in events[start:start + 20_000]:
+            for _, _, kind, event in events[start : start + 20_000]:
                 if kind == IMPRESSION:
                     assert isinstance(event, Impression)
                     join.add_impression(event)
@@ -612,8 +703,9 @@ async def replay_raw(config: Config, rng: ReplayRange | None = None, models: set
             first_ts[key] = min(ts, first_ts.get(key, ts))
     maps, aggregator = build_maps({p: s.partials for p, s in parts.items()}, config.model, first_ts, now_ms)
     progress.update(0, examples, force=True)
-    return ReplayResult(maps, aggregator, records=total, examples=examples, seconds=time.monotonic() - started,
-                        partitions=parts)
+    return ReplayResult(
+        maps, aggregator, records=total, examples=examples, seconds=time.monotonic() - started, partitions=parts
+    )
 
 
 def normalized_json(m: CalibrationMap) -> bytes:

@@ -410,8 +410,9 @@ def test_k8s_configmap_toml_loads_and_matches_the_example(manifests, tmp_path):
     assert loaded.models, "no models in the ConfigMap's recal.toml"
     assert loaded.replication_factor == 3, "production topics need replicas: [worker] replication_factor = 3"
     example = load_config(EXAMPLE_CONFIG, env={})
-    assert loaded == dataclasses.replace(example, replication_factor=3), \
+    assert loaded == dataclasses.replace(example, replication_factor=3), (
         "ConfigMap recal.toml drifted from deploy/recal.toml"
+    )
 
 
 def test_k8s_deployment_runs_the_worker_with_the_configmap(manifests, deployment, container):
@@ -459,8 +460,9 @@ def test_k8s_pod_is_non_root_read_only_and_bounded(deployment, container, docker
     # dir) and /tmp.
     workdir = [rest for i, rest in dockerfile if i == "WORKDIR"][-1]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    writable = {m["mountPath"] for m in container["volumeMounts"]
-                if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]}
+    writable = {
+        m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+    }
     assert {workdir, "/tmp"} <= writable
 
 

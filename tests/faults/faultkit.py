@@ -40,8 +40,7 @@ PLACEMENTS = ("search", "feed", "related")
 Message = tuple[str, "str | None", bytes]
 
 
-def config_text(ns: str, *, segment_by: str = '[["placement"]]', refresh: str = "1s",
-                checkpoint: str = "1s") -> str:
+def config_text(ns: str, *, segment_by: str = '[["placement"]]', refresh: str = "1s", checkpoint: str = "1s") -> str:
     return f"""
 [defaults]
 window = "10s"
@@ -60,9 +59,16 @@ population = "click"
 click_window = "10s"
 window = "20s"
 
-""" + namespace_toml(ns, partitions=PARTITIONS, grace="5s", checkpoint_interval=checkpoint,
-                          partials_interval="500ms", holdout_percent=0, max_future_skew="100000d",
-                          session_timeout="6s")
+""" + namespace_toml(
+        ns,
+        partitions=PARTITIONS,
+        grace="5s",
+        checkpoint_interval=checkpoint,
+        partials_interval="500ms",
+        holdout_percent=0,
+        max_future_skew="100000d",
+        session_timeout="6s",
+    )
 
 
 def new_ns() -> str:
@@ -71,10 +77,12 @@ def new_ns() -> str:
 
 def impression(iid: str, ts: int, placement: str = "search", models=("ctr", "cvr")) -> dict:
     scores = {"ctr": 0.02, "cvr": 0.1}
-    return {"impression_id": iid, "ts": ts, "segment": {"placement": placement, "platform": "ios"},
-            "predictions": [{"model": m, "version": "v1", "score": scores.get(m, 0.05)} for m in models]}
-
-
+    return {
+        "impression_id": iid,
+        "ts": ts,
+        "segment": {"placement": placement, "platform": "ios"},
+        "predictions": [{"model": m, "version": "v1", "score": scores.get(m, 0.05)} for m in models],
+    }
 
 
 class Scenario:
@@ -94,8 +102,11 @@ class Scenario:
             ts = T0 + i * step_ms
             placement = PLACEMENTS[i % 3]
             click = (f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c{i}", "impression_id": iid, "ts": ts + 2000}))
-            conversion = (f"{ns}-conversions", iid,
-                          orjson.dumps({"conversion_id": f"v{i}", "impression_id": iid, "ts": ts + 5000}))
+            conversion = (
+                f"{ns}-conversions",
+                iid,
+                orjson.dumps({"conversion_id": f"v{i}", "impression_id": iid, "ts": ts + 5000}),
+            )
             imp = (f"{ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement)))
             clicked, converted = i % 4 == 0, i % 12 == 0
             self._count("ctr", placement, 1, clicked)
@@ -141,8 +152,13 @@ class Scenario:
             for iid in ids_covering_partitions(f"{self.ns}-closer-{placement}", PARTITIONS):
                 doc = impression(iid, ts, placement, models=self.closer_models)
                 out.append((f"{self.ns}-impressions", iid, orjson.dumps(doc)))
-                out.append((f"{self.ns}-clicks", iid,
-                            orjson.dumps({"click_id": f"k-{iid}", "impression_id": iid, "ts": ts + 1000})))
+                out.append(
+                    (
+                        f"{self.ns}-clicks",
+                        iid,
+                        orjson.dumps({"click_id": f"k-{iid}", "impression_id": iid, "ts": ts + 1000}),
+                    )
+                )
         return out
 
     def finish(self, broker: str, worker: WorkerProcess) -> None:
@@ -156,14 +172,21 @@ class Scenario:
     def ticks(self, ts: int | None = None) -> list[Message]:
         """Impressions far ahead in event time: they close every window (and are never labeled)."""
         ts = ts if ts is not None else self.end_ms + 120_000
-        return [(f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
-                for iid in ids_covering_partitions(f"{self.ns}-tick-{ts}", PARTITIONS)]
+        return [
+            (f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
+            for iid in ids_covering_partitions(f"{self.ns}-tick-{ts}", PARTITIONS)
+        ]
 
 
 # -- Kafka helpers -------------------------------------------------------------------------------------
 async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=linger_ms, max_request_size=4 << 20,
-                                max_batch_size=1 << 20, request_timeout_ms=60_000)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker,
+        linger_ms=linger_ms,
+        max_request_size=4 << 20,
+        max_batch_size=1 << 20,
+        request_timeout_ms=60_000,
+    )
     await producer.start()
     try:
         futures = []
@@ -200,8 +223,10 @@ class PacedProducer(threading.Thread):
             start = time.monotonic()
             chunk = max(1, int(self.rate / 20))
             for lo in range(0, len(self.messages), chunk):
-                futures = [await producer.send(t, v, key=k.encode() if k else None)
-                           for t, k, v in self.messages[lo:lo + chunk]]
+                futures = [
+                    await producer.send(t, v, key=k.encode() if k else None)
+                    for t, k, v in self.messages[lo : lo + chunk]
+                ]
                 await asyncio.gather(*futures)
                 self.sent = lo + len(futures)
                 ahead = self.sent / self.rate - (time.monotonic() - start)
@@ -218,9 +243,14 @@ class PacedProducer(threading.Thread):
 
 
 async def consume_all_async(broker: str, topic: str, expect: int, timeout_s: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                                group_id=f"check-{uuid.uuid4()}", max_partition_fetch_bytes=8 << 20,
-                                fetch_max_bytes=64 << 20)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        auto_offset_reset="earliest",
+        group_id=f"check-{uuid.uuid4()}",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
     await consumer.start()
     records: list = []
     try:

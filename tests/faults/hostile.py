@@ -19,8 +19,12 @@ Bad = tuple[int, bytes | None, list[str]]  # (topic index 0/1/2, value, expected
 
 
 def _imp(iid: str, **over) -> dict:
-    doc = {"impression_id": iid, "ts": T_OK, "segment": {"placement": "search", "platform": "ios"},
-           "predictions": [{"model": "ctr", "version": "v1", "score": 0.02}]}
+    doc = {
+        "impression_id": iid,
+        "ts": T_OK,
+        "segment": {"placement": "search", "platform": "ios"},
+        "predictions": [{"model": "ctr", "version": "v1", "score": 0.02}],
+    }
     doc.update(over)
     return doc
 
@@ -62,8 +66,11 @@ def _cases(rng: random.Random) -> dict[str, Callable[[str], Bad]]:
         "tombstone": lambda iid: (0, None, ["empty_message"]),
         "empty_batch": lambda iid: (0, b"[]", ["empty_batch"]),
         "scalar": lambda iid: (0, rng.choice([b"42", b'"x"', b"null", b"true", b"1.5"]), ["not_an_object"]),
-        "missing_id": lambda iid: (0, orjson.dumps({k: v for k, v in _imp(iid).items() if k != "impression_id"}),
-                                   ["bad_field:impression_id"]),
+        "missing_id": lambda iid: (
+            0,
+            orjson.dumps({k: v for k, v in _imp(iid).items() if k != "impression_id"}),
+            ["bad_field:impression_id"],
+        ),
         "int_id": lambda iid: (0, orjson.dumps(_imp(12345)), ["bad_field:impression_id"]),
         "empty_id": lambda iid: (0, orjson.dumps(_imp("")), ["bad_field:impression_id"]),
         "long_id": lambda iid: (0, orjson.dumps(_imp(iid + "x" * 300)), ["bad_field:impression_id"]),
@@ -74,40 +81,61 @@ def _cases(rng: random.Random) -> dict[str, Callable[[str], Bad]]:
         "ts_negative": lambda iid: (0, orjson.dumps(_imp(iid, ts=-5)), ["bad_timestamp:too_old"]),
         "ts_2100": lambda iid: (0, orjson.dumps(_imp(iid, ts=4_133_980_800_000)), ["bad_timestamp:future"]),
         "segment_list": lambda iid: (0, orjson.dumps(_imp(iid, segment=["a"])), ["bad_field:segment"]),
-        "segment_int_value": lambda iid: (0, orjson.dumps(_imp(iid, segment={"placement": 3})),
-                                          ["bad_field:segment"]),
-        "segment_17_dims": lambda iid: (0, orjson.dumps(_imp(iid, segment={f"d{i}": "v" for i in range(17)})),
-                                        ["bad_field:segment"]),
-        "predictions_dict": lambda iid: (0, orjson.dumps(_imp(iid, predictions={"model": "ctr"})),
-                                         ["bad_field:predictions"]),
-        "prediction_not_object": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[0.5])),
-                                              ["bad_field:predictions"]),
+        "segment_int_value": lambda iid: (0, orjson.dumps(_imp(iid, segment={"placement": 3})), ["bad_field:segment"]),
+        "segment_17_dims": lambda iid: (
+            0,
+            orjson.dumps(_imp(iid, segment={f"d{i}": "v" for i in range(17)})),
+            ["bad_field:segment"],
+        ),
+        "predictions_dict": lambda iid: (
+            0,
+            orjson.dumps(_imp(iid, predictions={"model": "ctr"})),
+            ["bad_field:predictions"],
+        ),
+        "prediction_not_object": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[0.5])), ["bad_field:predictions"]),
         "empty_predictions": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[])), ["empty_predictions"]),
         "model_int": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(model=7)])), ["bad_field:model"]),
-        "model_colon": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(model="ctr:evil")])),
-                                    ["bad_field:model"]),
-        "model_long": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(model="m" * 65)])),
-                                   ["bad_field:model"]),
-        "version_int": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(version=2)])),
-                                    ["bad_field:version"]),
-        "score_str": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(score="0.5")])),
-                                  ["bad_type:score"]),
-        "score_null": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(score=None)])),
-                                   ["bad_type:score"]),
+        "model_colon": lambda iid: (
+            0,
+            orjson.dumps(_imp(iid, predictions=[_pred(model="ctr:evil")])),
+            ["bad_field:model"],
+        ),
+        "model_long": lambda iid: (
+            0,
+            orjson.dumps(_imp(iid, predictions=[_pred(model="m" * 65)])),
+            ["bad_field:model"],
+        ),
+        "version_int": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(version=2)])), ["bad_field:version"]),
+        "score_str": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(score="0.5")])), ["bad_type:score"]),
+        "score_null": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(score=None)])), ["bad_type:score"]),
         "score_negative": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(score=-0.25)])), ["bad_score"]),
         "score_above_1": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred(score=1.5)])), ["bad_score"]),
         "click_no_id": lambda iid: (1, orjson.dumps({"impression_id": iid, "ts": T_OK}), ["bad_field:click_id"]),
-        "click_int_impression": lambda iid: (1, orjson.dumps({"click_id": iid, "impression_id": 5, "ts": T_OK}),
-                                             ["bad_field:impression_id"]),
-        "click_ts_1970": lambda iid: (1, orjson.dumps({"click_id": iid, "impression_id": iid, "ts": 1000}),
-                                      ["bad_timestamp:too_old"]),
+        "click_int_impression": lambda iid: (
+            1,
+            orjson.dumps({"click_id": iid, "impression_id": 5, "ts": T_OK}),
+            ["bad_field:impression_id"],
+        ),
+        "click_ts_1970": lambda iid: (
+            1,
+            orjson.dumps({"click_id": iid, "impression_id": iid, "ts": 1000}),
+            ["bad_timestamp:too_old"],
+        ),
         "conversion_str_value": lambda iid: (
-            2, orjson.dumps({"conversion_id": iid, "impression_id": iid, "ts": T_OK, "value": "12.5"}),
-            ["bad_field:value"]),
-        "conversion_no_id": lambda iid: (2, orjson.dumps({"impression_id": iid, "ts": T_OK}),
-                                         ["bad_field:conversion_id"]),
-        "array_mixed": lambda iid: (0, orjson.dumps([_imp(iid, ts=1), 7, _imp(iid, predictions=[])]),
-                                    ["bad_timestamp:too_old", "not_an_object", "empty_predictions"]),
+            2,
+            orjson.dumps({"conversion_id": iid, "impression_id": iid, "ts": T_OK, "value": "12.5"}),
+            ["bad_field:value"],
+        ),
+        "conversion_no_id": lambda iid: (
+            2,
+            orjson.dumps({"impression_id": iid, "ts": T_OK}),
+            ["bad_field:conversion_id"],
+        ),
+        "array_mixed": lambda iid: (
+            0,
+            orjson.dumps([_imp(iid, ts=1), 7, _imp(iid, predictions=[])]),
+            ["bad_timestamp:too_old", "not_an_object", "empty_predictions"],
+        ),
     }
 
 
@@ -115,12 +143,18 @@ def _cases(rng: random.Random) -> dict[str, Callable[[str], Bad]]:
 def _large_cases(rng: random.Random) -> dict[str, Callable[[str], Bad]]:
     return {
         "oversized": lambda iid: (0, orjson.dumps(_imp(iid, pad="p" * (HUGE + 1000))), ["oversized"]),
-        "huge_segment_value": lambda iid: (0, orjson.dumps(_imp(iid, segment={"placement": "s" * (HUGE - 500)})),
-                                           ["bad_field:segment"]),
+        "huge_segment_value": lambda iid: (
+            0,
+            orjson.dumps(_imp(iid, segment={"placement": "s" * (HUGE - 500)})),
+            ["bad_field:segment"],
+        ),
         "huge_id": lambda iid: (0, orjson.dumps(_imp("i" * (HUGE - 500))), ["bad_field:impression_id"]),
         "array_of_1000": lambda iid: (0, orjson.dumps([1] * 1000), ["not_an_object"] * 1000),
-        "predictions_10000": lambda iid: (0, orjson.dumps(_imp(iid, predictions=[_pred()] * 10_000)),
-                                          ["too_many_predictions"]),
+        "predictions_10000": lambda iid: (
+            0,
+            orjson.dumps(_imp(iid, predictions=[_pred()] * 10_000)),
+            ["too_many_predictions"],
+        ),
     }
 
 

@@ -47,8 +47,13 @@ def test_broker_frozen_then_thawed(stack, start_worker, record):
     scenario.finish(stack.broker_url, worker)
     counts = wait_for_counts(stack.redis_url, ns, scenario.expected, worker, timeout_s=90)
     assert worker.alive() and worker.proc.pid == pid, "the worker had to be restarted"
-    record(scenario=f"broker: SIGSTOP {PAUSE_S:.0f}s", faults=1, events_sent=len(scenario.messages),
-           labels_expected=scenario.labels_expected,
-           labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
-           max_rss_mb=round(worker.max_rss_mb), detail={"resumed_s": round(resumed_s, 1)})
+    record(
+        scenario=f"broker: SIGSTOP {PAUSE_S:.0f}s",
+        faults=1,
+        events_sent=len(scenario.messages),
+        labels_expected=scenario.labels_expected,
+        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        max_rss_mb=round(worker.max_rss_mb),
+        detail={"resumed_s": round(resumed_s, 1)},
+    )
     assert counts == {k: list(v) for k, v in scenario.expected.items()}

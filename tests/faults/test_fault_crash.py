@@ -51,9 +51,15 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(stack, start_work
     scenario.finish(stack.broker_url, worker)
     counts = wait_for_counts(stack.redis_url, ns, scenario.expected, worker, timeout_s=120)
     labels_counted = sum(c[0] for (m, k), c in counts.items() if k == "*" and c)
-    record(scenario=f"crash: kill -9 x{len(kills)}", faults=len(kills), events_sent=len(scenario.messages),
-           labels_expected=scenario.labels_expected, labels_counted=labels_counted,
-           max_rss_mb=round(worker.max_rss_mb), detail=kills)
+    record(
+        scenario=f"crash: kill -9 x{len(kills)}",
+        faults=len(kills),
+        events_sent=len(scenario.messages),
+        labels_expected=scenario.labels_expected,
+        labels_counted=labels_counted,
+        max_rss_mb=round(worker.max_rss_mb),
+        detail=kills,
+    )
     assert counts == {k: list(v) for k, v in scenario.expected.items()}, f"kills at {kills}"
     published = {f for f in index_fields(stack.redis_url, ns)}
     assert published == {f"{m}:{k}" for m, k in scenario.expected}

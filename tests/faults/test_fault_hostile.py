@@ -101,8 +101,9 @@ def test_hostile_input_is_dead_lettered_and_good_traffic_is_exact(stack, start_w
         mixed += scenario.closers() + scenario.ticks()
         total_letters = sum(reasons.values())
         try:
-            worker.wait_for(lambda s: sum(s["dead_letters"].values()) >= total_letters, 90, "every dead letter",
-                            poll_s=1.0)
+            worker.wait_for(
+                lambda s: sum(s["dead_letters"].values()) >= total_letters, 90, "every dead letter", poll_s=1.0
+            )
         except TimeoutError:
             got = Counter(worker.stats()["dead_letters"])
             raise AssertionError(f"dead letters missing {reasons - got}, unexpected {got - reasons}") from None
@@ -117,11 +118,17 @@ def test_hostile_input_is_dead_lettered_and_good_traffic_is_exact(stack, start_w
     letters = asyncio.run(consume_all_async(stack.broker_url, f"{ns}-deadletter", total_records, timeout_s=120))
     by_reason = Counter(dict(r.headers)["recal-reason"].decode() for r in letters)
     refused_events = sum(int(dict(r.headers).get("recal-invalid", b"1")) for r in letters)
-    record(scenario=f"hostile: {N_BAD:,} bad + {len(good):,} good", faults=N_BAD + sum(kinds.values()) - N_BAD,
-           events_sent=len(mixed), labels_expected=sum(v[0] for (m, k), v in expected.items() if k == "*"),
-           labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
-           dead_letters=dict(by_reason), dead_letters_expected=dict(records), max_rss_mb=round(worker.max_rss_mb),
-           detail={"rss_before_mb": round(rss_before), "seconds": round(elapsed, 1), "kinds": dict(kinds)})
+    record(
+        scenario=f"hostile: {N_BAD:,} bad + {len(good):,} good",
+        faults=N_BAD + sum(kinds.values()) - N_BAD,
+        events_sent=len(mixed),
+        labels_expected=sum(v[0] for (m, k), v in expected.items() if k == "*"),
+        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        dead_letters=dict(by_reason),
+        dead_letters_expected=dict(records),
+        max_rss_mb=round(worker.max_rss_mb),
+        detail={"rss_before_mb": round(rss_before), "seconds": round(elapsed, 1), "kinds": dict(kinds)},
+    )
     assert dict(stats["dead_letters"]) == dict(reasons)  # per refused event
     assert by_reason == records  # per dead-letter record
     assert refused_events == sum(reasons.values())

@@ -40,8 +40,14 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
     traffic.start()
     worker.wait_for(lambda s: fields <= index_fields(stack.redis_url, ns), 60, "every map published once")
 
-    reader = MapReader(stack.redis_url, prefix=ns, segment_by={"ctr": [["placement"]], "cvr": [["placement"]]},
-                       check_interval=0.5, socket_timeout=0.5, max_backoff=1.0)
+    reader = MapReader(
+        stack.redis_url,
+        prefix=ns,
+        segment_by={"ctr": [["placement"]], "cvr": [["placement"]]},
+        check_interval=0.5,
+        socket_timeout=0.5,
+        max_backoff=1.0,
+    )
     probes = [("ctr", {"placement": p}, 0.02) for p in ("search", "feed", "related")] + [("cvr", {}, 0.1)]
 
     def calibrated_everywhere() -> bool:
@@ -75,8 +81,12 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
     stack.cache = devstack.redis(port=port).start()  # same port, EMPTY (no persistence)
     back_at = time.monotonic()
     assert index_fields(stack.redis_url, ns) == set()
-    worker.wait_for(lambda s: fields <= index_fields(stack.redis_url, ns), BACKOFF_CAP_S + REFRESH_S + SLACK_S,
-                    "every map republished", poll_s=0.1)
+    worker.wait_for(
+        lambda s: fields <= index_fields(stack.redis_url, ns),
+        BACKOFF_CAP_S + REFRESH_S + SLACK_S,
+        "every map republished",
+        poll_s=0.1,
+    )
     republish_s = time.monotonic() - back_at
     assert worker.alive()
 
@@ -86,12 +96,19 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
     deadline = time.monotonic() + 10  # the reader resynchronises from the new Redis as well
     while not calibrated_everywhere() and time.monotonic() < deadline:
         time.sleep(0.2)
-    record(scenario=f"redis: down {OUTAGE_S:.0f}s, back empty", faults=1, events_sent=len(scenario.messages),
-           labels_expected=scenario.labels_expected,
-           labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
-           max_rss_mb=round(worker.max_rss_mb),
-           detail={"republish_s": round(republish_s, 1), "events_in_during_outage": samples,
-                   "publish_failures": during["publish_failures"]})
+    record(
+        scenario=f"redis: down {OUTAGE_S:.0f}s, back empty",
+        faults=1,
+        events_sent=len(scenario.messages),
+        labels_expected=scenario.labels_expected,
+        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        max_rss_mb=round(worker.max_rss_mb),
+        detail={
+            "republish_s": round(republish_s, 1),
+            "events_in_during_outage": samples,
+            "publish_failures": during["publish_failures"],
+        },
+    )
     assert counts == {k: list(v) for k, v in scenario.expected.items()}
     assert calibrated_everywhere()
     reader.close()
@@ -103,13 +120,25 @@ def test_publisher_retries_within_a_refresh_interval_after_an_outage():
     random.seed(6)
     server = devstack.redis()
     port = server.port  # not started yet: connection refused, as during an outage
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     now = [0.0]
-    publisher = RetryingPublisher(MapPublisher(client, prefix="outage"), backoff=Backoff(base=0.1, cap=30.0),
-                                  clock=lambda: now[0])
-    m = CalibrationMap(x=np.array([0.0, 0.5, 1.0]), y=np.array([0.0, 0.4, 1.0]), method="isotonic", n=10.0,
-                       positives=4.0, last_event_ms=1, model="ctr", model_version="v1", version=1, updated_at=1)
+    publisher = RetryingPublisher(
+        MapPublisher(client, prefix="outage"), backoff=Backoff(base=0.1, cap=30.0), clock=lambda: now[0]
+    )
+    m = CalibrationMap(
+        x=np.array([0.0, 0.5, 1.0]),
+        y=np.array([0.0, 0.4, 1.0]),
+        method="isotonic",
+        n=10.0,
+        positives=4.0,
+        last_event_ms=1,
+        model="ctr",
+        model_version="v1",
+        version=1,
+        updated_at=1,
+    )
     publisher.submit([m])
     while now[0] < 30.0:  # the refresh timer keeps ticking during the outage
         publisher.flush()
@@ -125,4 +154,3 @@ def test_publisher_retries_within_a_refresh_interval_after_an_outage():
     finally:
         client.close()
         server.stop()
-

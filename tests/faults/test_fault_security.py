@@ -32,22 +32,36 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # -- fuzz: decode never raises, always yields events or Invalid --------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=30,
 )
-FIELDS = ("impression_id", "ts", "segment", "predictions", "model", "version", "score", "click_id",
-          "conversion_id", "value")
+FIELDS = (
+    "impression_id",
+    "ts",
+    "segment",
+    "predictions",
+    "model",
+    "version",
+    "score",
+    "click_id",
+    "conversion_id",
+    "value",
+)
 event_like = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8)
-prediction_like = st.fixed_dictionaries({}, optional={"model": json_values | st.text(max_size=70),
-                                                      "version": json_values, "score": json_values})
-impression_like = st.fixed_dictionaries({}, optional={
-    "impression_id": st.text(max_size=300) | json_values,
-    "ts": st.integers(-(2**70), 2**70) | json_values,
-    "segment": st.dictionaries(st.text(max_size=200), st.text(max_size=200) | json_values, max_size=20) | json_values,
-    "predictions": st.lists(prediction_like, max_size=80) | json_values,
-})
+prediction_like = st.fixed_dictionaries(
+    {}, optional={"model": json_values | st.text(max_size=70), "version": json_values, "score": json_values}
+)
+impression_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "impression_id": st.text(max_size=300) | json_values,
+        "ts": st.integers(-(2**70), 2**70) | json_values,
+        "segment": st.dictionaries(st.text(max_size=200), st.text(max_size=200) | json_values, max_size=20)
+        | json_values,
+        "predictions": st.lists(prediction_like, max_size=80) | json_values,
+    },
+)
 
 
 def _check(value: bytes | None, kind: int) -> None:
@@ -69,8 +83,11 @@ def test_decode_never_raises_on_bytes(value, kind):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(impression_like | event_like | st.lists(impression_like, max_size=4) | json_values,
-       st.sampled_from((IMPRESSION, CLICK, CONVERSION)), st.integers(0, 40))
+@given(
+    impression_like | event_like | st.lists(impression_like, max_size=4) | json_values,
+    st.sampled_from((IMPRESSION, CLICK, CONVERSION)),
+    st.integers(0, 40),
+)
 def test_decode_never_raises_on_json_shaped_input(doc, kind, cut):
     raw = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")  # big ints, lone surrogates
     _check(raw, kind)
@@ -79,8 +96,10 @@ def test_decode_never_raises_on_json_shaped_input(doc, kind, cut):
 
 
 # -- no unsafe deserialisation on data paths ---------------------------------------------------------------
-UNSAFE = re.compile(r"\b(pickle|cPickle|dill|marshal|shelve)\b|\beval\s*\(|\bexec\s*\(|\byaml\.load\s*\(|"
-                    r"\byaml\.unsafe_load\b|\bjsonpickle\b")
+UNSAFE = re.compile(
+    r"\b(pickle|cPickle|dill|marshal|shelve)\b|\beval\s*\(|\bexec\s*\(|\byaml\.load\s*\(|"
+    r"\byaml\.unsafe_load\b|\bjsonpickle\b"
+)
 
 
 def _code_tokens(path: Path) -> str:
@@ -125,8 +144,12 @@ MARKER = "s3cr3t-MARKER-7f1e"
 
 
 def test_config_repr_never_contains_the_password():
-    env = {"RECAL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "RECAL_KAFKA_SASL_MECHANISM": "PLAIN",
-           "RECAL_KAFKA_SASL_USERNAME": "svc", "RECAL_KAFKA_SASL_PASSWORD": MARKER}
+    env = {
+        "RECAL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "RECAL_KAFKA_SASL_MECHANISM": "PLAIN",
+        "RECAL_KAFKA_SASL_USERNAME": "svc",
+        "RECAL_KAFKA_SASL_PASSWORD": MARKER,
+    }
     config = load_config(None, env=env)
     assert config.kafka.sasl_password == MARKER
     for text in (repr(config), str(config), repr(config.kafka), str(config.kafka), f"{config!r}"):
@@ -139,36 +162,55 @@ def test_worker_keeps_forged_segments_apart_and_never_logs_the_secret(stack, sta
     worker run with RECAL_KAFKA_SASL_PASSWORD set (PLAINTEXT, so the password is unused) never logs it."""
     ns = new_ns()
     config = config_text(ns, segment_by='[["placement", "z"], ["placement"]]')
-    worker = start_worker(config, env={"RECAL_KAFKA_SASL_PASSWORD": MARKER, "RECAL_KAFKA_SASL_USERNAME": "svc"},
-                          log_name="secret-worker.log")
+    worker = start_worker(
+        config,
+        env={"RECAL_KAFKA_SASL_PASSWORD": MARKER, "RECAL_KAFKA_SASL_USERNAME": "svc"},
+        log_name="secret-worker.log",
+    )
     worker.wait_ready()
     segments = [{"placement": "a|z=c", "platform": "ios"}, {"placement": "a", "z": "c", "platform": "ios"}]
     messages, expected = [], {}
     for i in range(120):
         iid, seg = f"{ns}-imp-{i}", segments[i % 2]
-        doc = {"impression_id": iid, "ts": T0 + i, "segment": seg,
-               "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}]}
+        doc = {
+            "impression_id": iid,
+            "ts": T0 + i,
+            "segment": seg,
+            "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}],
+        }
         messages.append((f"{ns}-impressions", iid, orjson.dumps(doc)))
         clicked = i % 3 == 0
         if clicked:
-            messages.append((f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c{i}", "impression_id": iid,
-                                                                 "ts": T0 + i + 100})))
+            messages.append(
+                (f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c{i}", "impression_id": iid, "ts": T0 + i + 100}))
+            )
         for key in fallback_chain(seg, [["placement", "z"], ["placement"]]):
             n_pos = expected.setdefault(("ctr", key), [0, 0])
             n_pos[0] += 1
             n_pos[1] += clicked
     tick = {"segment": {"placement": "tick"}, "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}]}
-    messages += [(f"{ns}-impressions", iid, orjson.dumps({"impression_id": iid, "ts": T0 + 60_000, **tick}))
-                 for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)]
+    messages += [
+        (f"{ns}-impressions", iid, orjson.dumps({"impression_id": iid, "ts": T0 + 60_000, **tick}))
+        for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)
+    ]
     produce(stack.broker_url, messages)
     counts = wait_for_counts(stack.redis_url, ns, expected, worker, timeout_s=60)
-    assert set(expected) == {("ctr", "placement=a%7Cz%3Dc"), ("ctr", "placement=a|z=c"), ("ctr", "placement=a"),
-                             ("ctr", "*")}
+    assert set(expected) == {
+        ("ctr", "placement=a%7Cz%3Dc"),
+        ("ctr", "placement=a|z=c"),
+        ("ctr", "placement=a"),
+        ("ctr", "*"),
+    }
     assert counts == expected, map_counts(stack.redis_url, ns, expected)
     worker.stop()
     log_text = worker.log_path.read_bytes()
     assert log_text, "the worker wrote no log"
     assert MARKER.encode() not in log_text
-    record(scenario="security: forged segment keys + secret in env", faults=0, events_sent=len(messages),
-           labels_expected=expected[("ctr", "*")][0], labels_counted=counts[("ctr", "*")][0],
-           max_rss_mb=round(worker.max_rss_mb))
+    record(
+        scenario="security: forged segment keys + secret in env",
+        faults=0,
+        events_sent=len(messages),
+        labels_expected=expected[("ctr", "*")][0],
+        labels_counted=counts[("ctr", "*")][0],
+        max_rss_mb=round(worker.max_rss_mb),
+    )

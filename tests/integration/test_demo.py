@@ -11,9 +11,23 @@ from pathlib import Path
 def test_demo_calibrates_ctr_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "artifacts"
     run = subprocess.run(
-        [sys.executable, "-m", "streams.cli.main", "demo", "--duration", "30", "--rate", "2000", "--speed", "240",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "streams.cli.main",
+            "demo",
+            "--duration",
+            "30",
+            "--rate",
+            "2000",
+            "--speed",
+            "240",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = (out / "report.txt").read_text()

@@ -51,10 +51,16 @@ min_samples = 1
 [models.ctr]
 label = "click"
 
-""" + namespace_toml(ns, partitions=PARTITIONS, grace="5s", checkpoint_interval="1s", partials_interval="300ms",
-                          holdout_percent=30, max_future_skew="100000d", session_timeout="6s")
-
-
+""" + namespace_toml(
+        ns,
+        partitions=PARTITIONS,
+        grace="5s",
+        checkpoint_interval="1s",
+        partials_interval="300ms",
+        holdout_percent=30,
+        max_future_skew="100000d",
+        session_timeout="6s",
+    )
 
 
 def wave(ns: str, k: int, rng: np.random.Generator) -> tuple[list[tuple[str, str, bytes]], int]:
@@ -66,17 +72,40 @@ def wave(ns: str, k: int, rng: np.random.Generator) -> tuple[list[tuple[str, str
         placement = "search" if i % 2 else "feed"
         score = float(np.clip(rng.beta(2, 12), 0.01, 0.6))
         truth = score / (2.0 - 0.35 * k) if placement == "search" else score * 0.7  # search drifts
-        messages.append((f"{ns}-impressions", iid, orjson.dumps({
-            "impression_id": iid, "ts": ts, "segment": {"placement": placement},
-            "predictions": [{"model": "ctr", "version": "v1", "score": score}]})))
+        messages.append(
+            (
+                f"{ns}-impressions",
+                iid,
+                orjson.dumps(
+                    {
+                        "impression_id": iid,
+                        "ts": ts,
+                        "segment": {"placement": placement},
+                        "predictions": [{"model": "ctr", "version": "v1", "score": score}],
+                    }
+                ),
+            )
+        )
         if rng.random() < truth:
-            messages.append((f"{ns}-clicks", iid,
-                             orjson.dumps({"click_id": f"c-{iid}", "impression_id": iid, "ts": ts + 1000})))
+            messages.append(
+                (f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c-{iid}", "impression_id": iid, "ts": ts + 1000}))
+            )
     tick_ts = start + 40_000
     for iid in ids_covering_partitions(f"{ns}-tick{k}", PARTITIONS):
-        messages.append((f"{ns}-impressions", iid, orjson.dumps({
-            "impression_id": iid, "ts": tick_ts, "segment": {"placement": "tick"},
-            "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}]})))
+        messages.append(
+            (
+                f"{ns}-impressions",
+                iid,
+                orjson.dumps(
+                    {
+                        "impression_id": iid,
+                        "ts": tick_ts,
+                        "segment": {"placement": "tick"},
+                        "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}],
+                    }
+                ),
+            )
+        )
     return messages, PER_WAVE + PARTITIONS
 
 
@@ -144,16 +173,17 @@ def observed(stack, tmp_path_factory):
             # Each wave closes its windows: its labels reach the calibrators and the next refresh
             # publishes (or the quality gate holds back) newer maps; waves with gaps give a history.
             deadline = time.monotonic() + 30
-            while not (worker.stats().get("labeled", {}).get("ctr", 0) >= (k + 1) * PER_WAVE
-                       and refreshes(scrape(worker.port)) > decided):
+            while not (
+                worker.stats().get("labeled", {}).get("ctr", 0) >= (k + 1) * PER_WAVE
+                and refreshes(scrape(worker.port)) > decided
+            ):
                 assert time.monotonic() < deadline, f"wave {k} not refreshed; log {worker.log_path}"
                 assert worker.proc.poll() is None, f"worker died; log {worker.log_path}"
                 time.sleep(0.2)
             time.sleep(1.2)  # one more refresh interval: the partials of the last batches
         # Not asserted: >= 2 history entries. With holdouts this small the quality gate sometimes holds
         # a refresh back on noise ("holdout log loss worse" by a few 0.1%), which is its job.
-        yield SimpleNamespace(ns=ns, worker=worker, cache=cache, redis_url=redis_url, before=before,
-                              sent=sent, tmp=tmp)
+        yield SimpleNamespace(ns=ns, worker=worker, cache=cache, redis_url=redis_url, before=before, sent=sent, tmp=tmp)
     finally:
         worker.stop()
         cache.stop()
@@ -190,19 +220,28 @@ def test_metrics_move_as_events_flow(observed):
 
 
 def chromium() -> str | None:
-    return next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))),
-                None)
+    return next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
 
 
 def headless(url: str, screenshot: Path | None = None, size: str = "1280,900") -> str:
     """The DOM after load (and a screenshot) from headless Chromium driven directly."""
     with tempfile.TemporaryDirectory(prefix="recal-chromium-") as profile:
-        argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size}"]
+        argv = [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={size}",
+        ]
         if screenshot is not None:
-            subprocess.run([*argv, f"--screenshot={screenshot}", url], capture_output=True, timeout=60,
-                           check=True)
+            subprocess.run([*argv, f"--screenshot={screenshot}", url], capture_output=True, timeout=60, check=True)
         run = subprocess.run([*argv, "--dump-dom", url], capture_output=True, text=True, timeout=60, check=True)
         return run.stdout
 
@@ -229,9 +268,23 @@ def test_dashboard_in_headless_chromium(observed):
 
 def test_dashboard_command_and_maps_plot(observed):
     port = devstack.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli.main", "dashboard", "--redis", observed.redis_url,
-                             "--prefix", observed.ns, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli.main",
+            "dashboard",
+            "--redis",
+            observed.redis_url,
+            "--prefix",
+            observed.ns,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert "/dashboard" in proc.stdout.readline()
         status, page = get(f"http://127.0.0.1:{port}/dashboard")
@@ -243,9 +296,26 @@ def test_dashboard_command_and_maps_plot(observed):
         proc.terminate()
         proc.wait(10)
     out = observed.tmp / "search.png"
-    run = subprocess.run([sys.executable, "-m", "streams.cli.main", "maps", "plot", "ctr", "placement=search", "-o",
-                          str(out), "--redis", observed.redis_url, "--prefix", observed.ns],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli.main",
+            "maps",
+            "plot",
+            "ctr",
+            "placement=search",
+            "-o",
+            str(out),
+            "--redis",
+            observed.redis_url,
+            "--prefix",
+            observed.ns,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 

@@ -43,16 +43,28 @@ population = "click"
 click_window = "10s"
 window = "20s"
 
-""" + namespace_toml(ns, partitions=PARTITIONS, grace="5s", checkpoint_interval="1s", partials_interval="500ms",
-                          holdout_percent=0, max_future_skew="100000d", session_timeout="6s")
+""" + namespace_toml(
+        ns,
+        partitions=PARTITIONS,
+        grace="5s",
+        checkpoint_interval="1s",
+        partials_interval="500ms",
+        holdout_percent=0,
+        max_future_skew="100000d",
+        session_timeout="6s",
+    )
 
 
 def impression(iid: str, ts: int, placement: str = "search") -> dict:
-    return {"impression_id": iid, "ts": ts, "segment": {"placement": placement, "platform": "ios"},
-            "predictions": [{"model": "ctr", "version": "v1", "score": 0.02},
-                            {"model": "cvr", "version": "v1", "score": 0.1}]}
-
-
+    return {
+        "impression_id": iid,
+        "ts": ts,
+        "segment": {"placement": placement, "platform": "ios"},
+        "predictions": [
+            {"model": "ctr", "version": "v1", "score": 0.02},
+            {"model": "cvr", "version": "v1", "score": 0.1},
+        ],
+    }
 
 
 async def produce(broker: str, messages: list[tuple[str, str | None, bytes]]) -> None:
@@ -67,8 +79,9 @@ async def produce(broker: str, messages: list[tuple[str, str | None, bytes]]) ->
 
 
 async def consume_all(broker: str, topic: str, expect: int, timeout_s: float = 20.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                                group_id=f"check-{uuid.uuid4()}")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=f"check-{uuid.uuid4()}"
+    )
     await consumer.start()
     records: list = []
     try:
@@ -95,8 +108,11 @@ class Scenario:
             iid = f"{ns}-imp-{i}"
             ts = T0 + i * 10
             click = (f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c{i}", "impression_id": iid, "ts": ts + 2000}))
-            conversion = (f"{ns}-conversions", iid,
-                          orjson.dumps({"conversion_id": f"v{i}", "impression_id": iid, "ts": ts + 5000}))
+            conversion = (
+                f"{ns}-conversions",
+                iid,
+                orjson.dumps({"conversion_id": f"v{i}", "impression_id": iid, "ts": ts + 5000}),
+            )
             imp = (f"{ns}-impressions", iid, orjson.dumps(impression(iid, ts)))
             if i % 4 == 0:  # clicked
                 self.ctr_positives += 1
@@ -116,8 +132,10 @@ class Scenario:
         self.n = 200
 
     def ticks(self, ts: int) -> list[tuple[str, str, bytes]]:
-        return [(f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
-                for iid in ids_covering_partitions(f"{self.ns}-tick-{ts}", PARTITIONS)]
+        return [
+            (f"{self.ns}-impressions", iid, orjson.dumps(impression(iid, ts, placement="tick")))
+            for iid in ids_covering_partitions(f"{self.ns}-tick-{ts}", PARTITIONS)
+        ]
 
 
 def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMap | None:
@@ -157,10 +175,12 @@ BAD_MESSAGES = {
     b"[]": "empty_batch",
     b"42": "not_an_object",
     orjson.dumps({"ts": T0, "predictions": []}): "bad_field:impression_id",
-    orjson.dumps({"impression_id": "x", "ts": 12, "predictions": [{"model": "ctr", "version": "v", "score": 0.1}]}):
-        "bad_timestamp:too_old",
-    orjson.dumps({"impression_id": "x", "ts": T0, "predictions": [{"model": "ctr", "version": "v", "score": 1.5}]}):
-        "bad_score",
+    orjson.dumps(
+        {"impression_id": "x", "ts": 12, "predictions": [{"model": "ctr", "version": "v", "score": 0.1}]}
+    ): "bad_timestamp:too_old",
+    orjson.dumps(
+        {"impression_id": "x", "ts": T0, "predictions": [{"model": "ctr", "version": "v", "score": 1.5}]}
+    ): "bad_score",
     orjson.dumps({"impression_id": "x", "ts": T0, "predictions": []}): "empty_predictions",
     orjson.dumps({"impression_id": "x", "ts": "soon", "predictions": []}): "bad_type:ts",
 }

@@ -83,9 +83,25 @@ def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_
     # 2. through the CLI, twice (and the CLI's summary table)
     for run in ("a", "b"):
         out = subprocess.run(
-            [sys.executable, "-m", "streams.cli.main", "replay", "--config", str(path), "--broker", stack.broker_url,
-             "--redis", stack.redis_url, "--prefix", f"{ns}-replay-{run}"],
-            capture_output=True, text=True, timeout=60, check=True)
+            [
+                sys.executable,
+                "-m",
+                "streams.cli.main",
+                "replay",
+                "--config",
+                str(path),
+                "--broker",
+                stack.broker_url,
+                "--redis",
+                stack.redis_url,
+                "--prefix",
+                f"{ns}-replay-{run}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert "ctr      *" in out.stdout and "replay:" in out.stderr
         assert normalized(stable_maps(stack.redis_url, f"{ns}-replay-{run}", 0.1)) == normalized(live)
 
@@ -141,8 +157,10 @@ def test_offsets_for_event_times_on_the_embedded_broker(stack):
         await consumer.start()
         try:
             tp = TopicPartition(topic, 0)
-            return [await offset_for_time(consumer, tp, ts, 0, 40)
-                    for ts in (T0 - 5, T0, T0 + 500, T0 + 17_000, T0 + 39_000, T0 + 99_000)]
+            return [
+                await offset_for_time(consumer, tp, ts, 0, 40)
+                for ts in (T0 - 5, T0, T0 + 500, T0 + 17_000, T0 + 39_000, T0 + 99_000)
+            ]
         finally:
             await consumer.stop()
 

@@ -70,8 +70,10 @@ def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tm
     else:
         second.kill()
 
-    ticks = [(f"{ns}-impressions", iid, orjson.dumps(impression(iid, T0 + 60_000, placement="tick")))
-             for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)]
+    ticks = [
+        (f"{ns}-impressions", iid, orjson.dumps(impression(iid, T0 + 60_000, placement="tick")))
+        for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)
+    ]
     asyncio.run(produce(stack.broker_url, scenario.messages[half:] + ticks))
     first.wait_for(lambda s: len(s.get("partitions", [])) == PARTITIONS, 60, "the survivor to own every partition")
     live_ctr = wait_for_map(stack, ns, "ctr", "*", scenario.n, scenario.ctr_positives, first, timeout_s=60)

@@ -18,9 +18,7 @@ def run(argv: list[str]) -> int:
 
 
 def test_list_and_show(r, redis_url, make_map, capsys):
-    MapPublisher(r).publish_many(
-        [make_map(segment={"p": "a"}, version=4), make_map(model="cvr", updated_at=0)]
-    )
+    MapPublisher(r).publish_many([make_map(segment={"p": "a"}, version=4), make_map(model="cvr", updated_at=0)])
     r.hset("recal:maps", "ctr:p=broken", 1)
     assert run(["maps", "list", "--redis", redis_url]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -4,15 +4,40 @@ import pytest
 
 from recalibrators import CalibrationMap, identity_map
 
-KEYS = {"schema", "model", "model_version", "segment", "version", "updated_at", "method", "n", "positives",
-        "last_event_ms", "x", "y", "platt", "metrics"}
+KEYS = {
+    "schema",
+    "model",
+    "model_version",
+    "segment",
+    "version",
+    "updated_at",
+    "method",
+    "n",
+    "positives",
+    "last_event_ms",
+    "x",
+    "y",
+    "platt",
+    "metrics",
+}
 
 
 def make_map(**kw) -> CalibrationMap:
-    base = dict(x=[0.0, 0.01, 0.1, 1.0], y=[0.0, 0.005, 0.12, 1.0], method="isotonic", n=1234.5,
-                positives=25.25, last_event_ms=1_700_000_000_000, model="ctr", model_version="v7",
-                segment={"platform": "ios", "placement": "feed"}, version=3, updated_at=1_700_000_000_123,
-                platt=(0.93, -0.1), metrics={"holdout_log_loss": 0.0912})
+    base = dict(
+        x=[0.0, 0.01, 0.1, 1.0],
+        y=[0.0, 0.005, 0.12, 1.0],
+        method="isotonic",
+        n=1234.5,
+        positives=25.25,
+        last_event_ms=1_700_000_000_000,
+        model="ctr",
+        model_version="v7",
+        segment={"platform": "ios", "placement": "feed"},
+        version=3,
+        updated_at=1_700_000_000_123,
+        platt=(0.93, -0.1),
+        metrics={"holdout_log_loss": 0.0912},
+    )
     return CalibrationMap(**(base | kw))
 
 

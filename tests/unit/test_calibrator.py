@@ -29,8 +29,8 @@ def test_replay_is_deterministic_and_order_independent():
     s, y, ts, _ = stream()
     a, b, c = Calibrator(CFG), Calibrator(CFG), Calibrator(CFG)
     for lo in range(0, s.size, 700):
-        a.learn_batch(s[lo:lo + 700], y[lo:lo + 700], ts_ms=ts[lo:lo + 700])
-        b.learn_batch(s[lo:lo + 700], y[lo:lo + 700], ts_ms=ts[lo:lo + 700])
+        a.learn_batch(s[lo : lo + 700], y[lo : lo + 700], ts_ms=ts[lo : lo + 700])
+        b.learn_batch(s[lo : lo + 700], y[lo : lo + 700], ts_ms=ts[lo : lo + 700])
     perm = np.random.default_rng(1).permutation(s.size)
     c.learn_batch(s[perm], y[perm], ts_ms=ts[perm])
     assert a.to_bytes() == b.to_bytes() and a.to_map() == b.to_map()
@@ -64,8 +64,16 @@ def test_holdout_examples_only_update_the_holdout_histogram():
 def test_empty_calibrator_publishes_identity_or_prior():
     m = Calibrator().to_map(model="ctr")
     assert m.method == "identity" and m.apply_one(0.3) == 0.3 and m.n == 0
-    prior = CalibrationMap(x=[0.0, 0.05, 1.0], y=[0.0, 0.03, 1.0], method="isotonic", n=1e5, positives=2e3,
-                           last_event_ms=5, platt=(0.9, -0.3), model_version="v1")
+    prior = CalibrationMap(
+        x=[0.0, 0.05, 1.0],
+        y=[0.0, 0.03, 1.0],
+        method="isotonic",
+        n=1e5,
+        positives=2e3,
+        last_event_ms=5,
+        platt=(0.9, -0.3),
+        model_version="v1",
+    )
     warm = Calibrator(CFG, prior=prior)
     m = warm.to_map(model_version="v2")
     np.testing.assert_array_equal(m.x, prior.x)
@@ -74,8 +82,7 @@ def test_empty_calibrator_publishes_identity_or_prior():
 
 
 def test_warm_start_shrinks_sparse_bins_toward_the_prior():
-    prior = CalibrationMap(x=[0.0, 1.0], y=[0.0, 0.5], method="isotonic", n=1e5, positives=2e3,
-                           last_event_ms=0)
+    prior = CalibrationMap(x=[0.0, 1.0], y=[0.0, 0.5], method="isotonic", n=1e5, positives=2e3, last_event_ms=0)
     warm = Calibrator(CFG, prior=prior)
     cold = Calibrator(CFG)
     for cal in (warm, cold):

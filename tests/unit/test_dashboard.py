@@ -67,8 +67,9 @@ def test_map_metrics_fall_back_to_the_fitting_histogram_without_holdout():
 
 
 def test_aggregator_attaches_metrics_and_alerts_on_drift_once_per_transition(caplog):
-    agg = aggregator_with({"ctr:*": calibrator(100_000, 2.0), "ctr:placement=feed": calibrator(100_000, 1.0)},
-                          drift_min_weight=100)
+    agg = aggregator_with(
+        {"ctr:*": calibrator(100_000, 2.0), "ctr:placement=feed": calibrator(100_000, 1.0)}, drift_min_weight=100
+    )
     with caplog.at_level(logging.WARNING, logger="recal.drift"):
         maps = {map_field_of(m): m for m in agg.take_dirty(T0)}
         assert set(maps) == {"ctr:*", "ctr:placement=feed"}
@@ -94,9 +95,13 @@ def map_field_of(m: CalibrationMap) -> str:
 
 
 def test_rows_sort_worst_first_and_pages_render():
-    agg = aggregator_with({"ctr:placement=search": calibrator(50_000, 1.0),
-                           "ctr:*": calibrator(50_000, 1.0, seed=3),
-                           "cvr:placement=<b>": calibrator(30_000, 1.5, seed=4)})
+    agg = aggregator_with(
+        {
+            "ctr:placement=search": calibrator(50_000, 1.0),
+            "ctr:*": calibrator(50_000, 1.0, seed=3),
+            "cvr:placement=<b>": calibrator(30_000, 1.5, seed=4),
+        }
+    )
     maps = {map_field_of(m): m for m in agg.take_dirty(T0)}
     bad = maps["ctr:*"].with_meta(metrics={**maps["ctr:*"].metrics_dict, "ratio_cal": 1.6})
     listed = {**maps, "ctr:*": bad, "ctr:broken": None}
@@ -108,8 +113,9 @@ def test_rows_sort_worst_first_and_pages_render():
     assert "/dashboard/map?model=ctr&amp;segment=placement%3Dsearch" in page
 
     m = maps["ctr:placement=search"]
-    history = [m.with_meta(version=m.version - i, metrics={**m.metrics_dict, "ratio_cal": 1 + i / 100})
-               for i in range(5)]
+    history = [
+        m.with_meta(version=m.version - i, metrics={**m.metrics_dict, "ratio_cal": 1 + i / 100}) for i in range(5)
+    ]
     page = render_map(m, history, now_s=T0 / 1000 + 5)
     assert page.count("<svg") == 2
     assert len(re.findall(r'<circle class="raw"', page)) == len(parse_reliability(m.metrics_dict))
@@ -131,16 +137,24 @@ def test_collector_exposes_prometheus_text():
     tracker = MapTracker()
     tracker.record({"ctr:*": m}, [PublishResult("ctr:*", "published", m.version)])
     text = exposition(registry(RecalCollector(join, publisher, agg, tracker, clock=lambda: T0 / 1000 + 12))).decode()
-    for line in ('recal_events_in_total{topic="imps"} 10.0', 'recal_dead_letters_total{reason="invalid_json"} 1.0',
-                 'recal_join_events_total{kind="late_click"} 3.0', "recal_batch_seconds_total 0.25",
-                 "recal_batches_total 4.0", 'recal_join_pending{partition="0"} 2.0',
-                 'recal_join_pending_bytes{partition="0"} 386.0', "recal_maps_published_total 7.0",
-                 "recal_maps_refused_stale_total 1.0", "recal_redis_publish_errors_total 2.0",
-                 'recal_map_age_seconds{model="ctr",segment="*"} 12.0',
-                 'recal_drift_alert{model="ctr",segment="*"} 1.0'):
+    for line in (
+        'recal_events_in_total{topic="imps"} 10.0',
+        'recal_dead_letters_total{reason="invalid_json"} 1.0',
+        'recal_join_events_total{kind="late_click"} 3.0',
+        "recal_batch_seconds_total 0.25",
+        "recal_batches_total 4.0",
+        'recal_join_pending{partition="0"} 2.0',
+        'recal_join_pending_bytes{partition="0"} 386.0',
+        "recal_maps_published_total 7.0",
+        "recal_maps_refused_stale_total 1.0",
+        "recal_redis_publish_errors_total 2.0",
+        'recal_map_age_seconds{model="ctr",segment="*"} 12.0',
+        'recal_drift_alert{model="ctr",segment="*"} 1.0',
+    ):
         assert line in text, line
-    assert re.search(r'recal_map_calibration_ratio\{model="ctr",scores="raw",segment="\*"\} 1\.9', text) or \
-        re.search(r'recal_map_calibration_ratio\{model="ctr",scores="raw",segment="\*"\} 2\.', text)
+    assert re.search(r'recal_map_calibration_ratio\{model="ctr",scores="raw",segment="\*"\} 1\.9', text) or re.search(
+        r'recal_map_calibration_ratio\{model="ctr",scores="raw",segment="\*"\} 2\.', text
+    )
 
 
 def test_readiness_caches_and_reports_failures():

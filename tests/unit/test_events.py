@@ -29,8 +29,10 @@ def good_impression(**changes) -> dict:
         "impression_id": "imp-1",
         "ts": TS,
         "segment": {"platform": "ios", "placement": "feed"},
-        "predictions": [{"model": "ctr", "version": "v1", "score": 0.02},
-                        {"model": "cvr", "version": "v3", "score": 0.1}],
+        "predictions": [
+            {"model": "ctr", "version": "v1", "score": 0.02},
+            {"model": "cvr", "version": "v3", "score": 0.1},
+        ],
     }
     doc.update(changes)
     return doc
@@ -52,7 +54,8 @@ def pred(**changes) -> dict:
 
 def test_good_impression_decodes():
     assert one(orjson.dumps(good_impression())) == Impression(
-        "imp-1", TS, {"platform": "ios", "placement": "feed"}, [("ctr", "v1", 0.02), ("cvr", "v3", 0.1)])
+        "imp-1", TS, {"platform": "ios", "placement": "feed"}, [("ctr", "v1", 0.02), ("cvr", "v3", 0.1)]
+    )
 
 
 def test_good_impression_without_segment_and_int_score():
@@ -78,8 +81,11 @@ def test_good_click_and_conversion_decode():
         (b'{"impression_id": "a", ', "invalid_json"),
         (b'{"impression_id": "\xff\xfe", "ts": 1700000000000}', "invalid_json"),  # invalid UTF-8
         (b'{"impression_id": "\xed\xa0\x80"}', "invalid_json"),  # a UTF-8-encoded surrogate
-        (b'{"impression_id": "a", "ts": 1700000000000, "predictions": [{"model": "m", "version": "v", '
-         b'"score": NaN}]}', "invalid_json"),
+        (
+            b'{"impression_id": "a", "ts": 1700000000000, "predictions": [{"model": "m", "version": "v", '
+            b'"score": NaN}]}',
+            "invalid_json",
+        ),
         (b'{"score": NaN}', "invalid_json"),
         (b'{"score": Infinity}', "invalid_json"),
         (b'{"score": -Infinity}', "invalid_json"),
@@ -220,22 +226,35 @@ def test_array_message_keeps_good_events_and_indexes_the_bad():
         good_impression(impression_id="e", ts=TS + 1),
     ]
     events = list(decode(orjson.dumps(docs), IMPRESSION, LIMITS))
-    assert [type(e).__name__ for e in events] == ["Impression", "Invalid", "Invalid", "Impression", "Invalid",
-                                                  "Impression"]
+    assert [type(e).__name__ for e in events] == [
+        "Impression",
+        "Invalid",
+        "Invalid",
+        "Impression",
+        "Invalid",
+        "Impression",
+    ]
     assert [e.impression_id for e in events if type(e) is Impression] == ["a", "c", "e"]
     assert [e for e in events if type(e) is Invalid] == [
-        Invalid("not_an_object", 1), Invalid("bad_score", 2), Invalid("bad_type:ts", 4)]
+        Invalid("not_an_object", 1),
+        Invalid("bad_score", 2),
+        Invalid("bad_type:ts", 4),
+    ]
 
 
 def test_array_of_actions():
     docs = [{"click_id": "c1", "impression_id": "a", "ts": TS}, {"click_id": "c2", "ts": TS}]
     assert list(decode(orjson.dumps(docs), CLICK, LIMITS)) == [
-        Action(CLICK, "a", TS, "c1"), Invalid("bad_field:impression_id", 1)]
+        Action(CLICK, "a", TS, "c1"),
+        Invalid("bad_field:impression_id", 1),
+    ]
 
 
 def test_a_nan_inside_an_array_spoils_the_whole_message():
-    value = b'[{"impression_id": "a", "ts": 1700000000000, "predictions": [{"model": "m", "version": "v", ' \
-            b'"score": 0.1}]}, {"score": NaN}]'
+    value = (
+        b'[{"impression_id": "a", "ts": 1700000000000, "predictions": [{"model": "m", "version": "v", '
+        b'"score": 0.1}]}, {"score": NaN}]'
+    )
     assert list(decode(value, IMPRESSION, LIMITS)) == [Invalid("invalid_json", -1)]
 
 

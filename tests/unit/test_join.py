@@ -18,8 +18,9 @@ from streams.pipeline.join import _BUCKET_MS, PartitionJoin, is_holdout
 T0 = 1_700_000_000_000  # a multiple of the 1 s scheduling bucket
 LATENESS = 5_000
 CTR = ModelConfig(label="click", window_ms=60_000, allowed_lateness_ms=LATENESS)
-CVR = ModelConfig(label="conversion", population="click", window_ms=600_000, click_window_ms=60_000,
-                  allowed_lateness_ms=LATENESS)
+CVR = ModelConfig(
+    label="conversion", population="click", window_ms=600_000, click_window_ms=60_000, allowed_lateness_ms=LATENESS
+)
 TICK = ModelConfig(label="click", window_ms=30 * 86_400_000, allowed_lateness_ms=0)
 CONFIGS = {"ctr": CTR, "cvr": CVR, "tick": TICK}
 GRACE = 30_000
@@ -55,8 +56,9 @@ def rows(join: PartitionJoin) -> list[tuple]:
     ex, _ = join.drain()
     return [
         (join.models.items[m], join.versions.items[v], join.segments.items[s], score, label, ts, h)
-        for m, v, s, score, label, ts, h in zip(ex.model, ex.version, ex.segment, ex.score, ex.label, ex.ts,
-                                                ex.holdout, strict=True)
+        for m, v, s, score, label, ts, h in zip(
+            ex.model, ex.version, ex.segment, ex.score, ex.label, ex.ts, ex.holdout, strict=True
+        )
     ]
 
 
@@ -322,10 +324,19 @@ def _feed(join: PartitionJoin, events, out: list) -> None:
 
 def _drain_named(join: PartitionJoin):
     examples, orphans = join.drain()
-    named = [(join.models.items[m], join.versions.items[v], join.segments.items[s], score, label, ts, h)
-             for m, v, s, score, label, ts, h in zip(examples.model, examples.version, examples.segment,
-                                                     examples.score, examples.label, examples.ts,
-                                                     examples.holdout, strict=True)]
+    named = [
+        (join.models.items[m], join.versions.items[v], join.segments.items[s], score, label, ts, h)
+        for m, v, s, score, label, ts, h in zip(
+            examples.model,
+            examples.version,
+            examples.segment,
+            examples.score,
+            examples.label,
+            examples.ts,
+            examples.holdout,
+            strict=True,
+        )
+    ]
     return named, list(orphans)
 
 

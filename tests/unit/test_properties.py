@@ -7,23 +7,30 @@ from hypothesis import strategies as st
 from recalibrators import CalibrationMap, Calibrator, CalibratorConfig
 
 HL = 10_000.0
-CONFIGS = [CalibratorConfig(half_life_ms=HL, holdout_half_life_ms=HL / 3),
-           CalibratorConfig(method="platt", n_bins=16, half_life_ms=HL, prior_strength=5.0)]
+CONFIGS = [
+    CalibratorConfig(half_life_ms=HL, holdout_half_life_ms=HL / 3),
+    CalibratorConfig(method="platt", n_bins=16, half_life_ms=HL, prior_strength=5.0),
+]
 
 event = st.tuples(
     st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0, 1e-9, 0.02, 1 - 1e-9])),  # score
-    st.integers(0, 1),                                                                 # label
-    st.one_of(st.just(1.0), st.floats(0, 100)),                                        # weight
-    st.integers(0, int(20 * HL)),                                                      # ts_ms
-    st.booleans(),                                                                     # held back
+    st.integers(0, 1),  # label
+    st.one_of(st.just(1.0), st.floats(0, 100)),  # weight
+    st.integers(0, int(20 * HL)),  # ts_ms
+    st.booleans(),  # held back
 )
 events = st.lists(event, min_size=1, max_size=60)
 
 
 def arrays(evs):
     cols = list(zip(*evs, strict=True))
-    return (np.array(cols[0]), np.array(cols[1]), np.array(cols[2]), np.array(cols[3], dtype=np.int64),
-            np.array(cols[4]))
+    return (
+        np.array(cols[0]),
+        np.array(cols[1]),
+        np.array(cols[2]),
+        np.array(cols[3], dtype=np.int64),
+        np.array(cols[4]),
+    )
 
 
 def feed(cal, evs, cuts=()):
@@ -66,8 +73,7 @@ def test_merge_equals_single_calibrator_on_both_streams(evs_a, evs_b, cuts, cfg)
 
 
 @settings(max_examples=150, deadline=None, database=None)
-@given(events, st.sampled_from(CONFIGS), st.text(max_size=8),
-       st.dictionaries(st.text(max_size=5), st.text(max_size=5)))
+@given(events, st.sampled_from(CONFIGS), st.text(max_size=8), st.dictionaries(st.text(max_size=5), st.text(max_size=5)))
 def test_json_round_trip_is_exact(evs, cfg, version, segment):
     m = feed(Calibrator(cfg), evs).to_map(model="ctr", model_version=version, segment=segment)
     back = CalibrationMap.from_json(m.to_json())

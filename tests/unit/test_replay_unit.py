@@ -36,8 +36,15 @@ def columns(tag: int, n: int = 50) -> dict[str, np.ndarray]:
 
 
 def record(seq: int, durable: int, tag: int) -> bytes:
-    header = {"type": "examples", "partition": 0, "seq": seq, "durable": durable,
-              "models": MODELS, "versions": VERSIONS, "segments": SEGMENTS}
+    header = {
+        "type": "examples",
+        "partition": 0,
+        "seq": seq,
+        "durable": durable,
+        "models": MODELS,
+        "versions": VERSIONS,
+        "segments": SEGMENTS,
+    }
     return pack_examples(header, columns(tag))
 
 
@@ -69,25 +76,39 @@ def test_records_without_crash_are_applied_in_order():
 def test_crash_after_snapshot_supersedes_the_recomputed_records():
     # worker A: snapshot at seq 2, wrote 3 and 4, crashed; worker B restored seq 2 and recomputed 3, 4, 5
     # with other batch boundaries (tags 13, 14, 15)
-    records = [record(1, 0, 1), record(2, 0, 2), record(3, 2, 3), record(4, 2, 4),
-               record(3, 2, 13), record(4, 2, 14), record(5, 4, 15)]
+    records = [
+        record(1, 0, 1),
+        record(2, 0, 2),
+        record(3, 2, 3),
+        record(4, 2, 4),
+        record(3, 2, 13),
+        record(4, 2, 14),
+        record(5, 4, 15),
+    ]
     part = replay(records)
     assert same_state(part.partials, reference([1, 2, 13, 14, 15]))
     assert part.superseded == 2 and part.conflicts == 0
 
 
 def test_crash_before_any_snapshot_supersedes_everything():
-    records = [record(1, 0, 1), record(2, 0, 2), record(3, 0, 3), record(1, 0, 11), record(2, 0, 12),
-               record(3, 1, 13)]
+    records = [record(1, 0, 1), record(2, 0, 2), record(3, 0, 3), record(1, 0, 11), record(2, 0, 12), record(3, 1, 13)]
     part = replay(records)
     assert same_state(part.partials, reference([11, 12, 13]))
     assert part.superseded == 3
 
 
 def test_two_crashes_in_a_row():
-    records = [record(1, 0, 1), record(2, 1, 2), record(3, 1, 3), record(4, 1, 4),  # snapshot at 2 ...
-               record(3, 2, 23), record(4, 2, 24),  # ... B restored at 2, crashed again
-               record(3, 2, 33), record(4, 3, 34), record(5, 3, 35)]  # C restored at 2 as well
+    records = [
+        record(1, 0, 1),
+        record(2, 1, 2),
+        record(3, 1, 3),
+        record(4, 1, 4),  # snapshot at 2 ...
+        record(3, 2, 23),
+        record(4, 2, 24),  # ... B restored at 2, crashed again
+        record(3, 2, 33),
+        record(4, 3, 34),
+        record(5, 3, 35),
+    ]  # C restored at 2 as well
     part = replay(records)
     assert same_state(part.partials, reference([1, 2, 33, 34, 35]))
     assert part.superseded == 4
@@ -108,8 +129,16 @@ def test_conflict_is_counted_not_hidden():
 
 
 def test_checkpoint_round_trip_resumes_identically(tmp_path):
-    records = [record(1, 0, 1), record(2, 0, 2), record(3, 2, 3), record(4, 2, 4),
-               record(3, 2, 13), record(4, 2, 14), record(5, 4, 15), record(6, 4, 16)]
+    records = [
+        record(1, 0, 1),
+        record(2, 0, 2),
+        record(3, 2, 3),
+        record(4, 2, 4),
+        record(3, 2, 13),
+        record(4, 2, 14),
+        record(5, 4, 15),
+        record(6, 4, 16),
+    ]
     whole = replay(records)
     path = str(tmp_path / "ckpt")
     first = LabeledPartition(0, cfg)
@@ -123,7 +152,7 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path):
     parts, ends, complete = load_checkpoint(path, identity, cfg, None)
     resumed = parts[0]
     assert not complete and ends == {0: len(records)} and resumed.next_offset == 4
-    for r in records[resumed.next_offset:]:
+    for r in records[resumed.next_offset :]:
         resumed.add(r)
     resumed.finish()
     assert same_state(resumed.partials, whole.partials)

@@ -37,8 +37,13 @@ def test_strict_mode_names_the_problem(scores, labels, weights, message):
 def test_timestamps():
     assert check_timestamps(5, 3) == 5
     assert check_timestamps(np.array([1.0, 2.0, 3.0]), 3).dtype == np.int64
-    for bad, msg in (([1, 2], "length mismatch"), ([1.5, 2, 3], "integer"), ([np.nan, 1, 2], "integer"),
-                     (True, "bool"), (1.5, "integer")):
+    for bad, msg in (
+        ([1, 2], "length mismatch"),
+        ([1.5, 2, 3], "integer"),
+        ([np.nan, 1, 2], "integer"),
+        (True, "bool"),
+        (1.5, "integer"),
+    ):
         with pytest.raises(ValueError, match=msg):
             check_timestamps(bad, 3)
 
