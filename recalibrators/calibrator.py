@@ -272,6 +272,37 @@ class Calibrator:
         return x, y, (a, b), cfg.method
 
     # ---- merge & persistence ---------------------------------------------------------------------------
+    def with_config(self, config: CalibratorConfig) -> Calibrator:
+        """This state under another config (changed n_bins, half-life, method or prior strength): the decayed
+        sums and n_seen are kept. When the bins differ, each old bin's sums move whole to the new bin holding
+        its mean logit, so totals (weight, positives, score sums) stay exact and no example moves by more than
+        one old bin width. New half-lives apply from the next event on.
+
+        >>> old = Calibrator(CalibratorConfig(n_bins=96))
+        >>> old.learn_batch([0.1, 0.2, 0.9], [0, 1, 1], ts_ms=0)
+        >>> new = old.with_config(CalibratorConfig(n_bins=40))
+        >>> new.config.n_bins, new.n_seen, new.positives == old.positives
+        (40, 3, True)
+        """
+        out = Calibrator(config, self.prior)
+        out._t_ref, out._n_seen = self._t_ref, self._n_seen
+        for src, dst in ((self._main, out._main), (self._holdout, out._holdout)):
+            if src.spec == dst.spec:
+                dst.sums[:] = src.sums
+                continue
+            used = np.any(src.sums != 0.0, axis=0)
+            w = src.sums[0, used]
+            safe_w = np.where(w != 0.0, w, 1.0)
+            if src.with_logit:
+                z = np.where(w != 0.0, src.sums[3, used] / safe_w, src.spec.center_logits[used])
+            else:
+                mean = np.where(w != 0.0, src.sums[2, used] / safe_w, sigmoid(src.spec.center_logits[used]))
+                z = dst.spec.clip_logit(mean)[1]
+            idx = dst.spec.index(z)
+            for row in range(dst.sums.shape[0]):
+                dst.sums[row] = np.bincount(idx, weights=src.sums[row, used], minlength=dst.spec.n_bins)
+        return out
+
     def merge(self, other: Calibrator) -> Calibrator:
         """New calibrator equal (up to rounding) to one fed both streams; inputs are unchanged."""
         if other.config != self.config:
