@@ -19,6 +19,7 @@ import mode
 import redis
 
 from recalibrators.serving.keys import RedisKeys
+from streams.pipeline import logsafe
 from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
 from streams.pipeline.config import Config
 from streams.pipeline.join_worker import JoinWorker
@@ -54,6 +55,7 @@ class JoinService(mode.Service):
 
 
 def create_app(config: Config) -> faust.App:
+    logsafe.install()  # producer-controlled strings (segments, ids) never forge a log line
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.broker}",
