@@ -25,6 +25,7 @@ from streams.pipeline.config import Config
 from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from streams.pipeline.urls import faust_brokers
 from streams.pipeline.web import register_pages
 
 log = logging.getLogger("recal.app")
@@ -58,11 +59,11 @@ def create_app(config: Config) -> faust.App:
     logsafe.install()  # producer-controlled strings (segments, ids) never forge a log line
     app = faust.App(
         config.app_id,
-        broker=f"kafka://{config.broker}",
+        broker=faust_brokers(config.broker),
         broker_credentials=config.kafka.faust_credentials(),
         store="memory://",
         web_port=config.web_port,
-        web_host="0.0.0.0",
+        web_host=config.web_host,
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
         topic_allow_declare=True,

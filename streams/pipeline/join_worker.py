@@ -35,7 +35,7 @@ from streams.pipeline.events import decode as decode_events
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.partials import PartialCalibrators
 from streams.pipeline.records import pack, pack_examples, unpack
-from streams.pipeline.snapshots import SnapshotStore
+from streams.pipeline.snapshots import Fenced, SnapshotStore
 from streams.pipeline.topics import partition_of
 
 log = logging.getLogger("recal.join")
@@ -54,6 +54,8 @@ class Stats:
     rekeyed: int = 0
     expiry_deferred: int = 0  # batches that held windows open because label topics lagged
     snapshots: int = 0
+    snapshots_skipped: int = 0  # revoke snapshots that did not fit before the rebalance deadline
+    fenced: int = 0  # partitions dropped because another worker claimed them
     batches: int = 0
     batch_seconds: float = 0.0
 
@@ -121,7 +123,13 @@ class JoinWorker:
         )
         self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
         await self._state_reader.start()
-        self._snapshots = SnapshotStore(self.topics.state, self.producer, self._state_reader)
+        self._snapshots = SnapshotStore(
+            self.topics.state,
+            self.producer,
+            self._state_reader,
+            read_timeout_s=self.config.snapshot_read_timeout_ms / 1000,
+            on_lost=self.config.on_lost_snapshot,
+        )
         self.consumer = AIOKafkaConsumer(
             **kafka,
             group_id=f"{self.config.app_id}-join",
@@ -131,6 +139,7 @@ class JoinWorker:
             max_partition_fetch_bytes=4 << 20,
             fetch_max_bytes=32 << 20,
             session_timeout_ms=self.config.session_timeout_ms,
+            rebalance_timeout_ms=self.config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
             heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
         )
         await self.consumer.start()
@@ -292,13 +301,29 @@ class JoinWorker:
         return sends
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
-    async def _checkpoint(self, states: list[PartitionState]) -> None:
-        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics."""
+    async def _checkpoint(self, states: list[PartitionState], deadline: float | None = None) -> None:
+        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics.
+        With a `deadline` (revoke), a partition whose snapshot would not fit is skipped: its last snapshot
+        stands and the next owner re-reads its inputs from there. A fenced partition (claimed by another
+        worker) is dropped: neither its snapshot nor its partials are written."""
         assert self._snapshots is not None and self.consumer is not None
+        kept = []
         for state in states:
-            await self._snapshots.write(state.partition, state.snapshot_blob())
+            if deadline is not None and time.monotonic() + self._snapshots.estimate_s(state.partition) > deadline:
+                self.stats.snapshots_skipped += 1
+                log.warning("partition %d: no time left to snapshot before the rebalance deadline", state.partition)
+                continue
+            try:
+                await self._snapshots.write(state.partition, state.snapshot_blob)
+            except Fenced as exc:
+                self.stats.fenced += 1
+                self.parts.pop(state.partition, None)
+                log.warning("partition %d dropped: %s", state.partition, exc)
+                continue
             state.durable = state.seq
             self.stats.snapshots += 1
+            kept.append(state)
+        states = kept
         await self._send_partials(states)
         offsets = {
             TopicPartition(topic, state.partition): offset
@@ -339,7 +364,7 @@ class JoinWorker:
             self.ready.set()
 
     async def _restore(self, partition: int) -> PartitionState:
-        blob = await self._snapshots.read_latest(partition)
+        blob = await self._snapshots.claim(partition)
         if blob is None:
             return PartitionState(
                 partition,
@@ -359,7 +384,9 @@ class JoinWorker:
         async with self._lock:
             states = [self.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in self.parts]
             if states and not self._stopping.is_set():
-                await self._checkpoint(states)
+                await self._checkpoint(states, deadline=time.monotonic() + self.config.rebalance_timeout_ms / 2000)
+            for state in states:
+                self._snapshots.forget(state.partition)
 
 
 def _header_kind(headers) -> int | None:

@@ -242,6 +242,7 @@ class Readiness:
         self.timeout = timeout
         self.clock = clock
         self._cached: tuple[float, dict[str, str | None]] | None = None
+        self._logged: dict[str, str | None] = {}  # check -> the failure last logged
         self._lock = asyncio.Lock()
 
     async def io_checks(self) -> dict[str, str | None]:
@@ -249,18 +250,28 @@ class Readiness:
             if self._cached is not None and self.clock() - self._cached[0] < self.ttl:
                 return self._cached[1]
             names = list(self.checks)
-            outcomes = await asyncio.gather(*(self._one(self.checks[n]) for n in names))
+            outcomes = await asyncio.gather(*(self._one(n, self.checks[n]) for n in names))
             result = dict(zip(names, outcomes, strict=True))
             self._cached = (self.clock(), result)
             return result
 
-    async def _one(self, check) -> str | None:
+    async def _one(self, name: str, check) -> str | None:
+        """None when fine, else a fixed word for the body: exception text (hostnames, addresses) only goes
+        to the log, once per change."""
         try:
             outcome = await asyncio.wait_for(check(), self.timeout)
         except TimeoutError:
-            return f"timed out after {self.timeout:g}s"
+            outcome, detail = f"timed out after {self.timeout:g}s", None
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
+            outcome, detail = "unreachable", f"{type(exc).__name__}: {exc}"
+        else:
+            detail = outcome
+        if detail != self._logged.get(name):
+            self._logged[name] = detail
+            if detail is not None:
+                log.warning("readiness check %s failing: %s", name, detail)
+            else:
+                log.info("readiness check %s passing again", name)
         return outcome or None
 
     async def report(self, partitions_ready: bool) -> tuple[bool, dict]:
