@@ -207,6 +207,7 @@ class Config:
     checkpoint_interval_ms: int = 5_000  # join state snapshots
     partials_interval_ms: int = 500  # how often changed partial calibrators go to the aggregator
     session_timeout_ms: int = 10_000
+    idempotent_producer: bool = False  # on against Apache Kafka; the embedded dev broker refuses InitProducerId
     rebalance_timeout_ms: int = 0  # 0: max(60 s, 3 x session_timeout); revoke snapshots must fit in half of it
     snapshot_read_timeout_ms: int = 60_000  # bound on reading one partition's snapshot back
     on_lost_snapshot: str = "fail"  # fail | start_empty: a partition whose snapshots are unreadable

@@ -34,6 +34,7 @@ from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, A
 from streams.pipeline.events import decode as decode_events
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.partials import PartialCalibrators
+from streams.pipeline.producers import make_producer
 from streams.pipeline.records import pack, pack_examples, unpack
 from streams.pipeline.snapshots import Fenced, SnapshotStore
 from streams.pipeline.topics import partition_of
@@ -109,14 +110,7 @@ class JoinWorker:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         kafka = self.config.kafka_client_args()
-        self.producer = AIOKafkaProducer(
-            **kafka,
-            linger_ms=5,
-            max_batch_size=1 << 20,
-            max_request_size=4 << 20,
-            acks="all",
-            enable_idempotence=False,  # the embedded broker refuses InitProducerId; see module doc
-        )
+        self.producer = make_producer(self.config)
         await self.producer.start()
         self.deadletters = DeadLetterWriter(
             self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
