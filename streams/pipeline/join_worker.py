@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from streams.pipeline import deadletters
+from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
@@ -95,6 +96,7 @@ class JoinWorker:
         self._n_partitions = 0
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
+        self.guard = CardinalityGuard(config, self._model_config)
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.deadletters: DeadLetterWriter | None = None
@@ -203,7 +205,10 @@ class JoinWorker:
                     elif not self._owned_here(message, event, tp.partition):
                         sends.append(await self._rekey(event, kind))
                     elif kind == IMPRESSION:
-                        state.join.add_impression(event)
+                        if (capped := self.guard.admit(event)) is not None:  # cardinality caps
+                            invalid.append(Invalid(capped, -1))
+                        else:
+                            state.join.add_impression(event)
                     else:
                         state.join.add_action(event)
                 if invalid:
@@ -371,6 +376,7 @@ class JoinWorker:
             bytes(blobs[0]), self._model_config, self.config.grace_ms, self.config.holdout_percent
         )
         partials = PartialCalibrators.from_blobs(self._model_config, header["keys"], blobs[1:])
+        self.guard.observe(partials.calibrators)
         log.info("partition %d restored at seq %d, offsets %s", partition, header["seq"], header["offsets"])
         return PartitionState(partition, join, partials, header["offsets"], header["seq"], header["seq"])
 

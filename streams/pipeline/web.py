@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streams.dashboard.pages import DashboardSource
-from streams.pipeline.metrics import PROMETHEUS_CONTENT_TYPE, Readiness, exposition
+from streams.pipeline.metrics import PROMETHEUS_CONTENT_TYPE, LoopMonitor, Readiness, exposition
 
 if TYPE_CHECKING:
     import faust
@@ -74,6 +74,7 @@ def register_pages(
     publisher: RetryingPublisher,
     aggregator: Aggregator,
     metrics: CollectorRegistry,
+    loop_monitor: LoopMonitor | None = None,
 ) -> None:
     # Probes use their own client: short timeouts, and never queued behind a slow publish.
     probe = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -159,6 +160,8 @@ def register_pages(
                 "rekeyed": s.rekeyed,
                 "snapshots": s.snapshots,
                 "batches": s.batches,
+                "loop_lag_max_ms": round(loop_monitor.max_s * 1000, 1) if loop_monitor else None,
+                "cardinality": join.guard.sizes(),
                 "partitions": sorted(join.parts),
                 "pending": sum(len(p.join.pending) for p in join.parts.values()),
                 "maps_published": publisher.published,
