@@ -114,18 +114,10 @@ class JoinWorker:
         kafka = self.config.kafka_client_args()
         self.producer = make_producer(self.config)
         await self.producer.start()
-        self.deadletters = DeadLetterWriter(
-            self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
-        )
+        self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
         self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
         await self._state_reader.start()
-        self._snapshots = SnapshotStore(
-            self.topics.state,
-            self.producer,
-            self._state_reader,
-            read_timeout_s=self.config.snapshot_read_timeout_ms / 1000,
-            on_lost=self.config.on_lost_snapshot,
-        )
+        self._snapshots = SnapshotStore.for_config(self.config, self.producer, self._state_reader)
         self.consumer = AIOKafkaConsumer(
             **kafka,
             group_id=f"{self.config.app_id}-join",
@@ -301,10 +293,9 @@ class JoinWorker:
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
     async def _checkpoint(self, states: list[PartitionState], deadline: float | None = None) -> None:
-        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics.
-        With a `deadline` (revoke), a partition whose snapshot would not fit is skipped: its last snapshot
-        stands and the next owner re-reads its inputs from there. A fenced partition (claimed by another
-        worker) is dropped: neither its snapshot nor its partials are written."""
+        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics. Before
+        a `deadline` (revoke) only the snapshots that fit (the rest re-read from their last one); a fenced
+        partition (claimed by another worker) is dropped, its snapshot and partials unwritten."""
         assert self._snapshots is not None and self.consumer is not None
         kept = []
         for state in states:

@@ -71,6 +71,17 @@ class SnapshotStore:
         self.write_seconds = 0.0
         self.state_bytes: dict[int, int] = {}  # partition -> size of its last snapshot
 
+    @classmethod
+    def for_config(cls, config, producer: AIOKafkaProducer, reader: AIOKafkaConsumer) -> SnapshotStore:
+        """The store of a worker config's state topic, with its read timeout and lost-snapshot policy."""
+        return cls(
+            config.topics.state,
+            producer,
+            reader,
+            read_timeout_s=config.snapshot_read_timeout_ms / 1000,
+            on_lost=config.on_lost_snapshot,
+        )
+
     # -- writing ---------------------------------------------------------------------------------------
     async def claim(self, partition: int) -> bytes | None:
         """The newest complete snapshot of `partition` (None: there never was one), after which this

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from faultkit import (
     PARTITIONS,
+    PLACEMENTS,
     Scenario,
     config_text,
     consume_all_async,
@@ -99,7 +100,7 @@ def test_distinct_segment_values_beyond_the_cap_are_dead_lettered_exactly(stack,
     assert sum(1 for c in admitted_maps.values() if c) == admitted
 
 
-CHANGED = {"n_bins": "48", "half_life": '"50000d"', "method": '"platt"', "prior_strength": "5.0"}
+CHANGED = {"n_bins": "128", "half_life": '"50000d"', "method": '"platt"', "prior_strength": "5.0"}
 
 
 @pytest.mark.slow
@@ -121,9 +122,19 @@ def test_a_calibrator_config_change_between_restarts_keeps_counts_exact(stack, s
     worker.wait_for(lambda s: s["snapshots"] >= base + PARTITIONS, 30, "a snapshot holding those labels")
     worker.kill() if kill else worker.stop()
 
+    # High scores land in bins the old 96-bin layout does not have (logit > 1): before, learning them into
+    # a restored calibrator raised inside the join and the worker crash-looped.
+    high = []
+    for i in range(30):
+        iid, placement = f"{ns}-high-{i}", PLACEMENTS[i % 3]
+        doc = impression(iid, scenario.end_ms + i * 10, placement, models=("ctr",))
+        doc["predictions"][0]["score"] = 0.95
+        high.append((f"{ns}-impressions", iid, orjson.dumps(doc)))
+        scenario._count("ctr", placement, 1, False)
+
     worker = start_worker(after, log_name="worker-after.log")
     worker.wait_ready()
-    produce(stack.broker_url, scenario.messages[half:])
+    produce(stack.broker_url, scenario.messages[half:] + high)
     worker.wait_for(lambda s: sum(s["events_in"].values()) > 0, 60, "second half flowing")
     scenario.finish(stack.broker_url, worker)
     counts = wait_for_counts(stack.redis_url, ns, scenario.expected, worker, timeout_s=120)
@@ -131,12 +142,12 @@ def test_a_calibrator_config_change_between_restarts_keeps_counts_exact(stack, s
     record(
         scenario=f"config change between restarts ({'kill -9' if kill else 'stop'}): {', '.join(CHANGED)}",
         faults=1,
-        events_sent=len(scenario.messages),
+        events_sent=len(scenario.messages) + len(high),
         labels_expected=scenario.labels_expected,
         labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
         max_rss_mb=round(worker.max_rss_mb),
     )
     assert worker.alive(), f"the worker crashed, see {worker.log_path}"
     assert counts == {k: list(v) for k, v in scenario.expected.items()}
-    assert "calibrator settings changed since the snapshot" in log_text and "n_bins 96 -> 48" in log_text
+    assert "calibrator settings changed since the snapshot" in log_text and "n_bins 96 -> 128" in log_text
     assert "Traceback" not in log_text
