@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams.dev.devstack import DevStack, WorkerProcess
 from streams.pipeline.config import load_config
 from streams.pipeline.records import pack_examples
-from streams.replay.replay import Progress, end_offsets, replay_labeled
+from streams.replay import Progress, end_offsets, replay_labeled
 
 T0 = 1_790_000_000_000
 PARTITIONS = 4

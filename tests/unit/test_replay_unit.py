@@ -10,7 +10,9 @@ from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.partials import PartialCalibrators
 from streams.pipeline.records import pack_examples
-from streams.replay.replay import LabeledPartition, build_maps, load_checkpoint, row_filter, save_checkpoint
+from streams.replay.checkpoint import load_checkpoint, save_checkpoint
+from streams.replay.merge import build_maps
+from streams.replay.partition import LabeledPartition, row_filter
 
 T0 = 1_790_000_000_000
 MODELS, VERSIONS = ["ctr", "cvr"], ["v1"]
