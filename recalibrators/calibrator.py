@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 
 from .calibration_map import CalibrationMap
-from .histogram import BinSpec, Histogram, logit, sigmoid
+from .histogram import BinSpec, Histogram
 from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
+from .logit import logit, sigmoid
 from .platt import fit_platt
 from .validation import check_batch, check_timestamps
 
