@@ -17,7 +17,7 @@ import redis
 from recalibrators.segments import fallback_chain, parse_segment_key
 from streams.dev.devstack import DevStack, WorkerProcess
 from streams.dev.report import evaluate, reliability_png, render_table
-from streams.dev.simulator import Scenario, run_simulation
+from streams.dev.simulator import TrafficScenario, run_simulation
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ensure_topics
@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"worker ready: dashboard {worker.url('/dashboard')}  metrics {worker.url('/metrics')}")
             cache = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
-            scenario = Scenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
+            scenario = TrafficScenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
             result = asyncio.run(
                 run_simulation(
                     scenario,
