@@ -5,23 +5,13 @@ import pytest
 
 from recalibrators.calibration_map import CalibrationMap
 from streams.dashboard.plots import Curve, TruthPanel, map_png, reliability_axes, truth_png
+from tests.unit.test_calibration_map import make_map
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _map(metrics: dict | None) -> CalibrationMap:
-    return CalibrationMap(
-        x=[0.001, 0.01, 0.1, 1.0],
-        y=[0.002, 0.008, 0.07, 0.9],
-        method="isotonic",
-        n=1000.0,
-        positives=20.0,
-        last_event_ms=0,
-        model="ctr",
-        segment={"placement": "a|b"},
-        version=4,
-        metrics=metrics,
-    )
+    return make_map(segment={"placement": "a|b"}, metrics=metrics)
 
 
 def test_map_png_with_and_without_reliability_bins(tmp_path):

@@ -14,22 +14,13 @@ from streams.dev.report import (
     render_table,
     resolve_maps,
 )
+from tests.unit.test_calibration_map import make_map
 
 SEG = "placement=search|platform=ios"
 
 
-def _map(x: list[float], y: list[float], segment: dict[str, str], version: int = 3) -> CalibrationMap:
-    return CalibrationMap(
-        x=x,
-        y=y,
-        method="isotonic",
-        n=100.0,
-        positives=5.0,
-        last_event_ms=0,
-        model="ctr",
-        segment=segment,
-        version=version,
-    )
+def _map(x: list[float], y: list[float], segment: dict[str, str]) -> CalibrationMap:
+    return make_map(x=x, y=y, segment=segment, version=3)
 
 
 def test_metrics_are_the_core_ones_against_p_true():
