@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 
 from .calibration_map import CalibrationMap
-from .histogram import BinSpec, Histogram, logit, sigmoid
+from .histogram import BinSpec, Histogram
 from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
+from .logit import logit, sigmoid
 from .platt import fit_platt
 from .validation import check_batch, check_timestamps
 
@@ -120,7 +121,33 @@ def prepare_batch(
 
 
 class Calibrator:
-    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance."""
+    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance.
+
+    Learn labeled scores (a batch, or `learn_one`), then publish a monotone map; merging two calibrators is
+    the same as one fed both streams, with decay on event time. A model that over-predicts twofold:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> scores = rng.uniform(0.01, 0.2, 50_000)
+    >>> labels = (rng.random(50_000) < scores / 2).astype(np.int8)
+    >>> cal = Calibrator(CalibratorConfig(half_life_ms=6 * 3600 * 1000))
+    >>> cal.learn_batch(scores, labels, ts_ms=1_700_000_000_000)
+    >>> m = cal.to_map(model="ctr")
+    >>> m.method, m.version
+    ('isotonic', 50000)
+    >>> m.apply(np.array([0.02, 0.1, 0.18])).round(2)
+    array([0.01, 0.05, 0.09])
+
+    A click one half-life later halves the old weight when merged; the state round-trips through bytes:
+
+    >>> late = Calibrator(cal.config)
+    >>> late.learn_one(0.1, 1, ts_ms=1_700_000_000_000 + 6 * 3600 * 1000)
+    >>> both = cal.merge(late)
+    >>> both.n_effective, both.n_seen
+    (25001.0, 50001)
+    >>> Calibrator.from_bytes(cal.to_bytes()).to_map(model="ctr") == m
+    True
+    """
 
     __slots__ = ("_fit", "_holdout", "_main", "_n_seen", "_t_ref", "config", "prior")
 
