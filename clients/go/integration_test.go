@@ -83,6 +83,7 @@ func TestCorruptValueKeepsThePreviousMap(t *testing.T) {
 	r := connect(t, srv.url(), WithCheckInterval(200*time.Millisecond))
 	field := Field("ctr", "v2", SegmentKey(ios))
 	pub.send(map[string]any{"raw": `{"schema":2,"model":"ctr"`, "field": field, "version": 2})
+	eventually(t, 2*time.Second, "a rejection", func() bool { return r.Stats().Rejected == 1 })
 	foreign := `{"schema":2,"model":"ctr","model_version":"v1","segment":{"platform":"ios"},"version":3,` +
 		`"x":[0,1],"y":[0,1]}`
 	pub.send(map[string]any{"raw": foreign, "field": field, "version": 3})

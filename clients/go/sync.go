@@ -40,9 +40,9 @@ func (r *Reader) run(ctx context.Context) {
 		if ctx.Err() != nil || err == nil {
 			return
 		}
-		r.connected.Store(false)
 		r.errors.Add(1)
 		r.lastError.Store(err.Error())
+		r.connected.Store(false) // last: whoever sees it disconnected also sees the error counted
 		slog.Warn("recal map reader: redis unavailable; serving cached maps",
 			"error", err, "maps", len(r.state.Load().maps))
 		select {
@@ -73,6 +73,7 @@ func (s *syncer) session(ctx context.Context, connected func()) error {
 	}
 	r.connected.Store(true)
 	r.lastError.Store("")
+	r.syncOnce.Do(func() { close(r.synced) })
 	connected()
 	check := time.NewTicker(r.cfg.checkInterval)
 	defer check.Stop()
@@ -170,7 +171,6 @@ func (s *syncer) sync(ctx context.Context, previous map[string]struct{}) (map[st
 	}
 	r.unindexed.Store(int64(unindexed))
 	r.syncedAtNs.Store(time.Now().UnixNano())
-	r.syncOnce.Do(func() { close(r.synced) })
 	return index, nil
 }
 

@@ -66,9 +66,9 @@ final class Syncer implements Runnable {
         if (reader.connected) {
           failures = 0; // a session that had connected starts the backoff afresh
         }
-        reader.connected = false;
         reader.redisErrors.incrementAndGet();
         reader.lastError = e.getClass().getSimpleName() + ": " + e.getMessage();
+        reader.connected = false; // last: whoever sees it disconnected also sees the error counted
         LOG.log(Level.WARNING, "recal map reader: redis unavailable ({0}); serving {1} cached maps",
             reader.lastError, reader.maps().size());
       } finally {
@@ -141,6 +141,7 @@ final class Syncer implements Runnable {
       Set<String> index = sync(null);
       reader.connected = true;
       reader.lastError = "";
+      reader.synced.countDown();
       long interval = reader.options.checkInterval.toNanos();
       long nextCheck = System.nanoTime() + interval;
       while (!isStopped()) {
@@ -232,7 +233,6 @@ final class Syncer implements Runnable {
     }
     reader.unindexed = absent;
     reader.syncedAtMs = System.currentTimeMillis();
-    reader.synced.countDown();
     return new HashSet<>(raw.keySet());
   }
 

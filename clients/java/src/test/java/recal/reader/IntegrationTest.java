@@ -73,6 +73,7 @@ class IntegrationTest {
       try (MapReader r = MapReader.connect(srv.url(), "it", new Options().checkInterval(Duration.ofMillis(200)))) {
         String field = Keys.field("ctr", "v2", Keys.segmentKey(IOS));
         pub.send(Map.of("raw", "{\"schema\":2,\"model\":\"ctr\"", "field", field, "version", 2));
+        Harness.eventually(Duration.ofSeconds(2), "a rejection", () -> r.stats().rejected() == 1);
         String foreign = "{\"schema\":2,\"model\":\"ctr\",\"model_version\":\"v1\",\"segment\":{\"platform\":\"ios\"},"
             + "\"version\":3,\"x\":[0,1],\"y\":[0,1]}";
         pub.send(Map.of("raw", foreign, "field", field, "version", 3));
