@@ -63,8 +63,39 @@ type entry struct {
 // snapshot is immutable once published, except for the resolution memo, which only grows.
 type snapshot struct {
 	maps     map[string]*Map
+	dims     map[string][]string // per model: every dim its maps or its segment_by name, sorted
 	mu       sync.RWMutex
 	resolved map[string]*entry // nil entry: nothing serves that request
+}
+
+func newSnapshot(maps map[string]*Map, segmentBy map[string][][]string) *snapshot {
+	seen := map[string]map[string]struct{}{}
+	add := func(model, dim string) {
+		if seen[model] == nil {
+			seen[model] = map[string]struct{}{}
+		}
+		seen[model][dim] = struct{}{}
+	}
+	for _, m := range maps {
+		for d := range m.Segment {
+			add(m.Model, d)
+		}
+	}
+	for model, levels := range segmentBy {
+		for _, level := range levels {
+			for _, d := range level {
+				add(model, d)
+			}
+		}
+	}
+	dims := make(map[string][]string, len(seen))
+	for model, set := range seen {
+		for d := range set {
+			dims[model] = append(dims[model], d)
+		}
+		slices.Sort(dims[model])
+	}
+	return &snapshot{maps: maps, dims: dims, resolved: map[string]*entry{}}
 }
 
 // Reader is safe for concurrent use.
@@ -105,7 +136,7 @@ func Connect(ctx context.Context, url string, options ...Option) (*Reader, error
 	opts.MaxRetries = 1 // one immediate retry; beyond that the sync loop's backoff reconnects
 	opts.PoolSize = 2
 	r := &Reader{cfg: cfg, opts: opts, synced: make(chan struct{}), done: make(chan struct{})}
-	r.state.Store(&snapshot{maps: map[string]*Map{}, resolved: map[string]*entry{}})
+	r.state.Store(newSnapshot(map[string]*Map{}, nil))
 	r.lastError.Store("")
 	runCtx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -166,7 +197,7 @@ func (r *Reader) CalibrateBatch(model, modelVersion string, segment map[string]s
 func (r *Reader) Lookup(model, modelVersion string, segment map[string]string) *Map {
 	snap := r.state.Load()
 	var buf [256]byte
-	key := memoKey(buf[:0], model, modelVersion, segment)
+	key := memoKey(buf[:0], model, modelVersion, segment, snap.dims[model])
 	snap.mu.RLock()
 	e, ok := snap.resolved[string(key)]
 	snap.mu.RUnlock()
@@ -209,25 +240,30 @@ func (r *Reader) resolve(snap *snapshot, model, modelVersion string, segment map
 	return nil
 }
 
-// memoKey is a collision-free encoding of the request: length-prefixed model, version and sorted pairs.
-func memoKey(b []byte, model, modelVersion string, segment map[string]string) []byte {
-	var arr [8]string
-	dims := arr[:0]
-	for d := range segment {
-		dims = append(dims, d)
-	}
-	if len(dims) > 1 {
-		slices.Sort(dims)
-	}
+// memoKey encodes what the resolution depends on, collision-free (length-prefixed): model, version, the
+// segment's values of the dims any map of the model (or its segment_by) uses, and whether the segment has
+// other dims (then no map has exactly its dims). Map lookups, no iteration over the caller's map.
+func memoKey(b []byte, model, modelVersion string, segment map[string]string, dims []string) []byte {
 	put := func(s string) {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
 	put(model)
 	put(modelVersion)
+	found := 0
 	for _, d := range dims {
-		put(d)
-		put(segment[d])
+		if v, ok := segment[d]; ok {
+			b = append(b, 1)
+			put(v)
+			found++
+		} else {
+			b = append(b, 0)
+		}
+	}
+	if found < len(segment) {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
 	}
 	return b
 }

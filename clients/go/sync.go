@@ -228,7 +228,7 @@ func (s *syncer) load(ctx context.Context, fields map[string]int64, authoritativ
 	for _, f := range gone {
 		delete(maps, f)
 	}
-	r.state.Store(&snapshot{maps: maps, resolved: map[string]*entry{}})
+	r.state.Store(newSnapshot(maps, r.cfg.segmentBy))
 	r.reloads.Add(int64(len(updates)))
 	return nil
 }

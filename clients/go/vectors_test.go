@@ -148,7 +148,7 @@ func offline(maps map[string]*Map, options ...Option) *Reader {
 	for _, o := range options {
 		o(&r.cfg)
 	}
-	r.state.Store(&snapshot{maps: maps, resolved: map[string]*entry{}})
+	r.state.Store(newSnapshot(maps, r.cfg.segmentBy))
 	return r
 }
 
