@@ -34,6 +34,7 @@ import orjson
 from .calibrator import Calibrator, CalibratorConfig
 from .delay import CohortTable, DelayCurve
 from .histogram import BinSpec
+from .logit import logit
 from .validation import check_batch, check_timestamps
 
 __all__ = ["PendingConfig", "PendingExposure", "corrected"]
@@ -174,7 +175,7 @@ class PendingExposure:
         out[0] = np.where(live, np.maximum(gbar[self.config.group] * w, y), 0.0)
         out[1] = np.where(live, y, 0.0)
         out[2] = out[0] * mean
-        out[3] = out[0] * np.log(mean / (1.0 - mean))
+        out[3] = out[0] * logit(mean)
         return out
 
     def merge(self, other: PendingExposure) -> PendingExposure:
