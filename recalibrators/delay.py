@@ -36,11 +36,19 @@ import orjson
 from .delay_fit import delay_curve, delay_edges, spread_uniform
 from .validation import check_timestamps
 
-__all__ = ["CohortTable", "DelayConfig", "DelayCurve", "DelayModel", "select_curve"]
+__all__ = ["CohortTable", "DelayConfig", "DelayCurve", "DelayModel", "align", "select_curve"]
 
 _FORMAT = 1
 _HEADER = struct.Struct("<I")
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
+
+
+def align(t_a: int | None, t_b: int | None, half_life_ms: float) -> tuple[int | None, tuple[float, float]]:
+    """The later of two decay references (None: no event yet) and the factors rescaling sums kept as of
+    each to it: how two event-time-decayed states merge."""
+    t = max((v for v in (t_a, t_b) if v is not None), default=None)
+    f = tuple(0.0 if v is None else 2.0 ** (-(t - v) / half_life_ms) for v in (t_a, t_b))
+    return t, f  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,11 +322,7 @@ class DelayModel:
         if other.config != self.config:
             raise ValueError("cannot merge delay models with different configs")
         out = DelayModel(self.config)
-        times = [m._t_ref for m in (self, other) if m._t_ref is not None]
-        if not times:
-            return out
-        out._t_ref = max(times)
-        f = [2.0 ** (-(out._t_ref - (m._t_ref or 0)) / self.config.half_life_ms) for m in (self, other)]
+        out._t_ref, f = align(self._t_ref, other._t_ref, self.config.half_life_ms)
         out.events = self.events * f[0] + other.events * f[1]
         out.survivors = self.survivors * f[0] + other.survivors * f[1]
         out.cohorts = self.cohorts.merged(other.cohorts, f[0], f[1])

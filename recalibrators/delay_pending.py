@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from .calibrator import Calibrator, CalibratorConfig
-from .delay import CohortTable, DelayCurve
+from .delay import CohortTable, DelayCurve, align
 from .histogram import BinSpec
 from .logit import logit
 from .validation import check_batch, check_timestamps
@@ -182,11 +182,7 @@ class PendingExposure:
         if other.config != self.config:
             raise ValueError("cannot merge pending exposures with different configs")
         out = PendingExposure(self.config)
-        times = [p._t_ref for p in (self, other) if p._t_ref is not None]
-        if not times:
-            return out
-        out._t_ref = max(times)
-        f = [2.0 ** (-(out._t_ref - (p._t_ref or 0)) / self.config.half_life_ms) for p in (self, other)]
+        out._t_ref, f = align(self._t_ref, other._t_ref, self.config.half_life_ms)
         out.sums = self.sums * f[0] + other.sums * f[1]
         out.cohorts = self.cohorts.merged(other.cohorts, f[0], f[1], n_decayed=self.config.n_groups)
         return out
