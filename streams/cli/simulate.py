@@ -8,13 +8,13 @@ import sys
 import time
 
 from streams.cli import connect
-from streams.dev.simulator import Counters, Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.dev.simulator import Counters, SimulationResult, TrafficScenario, create_missing_topics, run_simulation
 from streams.pipeline.config import Topics
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `simulate` command; it sets `func(args) -> int` (the exit code)."""
-    defaults, topics = Scenario(), Topics()
+    defaults, topics = TrafficScenario(), Topics()
     p = subparsers.add_parser("simulate", help="produce synthetic ad traffic with known true probabilities")
     connect.add_broker_argument(p)
     p.add_argument("--rate", type=float, default=10_000.0, help="impressions per wall second (default 10000)")
@@ -82,7 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         args.broker = connect.broker(args.broker)
         if args.rate <= 0 or args.duration <= 0:
             raise ValueError("--rate and --duration must be positive")
-        scenario = Scenario(
+        scenario = TrafficScenario(
             seed=args.seed,
             t0_ms=t0_ms,
             speed=args.speed,
@@ -95,7 +95,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     if args.create_topics:
         names = [topics.impressions, topics.clicks, topics.conversions]
-        created = asyncio.run(ensure_topics(args.broker, names, args.partitions))
+        created = asyncio.run(create_missing_topics(args.broker, names, args.partitions))
         print(f"created topics: {', '.join(created) or 'none (all exist)'}", file=sys.stderr)
     result = asyncio.run(
         run_simulation(
