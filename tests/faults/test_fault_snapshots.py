@@ -14,7 +14,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.dev.simulator import ensure_topics
+from streams.dev.simulator import create_missing_topics
 from streams.pipeline import snapshots
 from streams.pipeline.records import pack
 from streams.pipeline.snapshots import Fenced, SnapshotLost, SnapshotStore
@@ -49,7 +49,7 @@ class Dying:
 
 
 async def clients(broker: str, topic: str):
-    await ensure_topics(broker, [topic], 1)
+    await create_missing_topics(broker, [topic], 1)
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
     reader = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False)
     await producer.start()
