@@ -65,6 +65,7 @@ def create_app(config: Config) -> faust.App:
         broker_credentials=config.kafka.faust_credentials(),
         store="memory://",
         web_port=config.web_port,
+        web_bind=config.web_host,  # the interfaces the server listens on (web_host only names it in URLs)
         web_host=config.web_host,
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,

@@ -1,6 +1,7 @@
 """The worker's surface against a real broker and Redis (#13 items 15, 17): `recal worker --broker
 kafka://host:port` (Faust's own URL form; before, the join's aiokafka clients died with `Unable connect to
-"kafka://..."`), the bearer token on every endpoint but the probes, /readyz without internals."""
+"kafka://..."`), the bearer token on every endpoint but the probes, loopback by default (it listened on
+every interface)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import orjson
+import psutil
 import pytest
 from faultkit import config_text, new_ns
 
@@ -41,6 +43,10 @@ def test_kafka_url_broker_and_bearer_token(stack, tmp_path):
             assert get(worker.url(path))[0] == 401, path
             assert get(worker.url(path), token="wrong")[0] == 401, path
             assert get(worker.url(path), token=TOKEN)[0] == 200, path
+        listening = {
+            c.laddr.ip for c in psutil.Process(worker.proc.pid).net_connections("tcp") if c.laddr.port == worker.port
+        }
+        assert listening == {"127.0.0.1"}, "the web server must bind loopback by default (it bound 0.0.0.0)"
         stats = orjson.loads(get(worker.url("/stats"), token=TOKEN)[1])
         assert stats["partitions"] == [0, 1]
         assert TOKEN not in worker.log_path.read_text()

@@ -99,7 +99,7 @@ def test_create_app_binds_the_configured_address():
     from streams.pipeline.app import create_app
 
     app = create_app(Config(broker="kafka://127.0.0.1:1", web_port=1))
-    assert app.conf.web_host == "127.0.0.1"
+    assert app.conf.web_bind == "127.0.0.1"  # Faust binds web_bind (default 0.0.0.0), not web_host
     assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:1"]
 
 
