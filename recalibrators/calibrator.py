@@ -229,14 +229,28 @@ class Calibrator:
         if self._fit is None:
             self._fit = self._compute_fit()
         x, y, platt, method = self._fit
-        fields: dict[str, Any] = {
+        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(self.map_meta() | meta))
+
+    def map_meta(self) -> dict[str, Any]:
+        """`to_map`'s default provenance fields, for maps fitted elsewhere (e.g. `recalibrators.hierarchy`)."""
+        return {
             "n": self.n_effective,
             "positives": self.positives,
             "last_event_ms": self.last_event_ms,
             "version": self._n_seen,
             "updated_at": self.last_event_ms,
         }
-        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(fields | meta))
+
+    def forget(self, half_lives: float) -> None:
+        """Down-weight everything learned so far by 2**-half_lives (a detected drift): the fit as if the old
+        examples were `half_lives` fitting half-lives older. The held-back histogram is scaled alike, so the gate
+        does not judge the new map on pre-drift labels. The state stays a valid decayed state (merges, serialises)."""
+        if not half_lives >= 0:
+            raise ValueError(f"half_lives must be >= 0, got {half_lives!r}")
+        factor = 2.0**-half_lives
+        self._main.scale(factor)
+        self._holdout.scale(factor)
+        self._fit = None
 
     def _compute_fit(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str]:
         cfg, h, prior = self.config, self._main, self.prior
