@@ -29,8 +29,8 @@ from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.drift import calibration_z
 from recalibrators.hierarchy import fit_tree
-from recalibrators.histogram import logit
 from recalibrators.isotonic import pav
+from recalibrators.logit import logit
 from streams.dev.synthetic import SBend, make_drift_stream, make_stream, sample_scores
 from streams.pipeline.drift import KINDS, DriftMonitor
 

@@ -59,8 +59,9 @@ import numpy as np
 
 from .calibration_map import CalibrationMap
 from .calibrator import Calibrator
-from .histogram import Histogram, logit, sigmoid
+from .histogram import Histogram
 from .isotonic import chi_square_excess, eb_prior_strength, shrunk_isotonic
+from .logit import logit, sigmoid
 from .platt import fit_platt
 
 __all__ = ["Strength", "TreeFit", "estimate_strength", "fit_tree", "root_ess", "shrink_toward", "wilson_band"]

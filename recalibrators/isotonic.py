@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .logit import logit, sigmoid
+
 __all__ = ["chi_square_excess", "eb_prior_strength", "logit_shift", "match_total", "pav", "shrunk_isotonic"]
 
 
@@ -108,13 +110,8 @@ def match_total(rate: np.ndarray, weight: np.ndarray, positives: np.ndarray, rid
     the shrunk fit can be biased overall (seen: -1.5% at 1M events). A logit shift keeps the curve monotone
     and inside (0, 1).
     """
-    z = _logit(rate)
-    return np.exp(-np.logaddexp(0.0, -(z + logit_shift(z, weight, positives, ridge))))
-
-
-def _logit(rate: np.ndarray) -> np.ndarray:
-    r = np.clip(rate, 1e-15, 1.0 - 1e-15)
-    return np.log(r / (1.0 - r))
+    z = logit(np.clip(rate, 1e-15, 1.0 - 1e-15))
+    return sigmoid(z + logit_shift(z, weight, positives, ridge))
 
 
 def logit_shift(z: np.ndarray, weight: np.ndarray, positives: np.ndarray, ridge: float) -> float:
@@ -123,7 +120,7 @@ def logit_shift(z: np.ndarray, weight: np.ndarray, positives: np.ndarray, ridge:
     target = float(positives.sum())
     delta = 0.0
     for _ in range(50):
-        mu = np.exp(-np.logaddexp(0.0, -(z + delta)))
+        mu = sigmoid(z + delta)
         step = (float(weight @ mu) - target + ridge * delta) / (float(weight @ (mu * (1.0 - mu))) + ridge)
         delta -= step
         if abs(step) < 1e-12:
