@@ -64,7 +64,16 @@ from .isotonic import chi_square_excess, eb_prior_strength, shrunk_isotonic
 from .logit import logit, sigmoid
 from .platt import fit_platt
 
-__all__ = ["Strength", "TreeFit", "estimate_strength", "fit_tree", "root_ess", "shrink_toward", "wilson_band"]
+__all__ = [
+    "Strength",
+    "TreeFit",
+    "estimate_strength",
+    "fit_root",
+    "fit_tree",
+    "root_ess",
+    "shrink_toward",
+    "wilson_band",
+]
 
 CAP = 1e9  # prior strength meaning "follow the prior"
 OWN_Z = 2.0  # pre-test of a child's own evidence against its adjusted parent
@@ -209,6 +218,12 @@ def root_ess(calibrator: Calibrator, root: CalibrationMap) -> np.ndarray:
     return np.interp(root.x, np.concatenate(([0.0], x, [1.0])), np.concatenate((ess[:1], ess, ess[-1:])))
 
 
+def fit_root(calibrator: Calibrator, **meta: Any) -> CalibrationMap:
+    """`Calibrator.to_map` with the per-knot band: the map of a key without parent (e.g. `*`)."""
+    root = calibrator.to_map(**meta)
+    return root.with_meta(**_with_band(root.x, root.y, root_ess(calibrator, root)))
+
+
 def _adjust_end(value: float, alpha: float, beta: float, l_bar: float) -> float:
     if value <= 0.0 or value >= 1.0:
         return value
@@ -225,7 +240,7 @@ def shrink_toward(calibrator: Calibrator, parent: CalibrationMap, strength: Stre
     x, w, z = _parent_logits(h, parent)
     p = np.where(w > 0, h.positives, 0.0)
     alpha, beta, l_bar = _adjust(w, p, z, strength)
-    q = sigmoid(_adjusted(z, alpha, beta, l_bar))
+    q = np.clip(sigmoid(_adjusted(z, alpha, beta, l_bar)), _EPS, 1.0 - _EPS)
     # The pooled tau^2 is the floor; a child whose own data reject the adjusted parent (a z = 2 pre-test) uses
     # its own larger tau^2, as `isotonic.eb_prior_strength` does for a single calibrator.
     excess, info = chi_square_excess(w, p, q, z=OWN_Z)
@@ -267,8 +282,7 @@ def fit_tree(
         keys = sorted(k for k, d in depth.items() if d == level)
         if level == 0:
             for k in keys:
-                root = calibrators[k].to_map(**meta(k))
-                maps[k] = root.with_meta(**_with_band(root.x, root.y, root_ess(calibrators[k], root)))
+                maps[k] = fit_root(calibrators[k], **meta(k))
             continue
         pairs = [(calibrators[k].histogram, maps[parent_of[k]]) for k in keys]
         strengths[level] = strength = estimate_strength(pairs)
