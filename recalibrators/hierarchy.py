@@ -17,7 +17,7 @@ parameter at the parent (alpha = 1, beta = 0):
 
     sigma^2 = (sum_c U_c^2 / I_c - b) / a   (U_b = sum (P_i - W_i q_i), I_b = sum W_i q_i (1 - q_i); U_a, I_a the
               same weighted by (l_i - l_bar) and its square; a, b correct for each parent being about the
-              traffic-weighted mean of its children: see `_moment_variance`)
+              traffic-weighted mean of its children, times 1 - 1/k_eff: see `_moment_variance`)
     tau^2   = sum_c (excess_c - h_c) / sum_c info_c  (`isotonic.chi_square_excess` against the adjusted parent;
               h_c = sum over both parameters of I / (I + 1/sigma^2), the dof the shrunk adjustment used), the
               floor of a child's own tau^2 when its data reject the adjusted parent (pre-test z = 2)
@@ -161,8 +161,11 @@ def _moment_variance(u: list[float], info: list[float], share: list[float], grou
     """sigma^2 from sum_c U_c^2 / I_c. Each parent is (about) the share-weighted mean of its children, so child
     c's deviation from it is d_c = (1 - s_c) e_c - sum_{j != c} s_j e_j with e_j = delta_j + noise (variance
     sigma^2 + 1/I_j): E[I_c d_c^2] = I_c [f_c sigma^2 + g_c], f_c = (1 - s_c)^2 + sum_{j != c} s_j^2 and
-    g_c = (1 - s_c)^2 / I_c + sum_{j != c} s_j^2 / I_j. A child that is most of its parent deviates little."""
-    stat = a = b = 0.0
+    g_c = (1 - s_c)^2 / I_c + sum_{j != c} s_j^2 / I_j. A child that is most of its parent deviates little.
+    The estimate is scaled by 1 - 1/k_eff, k_eff = (sum a_c)^2 / sum a_c^2 the effective number of children
+    (a_c = I_c f_c): with one informative child (a dense sibling carries no information on the spread), a
+    chance deviation would otherwise become the spread and switch its own shrinkage off."""
+    stat = a = b = a_sq = 0.0
     for members in groups.values():
         sq = sum(share[j] ** 2 for j in members if info[j] > 0)
         sq_v = sum(share[j] ** 2 / info[j] for j in members if info[j] > 0)
@@ -171,9 +174,14 @@ def _moment_variance(u: list[float], info: list[float], share: list[float], grou
                 continue
             rest, rest_v = sq - share[c] ** 2, sq_v - share[c] ** 2 / info[c]
             stat += u[c] ** 2 / info[c]
-            a += info[c] * ((1.0 - share[c]) ** 2 + rest)
+            a_c = info[c] * ((1.0 - share[c]) ** 2 + rest)
+            a += a_c
+            a_sq += a_c**2
             b += info[c] * ((1.0 - share[c]) ** 2 / info[c] + rest_v)
-    return max(0.0, (stat - b) / a) if a > 0 else 0.0
+    if a <= 0:
+        return 0.0
+    k_eff = a * a / a_sq  # how many children carry the estimate: one alone cannot tell spread from chance
+    return max(0.0, (stat - b) / a) * max(0.0, 1.0 - 1.0 / k_eff)
 
 
 def wilson_band(y: np.ndarray, ess: np.ndarray, z: float = Z90) -> tuple[np.ndarray, np.ndarray]:
