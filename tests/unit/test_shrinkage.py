@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from recalibrators import Calibrator
 from recalibrators.hierarchy import fit_tree
 from recalibrators.segments import segment_key
+from streams.dashboard.pages import map_svg, render_map
 from streams.dev.synthetic import SBend, make_stream
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
@@ -61,3 +64,14 @@ def test_without_shrinkage_the_sparse_child_waits_for_min_samples():
 def test_shrink_to_parent_must_be_a_boolean():
     with pytest.raises(ValueError, match="shrink_to_parent"):
         ModelConfig(shrink_to_parent="yes")
+
+
+def test_dashboard_draws_the_map_and_its_band():
+    agg, _ = aggregator(shrink=True)
+    child = next(m for m in agg.take_dirty() if m.segment_dict.get("platform") == "ios")
+    page = render_map(child, [child], now_s=child.updated_at / 1000)
+    assert '<svg id="map"' in page and '<polygon id="band"' in page and "90% band" in page
+    n_points = len(re.search(r'<polygon id="band" points="([^"]+)"', page).group(1).split())
+    assert n_points == 2 * (child.x.size - 2)  # upper then lower edge over the interior knots
+    plain = map_svg(child.with_meta(y_lo=None, y_hi=None, ess=None))
+    assert "<polyline" in plain and "band" not in plain
