@@ -35,6 +35,7 @@ from streams.dev.synthetic import SBend, make_drift_stream, make_stream, sample_
 from streams.pipeline.drift import KINDS, DriftMonitor
 
 SIZES = (300, 530, 950, 1_700, 3_000, 5_300, 9_500, 17_000, 30_000)
+FINEST = [f"c={k}|p={k % 3}" for k in range(len(SIZES))]  # parent j holds sizes j, j+3, j+6
 MIN_SAMPLES = 1_000  # today's gate: below this a segment falls back to its parent's map
 METHODS = ("hier", "fallback", "own", "sk iso", "platt", "str iso")
 
@@ -55,10 +56,10 @@ def lattice(rng: np.random.Generator) -> tuple[dict[str, SBend], dict[str, str |
     root = SBend()
     parents = {f"p={j}": perturb(root, rng, 1.0) for j in range(3)}
     finest, parent_of = {}, {"*": None} | dict.fromkeys(parents, "*")
-    for k in range(len(SIZES)):
-        parent = f"p={k % 3}"
-        finest[f"c={k}|{parent}"] = perturb(parents[parent], rng, 0.7)
-        parent_of[f"c={k}|{parent}"] = parent
+    for key in FINEST:
+        parent = key.split("|")[1]
+        finest[key] = perturb(parents[parent], rng, 0.7)
+        parent_of[key] = parent
     return finest, parent_of
 
 
@@ -105,7 +106,7 @@ def fit_all(
 
 def sparse(seeds: int) -> None:
     ev = sample_scores(np.random.default_rng(99), 200_000)
-    keys = [f"c={k}|p={k % 3}" for k in range(len(SIZES))]
+    keys = FINEST
     sizes = dict(zip(keys, SIZES, strict=True))
     runs = [fit_all(sizes, np.random.default_rng(100 + seed), ev, offline=True) for seed in range(seeds)]
     mean = {k: {m: float(np.mean([r[k][m] for r in runs])) for m in METHODS} for k in keys}
@@ -146,7 +147,7 @@ def sparse(seeds: int) -> None:
 
 def dense(n: int) -> None:
     ev = sample_scores(np.random.default_rng(98), 200_000)
-    keys = [f"c={k}|p={k % 3}" for k in range(len(SIZES))]
+    keys = FINEST
     run = fit_all(dict.fromkeys(keys, n), np.random.default_rng(7), ev, offline=True)
     ratios = [run[k]["hier"] / run[k]["sk iso"] for k in keys]
     cells = ", ".join(f"{r:.3f}" for r in ratios)
