@@ -27,7 +27,7 @@ import numpy as np
 from .calibration_map import CalibrationMap
 from .validation import check_batch
 
-__all__ = ["calibration_z"]
+__all__ = ["binned_calibration_z", "calibration_z"]
 
 
 def _z(positives: float, expected: float, variance: float) -> float:
@@ -42,3 +42,14 @@ def calibration_z(calibration: CalibrationMap, scores: Any, labels: Any, weights
     q = calibration.apply(s)
     w = np.ones_like(q) if w is None else w
     return _z(float(w @ y), float(w @ q), float(w @ (q * (1.0 - q))))
+
+
+def binned_calibration_z(
+    calibration: CalibrationMap, weight: np.ndarray, positives: np.ndarray, mean_score: np.ndarray
+) -> float:
+    """z of `calibration` on binned labels, each bin evaluated at its mean score (e.g. what a merged state
+    learned since the last refresh); bins without weight are ignored."""
+    ok = weight > 0
+    q = calibration.apply(mean_score[ok])
+    w = weight[ok]
+    return _z(float(positives[ok].sum()), float(w @ q), float(w @ (q * (1.0 - q))))

@@ -328,6 +328,8 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
         f"positives {m.positives:,.0f} · eval {html.escape(str(metrics.get('eval', '-')))} "
         f"(weight {_f(_num(metrics, 'eval_weight'), ',.0f')})"
     )
+    if "drift_detections" in metrics:  # models with a drift_detector (streams.pipeline.drift)
+        summary += f" · silent-drift detections {_f(_num(metrics, 'drift_detections'), ',.0f')}"
     stats = (
         f"<table><tr><th></th><th>ECE</th><th>ratio</th></tr>"
         f"<tr><td class=l>raw</td><td>{_f(_num(metrics, 'ece_raw'), '.4f')}</td>"

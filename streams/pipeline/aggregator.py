@@ -26,6 +26,7 @@ from recalibrators.gate import QualityGate
 from recalibrators.histogram import Histogram
 from recalibrators.segments import parse_segment_key
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.drift import SilentDrift
 from streams.pipeline.partials import calibrator_config
 from streams.pipeline.records import pack, unpack
 from streams.pipeline.shrinkage import Shrinkage
@@ -182,6 +183,7 @@ class Aggregator:
         self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
         self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
+        self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
     def _check_drift(self, key: MapKey, metrics: dict[str, float | str]) -> None:
         model, segment = key.split(":", 1)
@@ -242,6 +244,8 @@ class Aggregator:
             if previous is not None and previous.model_version != newest:
                 prior = previous
         calibrator = merged(state.versions[newest], prior, calibrator_config(cfg))
+        if cfg.drift_detector:
+            calibrator = self.silent_drift.observe(cfg.drift_detector, key, newest, calibrator, self.published.get(key))
         meta = {
             "model": model,
             "model_version": newest,
@@ -254,6 +258,8 @@ class Aggregator:
         if self.with_metrics:
             started = time.perf_counter()
             metrics = map_metrics(candidate, calibrator)
+            if cfg.drift_detector:
+                metrics["drift_detections"] = self.silent_drift.detections(key)
             candidate = candidate.with_meta(metrics=metrics)
             self.metrics[key] = metrics
             self._check_drift(key, metrics)

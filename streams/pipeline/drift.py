@@ -9,6 +9,14 @@ partition partials keep merging and replays stay deterministic; a false alarm co
 half-life, never bias; and the map follows the new data at once, where a prior map of empirical-Bayes strength
 would hold the stale curve until the new data reject it.
 
+In the worker (`drift_detector = "page_hinkley"` or `"adwin"` in a model's config) the merged state of a key is
+cumulative (partition partials are re-sent whole), so `SilentDrift` forgets at merge time instead: it keeps a
+discount `D` per key, fits on `C - D`, and on a detection sets `D <- (1 - f) C_prev + f D` (f =
+2**-forget_half_lives, C_prev the state of the previous refresh decayed to now): what was known before the change
+is weighted f times, the news that set the detector off stays whole, exactly as `Calibrator.forget` before
+learning the refresh's batch. `D` lives in memory: after a restart the stale state comes
+back, its z jumps and the detector fires again.
+
 Page-Hinkley (`kind="page_hinkley"`, a two-sided CUSUM on z with tolerance `delta` and threshold `threshold`)
 is the default: the benchmark (`bench/bench_sparse.py`) measures it against ADWIN (`kind="adwin"`).
 
@@ -29,11 +37,15 @@ import logging
 from collections import Counter
 from typing import Any
 
-from river import drift
+import numpy as np
+
+from recalibrators.calibration_map import CalibrationMap
+from recalibrators.calibrator import Calibrator
+from recalibrators.drift import binned_calibration_z
 
 log = logging.getLogger("recal.drift")
 
-__all__ = ["KINDS", "DriftMonitor"]
+__all__ = ["KINDS", "DriftMonitor", "SilentDrift"]
 
 KINDS = ("page_hinkley", "adwin")
 # Tuned on z-statistics (bench/bench_sparse.py): PH tolerates a level offset of `delta` standard errors; ADWIN
@@ -55,10 +67,14 @@ class DriftMonitor:
         self.kind = kind
         self.forget_half_lives = forget_half_lives
         self.params = DEFAULTS[kind] | params
-        self._detectors: dict[str, drift.PageHinkley | drift.ADWIN] = {}
+        self._detectors: dict[str, Any] = {}
         self.detections: Counter[str] = Counter()
 
-    def _new(self) -> drift.PageHinkley | drift.ADWIN:
+    def _new(self) -> Any:
+        try:
+            from river import drift  # optional: only models with a drift_detector need it
+        except ImportError as exc:
+            raise RuntimeError("drift detection needs river: pip install 'recal[drift]'") from exc
         return drift.PageHinkley(**self.params) if self.kind == "page_hinkley" else drift.ADWIN(**self.params)
 
     def update(self, key: str, z: float) -> bool:
@@ -79,3 +95,70 @@ class DriftMonitor:
             extra={"key": key, "detector": self.kind, "z": z, "detections": self.detections[key]},
         )
         return True
+
+
+Sums = tuple[np.ndarray, np.ndarray]  # a state's fitting and held-back histogram sums
+
+
+def _decayed(sums: Sums, since_ms: int, now_ms: int, cal: Calibrator) -> Sums:
+    """Sums kept as of `since_ms`, decayed to `now_ms` with `cal`'s two half-lives."""
+    cfg = cal.config
+    main, held = sums
+    return (
+        main * 2.0 ** (-(now_ms - since_ms) / cfg.half_life_ms),
+        held * 2.0 ** (-(now_ms - since_ms) / cfg.holdout_half_life_ms),
+    )
+
+
+def _increment(now: Sums, before: Sums) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weight, positives, mean score) per bin of the examples learned between `before` (already decayed to
+    now) and `now`, fitting and held back together."""
+    w, pos, ws = (
+        np.clip(now[0][i] - before[0][i], 0.0, None) + np.clip(now[1][i] - before[1][i], 0.0, None) for i in range(3)
+    )
+    live = w > 1e-9 * max(float(now[0][0].sum()), 1.0)  # decay leaves rounding dust in bins without news
+    w = np.where(live, w, 0.0)
+    return w, np.where(live, pos, 0.0), np.where(live, ws / np.where(live, w, 1.0), 0.0)
+
+
+class SilentDrift:
+    """Per key: the z of its published map on what the merged state learned since the last refresh, one
+    `DriftMonitor` per detector kind, and the discount that makes a cumulative state forget."""
+
+    def __init__(self) -> None:
+        self.monitors: dict[str, DriftMonitor] = {}
+        self._last: dict[str, tuple[str, int, Sums]] = {}  # key -> (model version, T, merged sums at T)
+        self._discount: dict[str, tuple[str, int, Sums]] = {}  # key -> (model version, T, D as of T)
+
+    def detections(self, key: str) -> int:
+        return sum(m.detections[key] for m in self.monitors.values())
+
+    def observe(
+        self, kind: str, key: str, version: str, merged: Calibrator, published: CalibrationMap | None
+    ) -> Calibrator:
+        """Update `key`'s detector with its freshly merged (cumulative) state; return the state to fit:
+        `merged` itself, the key's discount subtracted in place."""
+        if kind not in self.monitors:
+            self.monitors[kind] = DriftMonitor(kind)
+        monitor = self.monitors[kind]
+        now = merged.last_event_ms
+        raw = (merged.histogram.sums.copy(), merged.holdout.sums.copy())
+        last, self._last[key] = self._last.get(key), (version, now, raw)
+        same = last is not None and last[0] == version and published is not None and published.model_version == version
+        if same:
+            before = _decayed(last[2], last[1], now, merged)
+            w, pos, mean = _increment(raw, before)
+            if w.any() and monitor.update(key, binned_calibration_z(published, w, pos, mean)):
+                # Forget what was known before this refresh; the news that set the detector off is kept whole.
+                f = 2.0**-monitor.forget_half_lives
+                old = self._discount.get(key)
+                d = _decayed(old[2], old[1], now, merged) if old and old[0] == version else (0.0, 0.0)
+                self._discount[key] = (version, now, tuple((1 - f) * b + f * x for b, x in zip(before, d, strict=True)))
+        discount = self._discount.get(key)
+        if discount is not None and discount[0] == version:
+            decayed = _decayed(discount[2], discount[1], now, merged)
+            for hist, d in zip((merged.histogram, merged.holdout), decayed, strict=True):
+                hist.sums -= d
+                np.clip(hist.sums[:3], 0.0, None, out=hist.sums[:3])  # w, w*y, w*s >= 0 (w*logit(s) is not)
+            merged.forget(0.0)  # drops the fit cache of the edited sums
+        return merged
