@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recalibrators import Calibrator, CalibratorConfig, QualityGate
 from recalibrators.delay import DelayConfig, DelayCurve, DelayModel, select_curve
 from recalibrators.delay_fit import norm_cdf
-from recalibrators.delay_pending import PendingExposure, corrected
+from recalibrators.delay_pending import PendingExposure, corrected, corrected_map
 from streams.dev.synthetic import SBend, sample_scores
 
 DAY = 86_400_000
@@ -107,9 +107,8 @@ class Stream:
 
     def corrected_map(self, lv: str, now: int):
         chain = [self.delay[lv], self.delay["*"]] if lv != "*" else [self.delay["*"]]
-        curve, level = select_curve(chain, now)
-        cal, matured = corrected(self.cal[lv], self.pending[lv], curve, now)
-        return cal.to_map(), matured, curve, level
+        m = corrected_map(self.cal[lv], self.pending[lv], chain, now)
+        return m, m.metrics_dict["matured_fraction"], select_curve(chain, now)[0], m.metrics_dict["delay_level"]
 
 
 def naive_map(data: dict, lv: str, now: int):
