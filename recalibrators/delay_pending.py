@@ -17,9 +17,14 @@ conversions than trials (the fit's binomial terms need W >= Y); it errs towards 
 
 >>> from recalibrators.calibrator import CalibratorConfig
 >>> pe = PendingExposure.for_calibrator(CalibratorConfig(), window_ms=7 * 86_400_000)
->>> pe.add(np.array([0.02, 0.03]), np.array([0, 1000]))
->>> round(pe.weight, 3)
-2.0
+>>> scores, starts = np.array([0.02, 0.03]), np.array([0, 1000])
+>>> pe.add(scores, starts)  # two windows open
+>>> pe.convert(scores[1:], starts[1:])  # the second converts
+>>> round(pe.weight, 3), pe.n_seen
+(2.0, 3)
+>>> pe.mature(scores, np.array([0, 1]), starts)  # both close: the calibrator learns them as usual
+>>> pe.weight, pe.cohorts.ids.size  # exactly empty
+(0.0, 0)
 """
 
 from __future__ import annotations
