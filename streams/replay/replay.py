@@ -38,6 +38,7 @@ from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
 from recalibrators.serving.keys import map_field
 from streams.pipeline.aggregator import Aggregator, MapState, encode_partial, merged
+from streams.pipeline.broker_caps import partitions_for
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits
 from streams.pipeline.events import decode as decode_events
@@ -485,8 +486,7 @@ async def replay_labeled(
             log.info("resuming from %s at offsets %s", checkpoint, {p: s.next_offset for p, s in parts.items()})
         else:
             complete = False
-            await consumer.topics()  # metadata of every topic (no subscription here)
-            all_parts = sorted(consumer.partitions_for_topic(topic) or ())
+            all_parts = await partitions_for(consumer, topic)
             if not all_parts:
                 raise RuntimeError(f"topic {topic} not found")
             chosen = [p for p in all_parts if partitions is None or p in partitions]
@@ -594,8 +594,7 @@ async def replay_raw(
     consumer = _client(config)
     await consumer.start()
     try:
-        await consumer.topics()
-        n = len(consumer.partitions_for_topic(topics.impressions) or ())
+        n = len(await partitions_for(consumer, topics.impressions))
         if not n:
             raise RuntimeError(f"topic {topics.impressions} not found")
         horizon = (
