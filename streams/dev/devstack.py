@@ -137,7 +137,7 @@ def tansu(port: int | None = None) -> Server:
     )
 
 
-def redis(port: int | None = None) -> Server:
+def redis_server(port: int | None = None) -> Server:
     port = port or free_port()
     return Server(
         name="redis",
@@ -178,7 +178,7 @@ class DevStack:
 
     broker_impl: str = "tansu"
     broker: Server | None = None
-    cache: Server = field(default_factory=redis)
+    redis: Server = field(default_factory=redis_server)
 
     def __post_init__(self) -> None:
         self.broker = self.broker or broker_server(self.broker_impl)
@@ -189,19 +189,19 @@ class DevStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.cache.port}/0"
+        return f"redis://127.0.0.1:{self.redis.port}/0"
 
     def __enter__(self) -> DevStack:
         self.broker.start()
         try:
-            self.cache.start()
+            self.redis.start()
         except BaseException:
             self.broker.stop()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cache.stop()
+        self.redis.stop()
         self.broker.stop()
 
 

@@ -21,11 +21,12 @@ from collections.abc import Callable
 import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.calibrator import Calibrator
+from recalibrators.calibrator import Calibrator, CalibratorConfig
 from recalibrators.gate import QualityGate
 from recalibrators.histogram import Histogram
 from recalibrators.segments import parse_segment_key
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.partials import calibrator_config
 from streams.pipeline.records import pack, unpack
 
 log = logging.getLogger("recal.aggregate")
@@ -93,10 +94,15 @@ def _examples(partials: dict[int, bytes]) -> int:
     return sum(Calibrator.from_bytes(blob).n_seen for blob in partials.values())
 
 
-def merged(partials: dict[int, bytes], prior: CalibrationMap | None) -> Calibrator:
-    """Merge partition partials in partition order (deterministic float summation)."""
+def merged(
+    partials: dict[int, bytes], prior: CalibrationMap | None, config: CalibratorConfig | None = None
+) -> Calibrator:
+    """Merge partition partials in partition order (deterministic float summation). Partials saved under
+    other settings (a config change, a rolling restart) are carried over to `config` first."""
     calibrators = [Calibrator.from_bytes(partials[p]) for p in sorted(partials)]
-    total = Calibrator(calibrators[0].config, prior)
+    config = config or calibrators[0].config
+    calibrators = [c if c.config == config else c.with_config(config) for c in calibrators]
+    total = Calibrator(config, prior)
     for calibrator in calibrators:
         total = total.merge(calibrator)
     return total
@@ -172,6 +178,7 @@ class Aggregator:
         self.with_metrics = with_metrics
         self.metrics: dict[MapKey, dict[str, float | str]] = {}  # latest evaluation per key (gate or not)
         self.drift: dict[MapKey, bool] = {}  # current alert state per evaluated key
+        self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
 
     def _check_drift(self, key: MapKey, metrics: dict[str, float | str]) -> None:
@@ -232,7 +239,7 @@ class Aggregator:
             previous = self.published.get(key)
             if previous is not None and previous.model_version != newest:
                 prior = previous
-        calibrator = merged(state.versions[newest], prior)
+        calibrator = merged(state.versions[newest], prior, calibrator_config(cfg))
         candidate = calibrator.to_map(
             model=model,
             model_version=newest,
@@ -266,5 +273,17 @@ class Aggregator:
         return candidate
 
     def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
+        """The maps of the changed keys. A key whose build raises is logged, counted and skipped (its
+        previous map stays live; the next partial retries it): one key never stops the refresh timer."""
         dirty, self.dirty = sorted(self.dirty), set()
-        return [m for key in dirty if (m := self.build(key, now_ms)) is not None]
+        maps = []
+        for key in dirty:
+            try:
+                candidate = self.build(key, now_ms)
+            except Exception:
+                self.build_errors += 1
+                log.exception("map %s not built (skipped until its next partial)", key)
+                continue
+            if candidate is not None:
+                maps.append(candidate)
+        return maps

@@ -17,7 +17,7 @@ import redis
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ids_covering_partitions
-from streams.replay.replay import normalized_json, replay_labeled
+from streams.replay import normalized_json, replay_labeled
 from tests.integration.test_pipeline import traffic
 from tests.support.kit import T0, config_text, impression, produce, produce_then_ticks, wait_for_map
 
