@@ -298,6 +298,20 @@ class Calibrator:
             x, y = x[keep], y[keep]
         return x, y, (a, b), cfg.method
 
+    def with_pending(self, sums: np.ndarray, t_ref: int) -> Calibrator:
+        """A copy whose fitting histogram also holds `sums` ((4, n_bins) W, WY, WS, WZ decayed as of `t_ref`
+        with this half-life): the delayed-feedback correction's open windows, folded in at refresh time
+        (recalibrators.delay_pending). n_seen is unchanged: examples are counted once, when they mature.
+        All-zero sums give an identical calibrator (so a fully matured state maps exactly as waiting)."""
+        out = Calibrator(self.config, self.prior)
+        out._main.sums[:] = self._main.sums
+        out._holdout.sums[:] = self._holdout.sums
+        out._t_ref, out._n_seen = self._t_ref, self._n_seen
+        if np.any(sums):
+            out._advance(t_ref)
+            out._main.sums += sums * 2.0 ** (-(out._t_ref - t_ref) / self.config.half_life_ms)
+        return out
+
     # ---- merge & persistence ---------------------------------------------------------------------------
     def with_config(self, config: CalibratorConfig) -> Calibrator:
         """This state under another config (changed n_bins, half-life, method or prior strength): the decayed
