@@ -17,27 +17,34 @@ conversions than trials (the fit's binomial terms need W >= Y); it errs towards 
 
 >>> from recalibrators.calibrator import CalibratorConfig
 >>> pe = PendingExposure.for_calibrator(CalibratorConfig(), window_ms=7 * 86_400_000)
->>> pe.add(np.array([0.02, 0.03]), np.array([0, 1000]))
->>> round(pe.weight, 3)
-2.0
+>>> scores, starts = np.array([0.02, 0.03]), np.array([0, 1000])
+>>> pe.add(scores, starts)  # two windows open
+>>> pe.convert(scores[1:], starts[1:])  # the second converts
+>>> round(pe.weight, 3), pe.n_seen
+(2.0, 3)
+>>> pe.mature(scores, np.array([0, 1]), starts)  # both close: the calibrator learns them as usual
+>>> pe.weight, pe.cohorts.ids.size  # exactly empty
+(0.0, 0)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
+from .calibration_map import CalibrationMap
 from .calibrator import Calibrator, CalibratorConfig
-from .delay import CohortTable, DelayCurve, align
+from .delay import CohortTable, DelayCurve, DelayModel, align, select_curve
 from .histogram import BinSpec
 from .logit import logit
 from .validation import check_batch, check_timestamps
 
-__all__ = ["PendingConfig", "PendingExposure", "corrected"]
+__all__ = ["PendingConfig", "PendingExposure", "corrected", "corrected_map"]
 
 _FORMAT = 1
 _HEADER = struct.Struct("<I")
@@ -69,7 +76,7 @@ class PendingConfig:
 class PendingExposure:
     """Mutable pending state of one calibrator; one owner per instance."""
 
-    __slots__ = ("_t_ref", "cohorts", "config", "sums")
+    __slots__ = ("_n_seen", "_t_ref", "cohorts", "config", "sums")
 
     def __init__(self, config: PendingConfig) -> None:
         self.config = config
@@ -77,10 +84,17 @@ class PendingExposure:
         # columns: decayed opened mass per bin group, then the exact (undecayed) count of open windows
         self.cohorts = CohortTable(-(-config.window_ms // config.n_cohorts), config.n_groups + 1)
         self._t_ref: int | None = None
+        self._n_seen = 0  # exact count of windows opened and conversions recorded: part of the map version
 
     @classmethod
     def for_calibrator(cls, config: CalibratorConfig, window_ms: int, **kw: int) -> PendingExposure:
         return cls(PendingConfig(config.bins, config.half_life_ms, window_ms, **kw))
+
+    @property
+    def n_seen(self) -> int:
+        """Windows opened plus conversions recorded, ever (merged states add): with the calibrator's n_seen
+        a map version that grows with every record, so a corrected map can replace the one before it."""
+        return self._n_seen
 
     @property
     def weight(self) -> float:
@@ -124,6 +138,7 @@ class PendingExposure:
         self.sums[W] += np.bincount(idx, weights=w, minlength=n)
         self.sums[WS] += np.bincount(idx, weights=w * s, minlength=n)
         self.cohorts.add(t, self._cohort_cols(idx, w))
+        self._n_seen += idx.size
 
     def convert(self, scores: Any, start_ms: Any) -> None:
         """First in-window conversions of open windows (scores and starts as added)."""
@@ -132,6 +147,7 @@ class PendingExposure:
         idx, _, _, t, w = self._prepare(scores, start_ms)
         live = np.isin(np.floor_divide(t, self.cohorts.width_ms), self.cohorts.ids)
         self.sums[WY] += np.bincount(idx[live], weights=w[live], minlength=self.config.bins.n_bins)
+        self._n_seen += int(live.sum())
 
     def mature(self, scores: Any, labels: Any, start_ms: Any) -> None:
         """Windows closed: take the examples out (the caller feeds them to the calibrator as usual)."""
@@ -183,6 +199,7 @@ class PendingExposure:
             raise ValueError("cannot merge pending exposures with different configs")
         out = PendingExposure(self.config)
         out._t_ref, f = align(self._t_ref, other._t_ref, self.config.half_life_ms)
+        out._n_seen = self._n_seen + other._n_seen
         out.sums = self.sums * f[0] + other.sums * f[1]
         out.cohorts = self.cohorts.merged(other.cohorts, f[0], f[1], n_decayed=self.config.n_groups)
         return out
@@ -199,6 +216,7 @@ class PendingExposure:
             "n_cohorts": cfg.n_cohorts,
             "n_groups": cfg.n_groups,
             "t_ref": self._t_ref,
+            "n_seen": self._n_seen,
             "cohorts": int(self.cohorts.ids.size),
         }
         mask = np.any(self.sums != 0.0, axis=0)
@@ -227,6 +245,7 @@ class PendingExposure:
             if len(buf):
                 raise ValueError(f"{len(buf)} trailing bytes")
             out._t_ref = h["t_ref"]
+            out._n_seen = h["n_seen"]
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"corrupt pending-exposure state: {exc!r}") from None
         return out
@@ -243,3 +262,23 @@ def corrected(
         -(out.last_event_ms - calibrator.last_event_ms) / pending.config.half_life_ms
     )
     return out, (matured / total if total > 0 else 1.0)
+
+
+def corrected_map(
+    calibrator: Calibrator,
+    pending: PendingExposure,
+    delay_chain: Sequence[DelayModel | None],
+    now_ms: int | None = None,
+    **meta: Any,
+) -> CalibrationMap:
+    """The refresh-time map of a `label_delay = "corrected"` calibrator: the curve of the first level of the
+    segment fallback chain (finest first) with enough conversions, the open windows folded in, and in
+    `metrics` the matured fraction, the delay summary and `delay_level` (index in the chain; -1: no curve, the
+    waited-for map). version = calibrator.n_seen + pending.n_seen; `meta` overrides as in `to_map`."""
+    curve, level = select_curve(delay_chain, now_ms)
+    cal, matured = corrected(calibrator, pending, curve, now_ms)
+    metrics = dict(meta.pop("metrics", None) or {})
+    metrics |= {"matured_fraction": round(matured, 6), "delay_level": level}
+    if curve is not None:
+        metrics |= curve.summary()
+    return cal.to_map(**({"version": calibrator.n_seen + pending.n_seen, "metrics": metrics} | meta))

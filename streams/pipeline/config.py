@@ -66,6 +66,8 @@ class ModelConfig:
     drift_max_ece: float = 0.01  # ... or its ECE on recent data exceeds this
     drift_min_weight: float = 500.0  # recent (held-back) weight needed before drift is judged
     max_segments: int = 10_000  # cardinality cap: distinct segment keys per fallback level (0: no cap)
+    shrink_to_parent: bool = False  # fit each segment toward its fallback parent's map (recalibrators.hierarchy)
+    drift_detector: str = ""  # "" | page_hinkley | adwin: forget faster on a silent drift (streams.pipeline.drift)
 
     def __post_init__(self) -> None:
         if self.label not in ("click", "conversion"):
@@ -76,6 +78,10 @@ class ModelConfig:
             raise ValueError("population='click' needs label='conversion' (a clicked impression is clicked)")
         if self.on_new_version not in ("warm_start", "reset"):
             raise ValueError(f"on_new_version must be 'warm_start' or 'reset', not {self.on_new_version!r}")
+        if self.drift_detector not in ("", "page_hinkley", "adwin"):
+            raise ValueError(f"drift_detector must be '', 'page_hinkley' or 'adwin', not {self.drift_detector!r}")
+        if not isinstance(self.shrink_to_parent, bool):
+            raise ValueError(f"shrink_to_parent must be true or false, not {self.shrink_to_parent!r}")
         for name in ("window_ms", "click_window_ms", "half_life_ms", "refresh_interval_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.removesuffix('_ms')} must be positive")
@@ -207,7 +213,6 @@ class Config:
     checkpoint_interval_ms: int = 5_000  # join state snapshots
     partials_interval_ms: int = 500  # how often changed partial calibrators go to the aggregator
     session_timeout_ms: int = 10_000
-    idempotent_producer: bool = False  # on against Apache Kafka; the embedded dev broker refuses InitProducerId
     rebalance_timeout_ms: int = 0  # 0: max(60 s, 3 x session_timeout); revoke snapshots must fit in half of it
     snapshot_read_timeout_ms: int = 60_000  # bound on reading one partition's snapshot back
     on_lost_snapshot: str = "fail"  # fail | start_empty: a partition whose snapshots are unreadable

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from streams.pipeline import deadletters
+from streams.pipeline.broker_caps import start_producer
 from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
@@ -35,7 +36,6 @@ from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, A
 from streams.pipeline.events import decode as decode_events
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.partials import PartialCalibrators
-from streams.pipeline.producers import make_producer
 from streams.pipeline.records import pack, pack_examples, unpack
 from streams.pipeline.snapshots import Fenced, SnapshotStore
 from streams.pipeline.topics import partition_of
@@ -98,6 +98,7 @@ class JoinWorker:
         self._reported_default: set[str] = set()
         self.guard = CardinalityGuard(config, self._model_config)
         self.producer: AIOKafkaProducer | None = None
+        self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
         self.consumer: AIOKafkaConsumer | None = None
         self.deadletters: DeadLetterWriter | None = None
         self._snapshots: SnapshotStore | None = None
@@ -112,8 +113,9 @@ class JoinWorker:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         kafka = self.config.kafka_client_args()
-        self.producer = make_producer(self.config)
-        await self.producer.start()
+        self.producer, self.idempotent = await start_producer(
+            **kafka, linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all"
+        )
         self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
         self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
         await self._state_reader.start()
@@ -247,11 +249,12 @@ class JoinWorker:
 
     def _labels_caught_up(self, state: PartitionState) -> bool:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
-        they lag, windows stay open: expiring now would turn unread clicks into late ones."""
+        they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
+        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging."""
         assert self.consumer is not None
         for topic in self.topics.sources[1:]:
             highwater = self.consumer.highwater(TopicPartition(topic, state.partition))
-            if highwater is not None and highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
+            if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
                 return False
         return True
 

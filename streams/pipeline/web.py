@@ -159,6 +159,7 @@ def register_pages(
                 "labeled": dict(s.labeled),
                 "rekeyed": s.rekeyed,
                 "snapshots": s.snapshots,
+                "idempotent_producer": join.idempotent,  # see broker_caps.py
                 "batches": s.batches,
                 "loop_lag_max_ms": round(loop_monitor.max_s * 1000, 1) if loop_monitor else None,
                 "cardinality": join.guard.sizes(),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.delay import DelayConfig, DelayCurve, DelayModel, select_curve
 from recalibrators.delay_fit import fit_lognormal_cure, life_table, norm_cdf, spread_uniform
-from recalibrators.delay_pending import PendingExposure, corrected
+from recalibrators.delay_pending import PendingExposure, corrected, corrected_map
 
 HOUR, DAY = 3_600_000, 86_400_000
 WINDOW = 7 * DAY
@@ -28,17 +28,19 @@ def true_g(d):
 def lognormal_stream(rng, n, span_ms, p=0.05):
     """Starts uniform over [0, span); each converts in-window with prob p after a truncated-lognormal delay."""
     start = np.sort(rng.integers(0, span_ms, n))
-    u = rng.random(n) * norm_cdf((math.log(WINDOW) - MU) / SIGMA)
-    z = np.array([_norm_ppf(v) for v in u])
+    z = _norm_ppf(rng.random(n) * norm_cdf((math.log(WINDOW) - MU) / SIGMA))
     conv_at = start + np.minimum(np.exp(MU + SIGMA * z), WINDOW).astype(np.int64)
     return start, rng.random(n) < p, conv_at
 
 
-def _norm_ppf(u: float) -> float:
-    lo, hi = -10.0, 10.0
+def _norm_ppf(u):
+    """Inverse of norm_cdf by bisection (vectorised)."""
+    u = np.asarray(u, dtype=np.float64)
+    lo, hi = np.full(u.shape, -10.0), np.full(u.shape, 10.0)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 0.5 * math.erfc(-mid / math.sqrt(2)) < u else (lo, mid)
+        below = norm_cdf(mid) < u
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     return 0.5 * (lo + hi)
 
 
@@ -80,6 +82,36 @@ def test_delay_model_hand_computed_kaplan_meier():
     np.testing.assert_allclose(curve.g, np.concatenate(([0.0], 1 - s)) / (1 - s[-1]), rtol=1e-9)
     assert curve.method == "life_table"
     np.testing.assert_allclose(curve.g, [0, 0.40625, 0.65625, 1.0], rtol=1e-9)
+
+
+def _exact_km(observed: np.ndarray, event: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Textbook product-limit estimate on per-window data (events before censorings at ties) at `at`."""
+    times, deaths = np.unique(observed[event], return_counts=True)
+    at_risk = observed.size - np.searchsorted(np.sort(observed), times, side="left")
+    surv = np.concatenate(([1.0], np.cumprod(1.0 - deaths / at_risk)))
+    return surv[np.searchsorted(times, at, side="right")]
+
+
+def test_binned_life_table_matches_exact_kaplan_meier():
+    """A 14-day stream aged at day 14: the delay model's binned, cohort-spread estimate against the exact
+    Kaplan-Meier estimate from every window's own delay or censoring age."""
+    rng = np.random.default_rng(0)
+    span = 14 * DAY
+    start, conv, conv_at = lognormal_stream(rng, 100_000, span, p=0.1)
+    seen = conv & (conv_at <= span)
+    observed = np.where(seen, conv_at - start, np.minimum(span - start, WINDOW))
+    edges = DelayConfig(window_ms=WINDOW).edges
+    s = _exact_km(observed, seen, edges[1:])
+    g_exact = np.concatenate(([0.0], 1 - s)) / (1 - s[-1])
+    dm = DelayModel(DelayConfig(window_ms=WINDOW, half_life_ms=FLAT, n_cohorts=48))
+    dm.learn_starts(start)
+    dm.learn_conversions(start[seen], conv_at[seen])
+    done = start + WINDOW <= span
+    dm.learn_matured(start[done], seen[done].astype(int))
+    dm.close_through(span - WINDOW)
+    curve = dm.curve(now_ms=span)
+    assert curve.method == "life_table"
+    np.testing.assert_allclose(curve.g, g_exact, atol=0.004)
 
 
 def test_spread_uniform_splits_by_overlap():
@@ -125,7 +157,7 @@ def test_curve_tracks_simulated_lognormal(span, method, tol):
 
 def _median_ratio() -> float:
     """Median of the truncated lognormal in units of a day."""
-    return math.exp(SIGMA * _norm_ppf(0.5 * norm_cdf((math.log(WINDOW) - MU) / SIGMA)))
+    return math.exp(SIGMA * float(_norm_ppf(0.5 * norm_cdf((math.log(WINDOW) - MU) / SIGMA))))
 
 
 def test_no_conversions_no_curve_and_fallback_chain():
@@ -230,6 +262,33 @@ def test_with_pending_zero_is_identity_and_matured_fraction():
     assert out.n_seen == cal.n_seen and out.n_effective > cal.n_effective * 2**-0.5
     assert 0 < matured < 1
     assert corrected(cal, pe, None)[1] == 1.0  # no curve: no correction, the waited-for map
+
+
+def test_corrected_map_metadata_fallback_and_version():
+    rng = np.random.default_rng(6)
+    cfg = CalibratorConfig(half_life_ms=2 * DAY)
+    s, start, conv, conv_at = _feed(rng, 20_000, span=2 * DAY)
+    thin, wide = DelayModel(DelayConfig(window_ms=WINDOW)), DelayModel(DelayConfig(window_ms=WINDOW))
+    wide.learn_starts(start)
+    seen = conv & (conv_at < 2 * DAY)
+    wide.learn_conversions(start[seen], conv_at[seen])
+    cal, pe = Calibrator(cfg), PendingExposure.for_calibrator(cfg, WINDOW)
+    pe.add(s, start)
+    pe.convert(s[seen], start[seen])
+    assert pe.n_seen == s.size + seen.sum()
+    m = corrected_map(cal, pe, [thin, wide], 2 * DAY, model="cvr", metrics={"eval": "fit"})
+    got = m.metrics_dict
+    assert got["delay_level"] == 1 and got["matured_fraction"] == 0.0 and got["eval"] == "fit"
+    assert got["delay_method"] == "life_table+lognormal" and got["delay_events"] == pytest.approx(
+        wide.n_events, rel=1e-6
+    )
+    assert (
+        m.version == pe.n_seen
+        and m.model == "cvr"
+        and m.n == pytest.approx(cal.with_pending(pe.fold(wide.curve(2 * DAY), 2 * DAY), pe.last_event_ms).n_effective)
+    )
+    none = corrected_map(cal, pe, [thin], 2 * DAY)
+    assert none.method == "identity" and none.metrics_dict["delay_level"] == -1
 
 
 @settings(max_examples=25, deadline=None)
