@@ -16,7 +16,9 @@ from collections import Counter
 
 import orjson
 import pytest
-from faultkit import (
+
+from streams.pipeline.topics import ids_covering_partitions
+from tests.support.kit import (
     PARTITIONS,
     PLACEMENTS,
     Scenario,
@@ -28,8 +30,6 @@ from faultkit import (
     produce,
     wait_for_counts,
 )
-
-from streams.pipeline.topics import ids_covering_partitions
 
 N_DISTINCT = 20_000
 MAX_SEGMENTS = 1_000  # small, so the run is quick; the exact-cap arithmetic is the same at 10,000

@@ -11,9 +11,9 @@ import urllib.request
 import orjson
 import psutil
 import pytest
-from faultkit import config_text, new_ns
 
 from streams.dev.devstack import WorkerProcess
+from tests.support.kit import config_text, new_ns
 
 TOKEN = "fault-suite-token"
 
