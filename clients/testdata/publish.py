@@ -26,6 +26,8 @@ import orjson
 import redis
 
 from clients.testdata.generate import field, published
+from recalibrators import calibration_map
+from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline import publisher
 
 
@@ -49,7 +51,13 @@ def main(url: str, prefix: str) -> None:
         else:
             f = field(req["model"], req["model_version"], req["segment"])
             doc = published(req["model"], req["model_version"], req["segment"], req["x"], req["y"], req["version"])
-            reply = write(client if req.get("silent") else lua, prefix, f, req["version"], doc)
+            if req.get("silent"):
+                reply = write(client, prefix, f, req["version"], doc)
+            elif calibration_map.SCHEMA_VERSION == 2:  # the versioned MapPublisher itself
+                result = publisher.MapPublisher(client, prefix).publish(CalibrationMap.from_json(doc))
+                reply = {"field": result.field, "published": result.published, "version": result.map_version}
+            else:  # until versioned publishing lands: the publisher's script with schema-2 keys
+                reply = write(lua, prefix, f, req["version"], doc)
         sys.stdout.write(orjson.dumps(reply | {"ns": ns}).decode() + "\n")
         sys.stdout.flush()
 
