@@ -218,22 +218,32 @@ func jsonSegment(v json.RawMessage) (map[string]string, error) {
 }
 
 func jsonNumbers(v json.RawMessage) ([]float64, error) {
-	var raw []json.RawMessage
 	if len(v) == 0 || v[0] != '[' {
 		return nil, errors.New("not an array")
 	}
-	if err := json.Unmarshal(v, &raw); err != nil {
+	var out []knot
+	if err := json.Unmarshal(v, &out); err != nil {
 		return nil, err
 	}
-	out := make([]float64, len(raw))
-	for i, rv := range raw {
-		f, err := jsonNumber(rv)
-		if err != nil {
-			return nil, fmt.Errorf("element %d: %w", i, err)
-		}
-		out[i] = f
+	return exactFloats(out), nil
+}
+
+// knot decodes one array element in place (no per-element copy); null, strings and booleans fail.
+type knot float64
+
+func (k *knot) UnmarshalJSON(b []byte) error {
+	f, err := jsonNumber(b)
+	*k = knot(f)
+	return err
+}
+
+// exactFloats copies into an exact-size slice: the decoder's grown capacity would stay cached.
+func exactFloats(k []knot) []float64 {
+	out := make([]float64, len(k))
+	for i, v := range k {
+		out[i] = float64(v)
 	}
-	return out, nil
+	return out
 }
 
 // jsonNumber is a finite JSON number (true, "1" and null are not numbers).
