@@ -82,7 +82,8 @@ class IntegrationTest {
         assertEquals(2, r.stats().rejected());
         assertEquals(1, version(r, "ctr", "v2", IOS));
         pub.publish("ctr", "v2", IOS, 0.9, 4);
-        Harness.eventually(Duration.ofSeconds(2), "a valid map after corrupt ones", () -> version(r, "ctr", "v2", IOS) == 4);
+        Harness.eventually(
+            Duration.ofSeconds(2), "a valid map after corrupt ones", () -> version(r, "ctr", "v2", IOS) == 4);
       }
     }
   }
