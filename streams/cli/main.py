@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
 
-    demo = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, then a report")
+    demo = sub.add_parser("demo", help="dev broker + Redis + worker + simulator, then a report")
+    demo.add_argument(
+        "--broker-impl",
+        choices=("tansu", "apache"),
+        default="tansu",
+        help="tansu: embedded, no JVM (default); apache: Apache Kafka from Maven jars (needs java and mvn)",
+    )
     demo.add_argument("--rate", type=float, default=3000.0, help="impressions per wall second")
     demo.add_argument("--duration", type=float, default=75.0, help="wall seconds of traffic")
     demo.add_argument("--speed", type=float, default=120.0, help="event seconds per wall second")

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from streams.pipeline import deadletters
+from streams.pipeline.broker_caps import start_producer
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
@@ -93,6 +94,7 @@ class JoinWorker:
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
+        self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
         self.consumer: AIOKafkaConsumer | None = None
         self.deadletters: DeadLetterWriter | None = None
         self._snapshots: SnapshotStore | None = None
@@ -107,15 +109,9 @@ class JoinWorker:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         kafka = self.config.kafka_client_args()
-        self.producer = AIOKafkaProducer(
-            **kafka,
-            linger_ms=5,
-            max_batch_size=1 << 20,
-            max_request_size=4 << 20,
-            acks="all",
-            enable_idempotence=False,  # the embedded broker refuses InitProducerId; see module doc
+        self.producer, self.idempotent = await start_producer(
+            **kafka, linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all"
         )
-        await self.producer.start()
         self.deadletters = DeadLetterWriter(
             self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
         )
@@ -247,11 +243,12 @@ class JoinWorker:
 
     def _labels_caught_up(self, state: PartitionState) -> bool:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
-        they lag, windows stay open: expiring now would turn unread clicks into late ones."""
+        they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
+        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging."""
         assert self.consumer is not None
         for topic in self.topics.sources[1:]:
             highwater = self.consumer.highwater(TopicPartition(topic, state.partition))
-            if highwater is not None and highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
+            if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
                 return False
         return True
 

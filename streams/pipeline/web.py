@@ -94,6 +94,7 @@ def register_pages(
                 "labeled": dict(s.labeled),
                 "rekeyed": s.rekeyed,
                 "snapshots": s.snapshots,
+                "idempotent_producer": join.idempotent,  # see broker_caps.py
                 "batches": s.batches,
                 "partitions": sorted(join.parts),
                 "pending": sum(len(p.join.pending) for p in join.parts.values()),
