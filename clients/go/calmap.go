@@ -94,7 +94,7 @@ func checkOptional(doc map[string]json.RawMessage) error {
 		"positives":     count,
 		"platt":         checkPlatt,
 		"metrics":       checkMeta,
-		"prior":         checkMeta,
+		"prior":         func(v json.RawMessage) error { _, err := jsonObject(v); return err }, // provenance only
 	}
 	for name, check := range checks {
 		if v, ok := doc[name]; ok {

@@ -134,7 +134,7 @@ def _optional_ok(doc: dict[str, Any]) -> bool:
         "positives": lambda v: finite(v) and v >= 0,
         "platt": lambda v: isinstance(v, dict) and "a" in v and "b" in v and finite(v["a"]) and finite(v["b"]),
         "metrics": meta,
-        "prior": meta,
+        "prior": lambda v: isinstance(v, dict),  # provenance only: an object, entries of any type
     }
     return all(check(doc[name]) for name, check in checks.items() if name in doc)
 
@@ -330,7 +330,7 @@ def invalid_cases() -> list[tuple[str, bytes]]:
         ("metrics value null", _edit(metrics={"ece": None})),
         ("metrics value an object", _edit(metrics={"ece": {"v": 1}})),
         ("metrics not an object", _edit(metrics=[1, 2])),
-        ("prior value an array", _edit(prior={"x": [0, 1]})),
+        ("prior not an object", _edit(prior=["v1", 3])),
         ("metrics null", _edit(metrics=None)),
     ]
     cases += optional
@@ -354,6 +354,7 @@ def accepted_cases() -> list[tuple[str, str, bytes]]:
         ("unknown extra fields", GOOD_KEY, _edit(future={"nested": [1, "two", None]}, shard=3, note="hi")),
         ("prior and other optional fields", GOOD_KEY, _edit(prior={"model_version": "v1", "version": 3}, n=0)),
         ("platt with an extra key, empty metrics", GOOD_KEY, _edit(platt={"a": 1, "b": 0, "c": "x"}, metrics={})),
+        ("prior with entries of other types", GOOD_KEY, _edit(prior={"x": [0, 1], "source": None})),
         ("only the required fields", GOOD_KEY, only_required),
         ("field order and whitespace", GOOD_KEY, orjson.dumps(_reversed(GOOD), option=orjson.OPT_INDENT_2)),
         ("escaped key components", field(*tricky), published(*tricky, [0.0, 1.0], [0.0, 1.0], version=1)),

@@ -7,6 +7,7 @@ import com.fasterxml.jackson.databind.json.JsonMapper;
 import java.io.IOException;
 import java.util.HashMap;
 import java.util.Iterator;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -182,18 +183,17 @@ public final class CalibrationMap {
     if (platt != null && !(platt.isObject() && finite(platt.get("a")) && finite(platt.get("b")))) {
       throw new InvalidMapException("platt must be an object of finite numbers a and b");
     }
-    for (String name : new String[] {"metrics", "prior"}) {
-      JsonNode meta = doc.get(name);
-      if (meta == null) {
-        continue;
-      }
-      if (!meta.isObject()) {
-        throw new InvalidMapException(name + " must be an object");
-      }
-      for (JsonNode v : meta) {
-        if (!(v.isTextual() || finite(v))) {
-          throw new InvalidMapException(name + " values must be finite numbers or strings");
-        }
+    JsonNode prior = doc.get("prior"); // provenance only: an object, entries of any type
+    if (prior != null && !prior.isObject()) {
+      throw new InvalidMapException("prior must be an object");
+    }
+    JsonNode metrics = doc.get("metrics");
+    if (metrics != null && !metrics.isObject()) {
+      throw new InvalidMapException("metrics must be an object");
+    }
+    for (JsonNode v : metrics == null ? List.<JsonNode>of() : metrics) {
+      if (!(v.isTextual() || finite(v))) {
+        throw new InvalidMapException("metrics values must be finite numbers or strings");
       }
     }
   }
