@@ -224,7 +224,7 @@ class Calibrator:
 
     # ---- fitting ---------------------------------------------------------------------------------------
     def to_map(self, **meta: Any) -> CalibrationMap:
-        """Publishable map. Defaults: n/positives/last_event_ms from the state, version=n_seen,
+        """Publishable map. Defaults: n/positives/last_event_ms from the state, map_version=n_seen,
         updated_at=last_event_ms (event time, so replays reproduce maps); any field may be overridden."""
         if self._fit is None:
             self._fit = self._compute_fit()
@@ -233,7 +233,7 @@ class Calibrator:
             "n": self.n_effective,
             "positives": self.positives,
             "last_event_ms": self.last_event_ms,
-            "version": self._n_seen,
+            "map_version": self._n_seen,
             "updated_at": self.last_event_ms,
         }
         return CalibrationMap(x=x, y=y, method=method, platt=platt, **(fields | meta))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import redis
 
-from recalibrators.segments import fallback_chain, parse_segment_key
+from recalibrators.segments import parse_segment_key
+from recalibrators.serving.keys import lookup_chain
 from streams.dev.devstack import DevStack, WorkerProcess
 from streams.dev.report import evaluate, reliability_png, render_table
 from streams.dev.simulator import Scenario, run_simulation
@@ -68,7 +69,8 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"\nsimulator done: {result.impressions_per_s:,.0f} impressions/s; letting the worker drain")
             time.sleep(2 * config.refresh_interval_ms / 1000 + config.partials_interval_ms / 1000 + 1)
             print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, cache).strip())
-            maps = _resolved_maps(MapPublisher(cache).list_maps(), result.truth, config)
+            versions = {spec.name: spec.version for spec in scenario.models}
+            maps = _resolved_maps(MapPublisher(cache).list_maps(), result.truth, config, versions)
             rows = evaluate(result.truth, maps)
             table = render_table(rows)
             print(table)
@@ -88,18 +90,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 worker.stop()
 
 
-def _resolved_maps(published: dict, truth, config) -> dict:
-    """Per truth key (model, finest segment), the map a ranker would use: the model's fallback chain."""
-    by_key = {}
-    for field, cmap in published.items():
-        if cmap is not None:
-            model, segment = field.split(":", 1)
-            by_key[(model, segment)] = cmap
+def _resolved_maps(published: dict, truth, config, versions: dict[str, str]) -> dict:
+    """Per truth key (model, finest segment), the map a ranker would use for the simulated model version."""
     resolved = {}
     for model, segment in truth:
-        chain = fallback_chain(parse_segment_key(segment), config.model(model).segment_by)
-        for key in chain:
-            if (model, key) in by_key:
-                resolved[(model, segment)] = by_key[(model, key)]
+        for field in lookup_chain(model, versions[model], parse_segment_key(segment), config.model(model).segment_by):
+            if (cmap := published.get(field)) is not None:
+                resolved[(model, segment)] = cmap
                 break
     return resolved

@@ -76,7 +76,7 @@ def calibrated(maps: Maps, model: str, segment: str, scores: np.ndarray) -> tupl
     if found is None:
         return scores, "none"
     _, cmap = found
-    return cmap.apply(scores), f"{segment_key(cmap.segment_dict)}@v{cmap.version}"
+    return cmap.apply(scores), f"{segment_key(cmap.segment_dict)}@v{cmap.map_version}"
 
 
 def evaluate(truth: Truth, maps: Maps, bins: int = 10) -> list[Row]:

@@ -35,6 +35,7 @@ from streams.pipeline.partials import PartialCalibrators
 from streams.pipeline.records import pack, pack_examples, unpack
 from streams.pipeline.snapshots import SnapshotStore
 from streams.pipeline.topics import partition_of
+from streams.pipeline.versions import ModelVersions
 
 log = logging.getLogger("recal.join")
 
@@ -90,6 +91,7 @@ class JoinWorker:
         self._n_partitions = 0
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
+        self.versions = ModelVersions(self._model_config)  # live model versions: the cap's dead letters
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._snapshots: SnapshotStore | None = None
@@ -194,7 +196,10 @@ class JoinWorker:
                     elif not self._owned_here(message, event, tp.partition):
                         sends.append(await self._rekey(event, kind))
                     elif kind == IMPRESSION:
-                        state.join.add_impression(event)
+                        if all(self.versions.admit(m, v, event.ts) for m, v, _ in event.predictions):
+                            state.join.add_impression(event)
+                        else:
+                            invalid.append(Invalid("too_many_versions", -1))
                     else:
                         state.join.add_action(event)
                 if invalid:

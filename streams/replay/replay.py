@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
-from recalibrators.serving.keys import map_field
+from recalibrators.serving.keys import MapField, map_field
 from streams.pipeline.aggregator import Aggregator, MapState, encode_partial, merged
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits
@@ -167,23 +167,22 @@ def build_maps(
     version_first_ts: dict[tuple[str, str], int],
     now_ms: int | None = None,
 ) -> tuple[list[CalibrationMap], Aggregator]:
-    """Merge partials in partition order through the live Aggregator (same merge, metrics, gate)."""
+    """Merge partials in partition order through the live Aggregator (same merge, metrics, gate, version
+    cap). Model versions arrive in order of their first event (as they reached the live aggregator)."""
     aggregator = Aggregator(model_config)
-    by_key: dict[str, list[tuple[int, str, int, Calibrator]]] = {}
+    entries = []
     for partition in sorted(partials):
-        for (model, version, segment), calibrator in partials[partition].calibrators.items():
-            order = version_first_ts.get((model, version), 0)
-            by_key.setdefault(f"{model}:{segment}", []).append((order, version, partition, calibrator))
-    for key in sorted(by_key):
-        model, segment = key.split(":", 1)
-        # versions in order of first appearance (the live aggregator's arrival order), partitions ascending
-        for _, version, partition, calibrator in sorted(by_key[key], key=lambda e: (e[0], e[1], e[2])):
-            aggregator.add(key, encode_partial(partition, model, version, segment, calibrator))
+        for (model, model_version, segment), calibrator in partials[partition].calibrators.items():
+            order = version_first_ts.get((model, model_version), 0)
+            key = str(MapField(model, model_version, segment))
+            entries.append((order, key, partition, model, model_version, segment, calibrator))
+    for _, key, partition, model, model_version, segment, calibrator in sorted(entries, key=lambda e: e[:3]):
+        aggregator.add(key, encode_partial(partition, model, model_version, segment, calibrator))
     return aggregator.take_dirty(now_ms), aggregator
 
 
 def merged_calibrator(state: MapState) -> Calibrator:
-    return merged(state.versions[state.ordered_versions()[-1]], None)
+    return merged(state.partials, state.prior)
 
 
 def _eval_points(calibrator: Calibrator) -> np.ndarray:
@@ -194,6 +193,7 @@ def _eval_points(calibrator: Calibrator) -> np.ndarray:
 @dataclass
 class SummaryRow:
     model: str
+    model_version: str
     segment: str
     samples: float
     ece: float | None
@@ -208,7 +208,7 @@ def summarize(
     rows = []
     built = {map_field(m): m for m in maps}
     for key in sorted(aggregator.states):
-        model, segment = key.split(":", 1)
+        model, model_version, segment = MapField.parse(key)
         calibrator = merged_calibrator(aggregator.states[key])
         m = built.get(key)
         metrics = aggregator.metrics.get(key, {})
@@ -224,6 +224,7 @@ def summarize(
         rows.append(
             SummaryRow(
                 model,
+                model_version,
                 segment,
                 calibrator.n_effective,
                 None if ece is None else float(ece),
@@ -239,11 +240,12 @@ def format_summary(rows: Iterable[SummaryRow]) -> str:
     def f(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    lines = [f"{'model':<8} {'segment':<40} {'samples':>12} {'ECE':>8} {'ratio':>7} {'max|Δ| live':>12}  status"]
+    head = f"{'model':<8} {'version':<10} {'segment':<40} {'samples':>12} {'ECE':>8} {'ratio':>7} {'max|Δ| live':>12}"
+    lines = [head + "  status"]
     for r in rows:
         lines.append(
-            f"{r.model:<8} {r.segment:<40} {r.samples:>12.1f} {f(r.ece, '.4f'):>8} {f(r.ratio, '.3f'):>7} "
-            f"{f(r.max_delta, '.4f'):>12}  {r.status}"
+            f"{r.model:<8} {r.model_version:<10} {r.segment:<40} {r.samples:>12.1f} {f(r.ece, '.4f'):>8} "
+            f"{f(r.ratio, '.3f'):>7} {f(r.max_delta, '.4f'):>12}  {r.status}"
         )
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ def _map(x: list[float], y: list[float], segment: dict[str, str], version: int =
         last_event_ms=0,
         model="ctr",
         segment=segment,
-        version=version,
+        map_version=version,
     )
 
 
