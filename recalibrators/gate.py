@@ -9,11 +9,12 @@ Rules, in order (the first that applies decides):
 1. First map only: ``candidate.n >= min_effective_samples`` (decayed weight of the fitting data).
 2. Held-back loss, a paired test on the holdout histogram (examples never fitted, each bin evaluated at
    its mean score): per example, d = logloss(candidate) - logloss(baseline), the baseline being the live
-   map (the raw score before a first map). With mean D, standard error SE = sd(d) / sqrt(W) and the
-   baseline's loss L, the candidate is refused iff ``(D - max_loss_increase * L) / SE >= min_z``:
-   worse by more than the tolerance, significantly. W is the decayed holdout weight; decay makes the
-   true effective sample size (sum w)^2 / sum w^2 >= W, so SE is overestimated and the test errs on
-   the side of publishing. Skipped while the holdout weighs less than ``min_holdout_weight``.
+   map (the raw score before a first map). With mean D, its standard error SE (label noise given the
+   scores, `compare_log_loss`) and the baseline's loss L, the candidate is refused iff
+   ``(D - max_loss_increase * L) / SE >= min_z``: worse by more than the tolerance, significantly. The
+   decayed holdout weight W stands for the example count; decay makes the true effective sample size
+   (sum w)^2 / sum w^2 >= W, so SE is overestimated and the test errs on the side of publishing.
+   Skipped while the holdout weighs less than ``min_holdout_weight``.
 3. No live map: accepted.
 4. Evidence growth: once the candidate's map version (the number of labeled examples behind it) is
    ``evidence_growth`` times the live map's, rule 5 is waived: a bounded-change refusal cannot last.
@@ -73,8 +74,14 @@ class LossComparison:
 
 
 def compare_log_loss(candidate: CalibrationMap, baseline: CalibrationMap, holdout: Histogram) -> LossComparison:
-    """Mean log losses and the standard error of their paired difference, from the histogram alone:
-    in a bin the difference takes one value for positives and one for negatives."""
+    """Mean log losses on the holdout and the standard error of their paired difference.
+
+    In bin i (weight W_i, positives P_i, both maps evaluated at the bin's mean score) the per-example
+    difference is d1_i for a positive and d0_i for a negative, so D = sum(P_i d1_i + (W_i - P_i) d0_i) / W.
+    Given the scores, the labels are the randomness: Var(D) = sum W_i p_i (1 - p_i) (d1_i - d0_i)^2 / W^2.
+    The plug-in for p_i(1 - p_i) is the larger of the observed rate's and the two maps' mean prediction's:
+    with rare positives the observed rate is often 0, which would make any difference look certain.
+    """
     ok = holdout.weight > 0
     w, pos = holdout.weight[ok], holdout.positives[ok]
     s = holdout.mean_score()[ok]
@@ -85,9 +92,10 @@ def compare_log_loss(candidate: CalibrationMap, baseline: CalibrationMap, holdou
     d1, d0 = np.log(b) - np.log(c), np.log1p(-b) - np.log1p(-c)  # per positive / per negative example
     cand = float(-(pos @ np.log(c) + neg @ np.log1p(-c)) / total)
     base = float(-(pos @ np.log(b) + neg @ np.log1p(-b)) / total)
-    mean = cand - base
-    var = max(float((pos @ (d1 * d1) + neg @ (d0 * d0)) / total) - mean * mean, 0.0)
-    return LossComparison(cand, base, math.sqrt(var / total), total)
+    rate, pred = np.clip(pos / w, 0.0, 1.0), (c + b) / 2
+    bernoulli = np.maximum(rate * (1 - rate), pred * (1 - pred))
+    var = float(w @ (bernoulli * (d1 - d0) ** 2)) / (total * total)
+    return LossComparison(cand, base, math.sqrt(var), total)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,12 @@ traffic of a live version reaches every aggregator owning one of its keys, so be
 aggregator sees the same live set.
 
 Warm start: the first build of a key of a new version takes as prior the map of the same segment (or
-its first coarser level, the serving fallback) of `warm_start_from`, default the live version with the
-most recent traffic; the choice is stored with the key and named in the map's `prior` metadata.
+its first coarser level, the serving fallback) of `warm_start_from`, default the older live version
+with the most recent traffic; the choice is stored with the key and named in the map's `prior` metadata.
+Another version's map is a guess, not evidence about this one: each build fits the key with and without
+the prior and keeps the warm fit only while it has the lower log loss on the key's held-back examples
+(or while there are too few of them to tell). The prior is chosen when the key's first partial arrives,
+so it is in the state the table stores (a restart or a move to another worker keeps it).
 
 Map version (fencing): the number of labeled examples ever folded into the key (`n_seen` summed over
 the partitions' partials). It grows with every label, late ones included, so a worker that lost its
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
-from recalibrators.gate import QualityGate
+from recalibrators.gate import QualityGate, compare_log_loss
 from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
@@ -41,6 +45,7 @@ from streams.pipeline.versions import ModelVersions
 log = logging.getLogger("recal.aggregate")
 
 MapKey = str  # str(MapField): "{esc(model)}:{esc(model_version)}:{segment_key}"
+MIN_PRIOR_EVIDENCE = 100.0  # held-back weight from which a warm start is judged against the key's own fit
 
 
 def encode_partial(partition: int, model: str, model_version: str, segment: str, calibrator: Calibrator) -> bytes:
@@ -54,7 +59,7 @@ class MapState:
     def __init__(self) -> None:
         self.partials: dict[int, bytes] = {}  # partition -> calibrator bytes
         self.prior: CalibrationMap | None = None
-        self.prior_chosen = False  # chosen once, at the key's first build: a prior that moved would move the map
+        self.prior_chosen = False  # chosen once, with the key's first partial: a prior that moved would move the map
 
     def examples(self) -> int:
         return sum(Calibrator.from_bytes(blob).n_seen for blob in self.partials.values())
@@ -140,6 +145,8 @@ class Aggregator:
             self.dropped_partials += 1
             return None
         current = state if state is not None else self.states.get(key) or MapState()
+        if not current.prior_chosen:
+            current.prior, current.prior_chosen = self._prior(field, self._model_config(field.model)), True
         current.partials[header["partition"]] = bytes(blobs[0])
         self.states[key] = current
         self.dirty.add(key)
@@ -177,7 +184,7 @@ class Aggregator:
         """The warm-start prior of a new key: the source version's map along the segment's fallback chain."""
         if cfg.on_new_version != "warm_start":
             return None
-        source = cfg.warm_start_from or self.live[field.model].most_recent(but=field.model_version)
+        source = cfg.warm_start_from or self.live[field.model].most_recent(before=field.model_version)
         if not source or source == field.model_version:
             return None
         segment = parse_segment_key(field.segment_key)
@@ -205,19 +212,21 @@ class Aggregator:
         state = self.states[key]
         field = MapField.parse(key)
         cfg = self._model_config(field.model)
-        if not state.prior_chosen:
-            state.prior, state.prior_chosen = self._prior(field, cfg), True
-        calibrator = merged(state.partials, state.prior)
-        prior_meta = None
+        meta = {
+            "model": field.model,
+            "model_version": field.model_version,
+            "segment": parse_segment_key(field.segment_key),
+            "updated_at": now_ms if now_ms is not None else int(time.time() * 1000),
+        }
+        calibrator = merged(state.partials, None)
+        candidate = calibrator.to_map(**meta)
         if state.prior is not None:
-            prior_meta = {"model_version": state.prior.model_version, "map_version": state.prior.map_version}
-        candidate = calibrator.to_map(
-            model=field.model,
-            model_version=field.model_version,
-            segment=parse_segment_key(field.segment_key),
-            updated_at=now_ms if now_ms is not None else int(time.time() * 1000),
-            prior=prior_meta,
-        )
+            warm = merged(state.partials, state.prior)
+            warm_map = warm.to_map(**meta)
+            held = calibrator.holdout
+            if held.total_weight < MIN_PRIOR_EVIDENCE or compare_log_loss(warm_map, candidate, held).diff <= 0:
+                prior_meta = {"model_version": state.prior.model_version, "map_version": state.prior.map_version}
+                calibrator, candidate = warm, warm_map.with_meta(prior=prior_meta)
         if self.with_metrics:
             started = time.perf_counter()
             metrics = map_metrics(candidate, calibrator)

@@ -33,6 +33,7 @@ class LiveVersions:
         self.max_versions = max_versions
         self.idle_ms = idle_ms
         self.live: dict[str, int] = {}
+        self.first: dict[str, int] = {}  # live version -> its first event time
         self.now_ms = 0  # the model's event time: the newest event of any version
         self.refused = 0
 
@@ -45,6 +46,8 @@ class LiveVersions:
                 self.refused += 1
                 return False
             last = ts_ms
+            self.first[version] = ts_ms
+        self.first[version] = min(self.first[version], ts_ms)
         self.live[version] = max(last, ts_ms)
         self.now_ms = max(self.now_ms, ts_ms)
         return True
@@ -54,13 +57,15 @@ class LiveVersions:
         now = self.now_ms if now_ms is None else now_ms
         idle = sorted((last, v) for v, last in self.live.items() if now - last > self.idle_ms)
         for _, version in idle:
-            del self.live[version]
+            del self.live[version], self.first[version]
         return [v for _, v in idle]
 
-    def most_recent(self, but: str) -> str | None:
-        """The live version with the newest event other than `but` (the default warm-start source)."""
-        others = [(last, v) for v, last in self.live.items() if v != but]
-        return max(others)[1] if others else None
+    def most_recent(self, before: str) -> str | None:
+        """The default warm-start source of `before`: of the live versions that started earlier, the one
+        with the newest event (a version that started later, e.g. a canary, is never its prior)."""
+        start = self.first.get(before, self.now_ms)
+        older = [(last, v) for v, last in self.live.items() if v != before and self.first[v] < start]
+        return max(older)[1] if older else None
 
 
 class ModelVersions:

@@ -136,7 +136,7 @@ def test_publisher_retries_within_a_refresh_interval_after_an_outage():
         last_event_ms=1,
         model="ctr",
         model_version="v1",
-        version=1,
+        map_version=1,
         updated_at=1,
     )
     publisher.submit([m])

@@ -261,7 +261,7 @@ def test_dashboard_in_headless_chromium(observed):
     svg = dom.split('<svg id="reliability"', 1)[1].split("</svg>", 1)[0]
     assert svg.count('class="raw"') >= 5 and svg.count('class="calibrated"') >= 5
     history = dom.split('<svg id="history"', 1)[1].split("</svg>", 1)[0]
-    entries = history_len(observed.redis_url, observed.ns, "ctr:placement=search")
+    entries = history_len(observed.redis_url, observed.ns, "ctr:v1:placement=search")
     assert entries >= 1 and history.count("<circle") == 2 * entries  # raw and calibrated per refresh
     assert shot.stat().st_size > 10_000
 

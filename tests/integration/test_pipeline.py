@@ -139,7 +139,7 @@ class Scenario:
 
 
 def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMap | None:
-    raw = redis.Redis.from_url(redis_url).get(f"{ns}:map:{model}:{segment}")
+    raw = redis.Redis.from_url(redis_url).get(f"{ns}:map:{model}:v1:{segment}")
     return CalibrationMap.from_json(raw) if raw else None
 
 

@@ -44,10 +44,13 @@ def by_field(maps: list[CalibrationMap]) -> dict[str, CalibrationMap]:
 def test_every_live_version_gets_its_own_maps_and_a_canary_takes_nothing_over():
     agg = aggregator()
     add(agg, "ctr", "v2", "*", calibrator(20_000, bias=1.0))
-    add(agg, "ctr", "v3", "*", calibrator(2_000, bias=2.0, seed=5))  # a 10% canary, miscalibrated otherwise
+    add(
+        agg, "ctr", "v3", "*", calibrator(2_000, bias=2.0, seed=5, t0=T0 + 300_000)
+    )  # a 10% canary, miscalibrated otherwise
     maps = by_field(agg.take_dirty(T0))
     assert set(maps) == {"ctr:v2:*", "ctr:v3:*"}
     assert maps["ctr:v2:*"].map_version == 20_000 and maps["ctr:v3:*"].map_version == 2_000
+    assert maps["ctr:v2:*"].prior is None  # a version that started later is never an older one's prior
     add(agg, "ctr", "v2", "*", calibrator(30_000, bias=1.0))  # v2 keeps learning after the canary arrived
     assert [m.model_version for m in agg.take_dirty(T0)] == ["v2"]
 

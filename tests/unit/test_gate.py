@@ -19,26 +19,44 @@ def scaled(m: CalibrationMap, factor: float, **meta) -> CalibrationMap:
     return m.with_meta(y=np.minimum(m.y * factor, 1.0), **meta)
 
 
-def test_paired_difference_matches_the_per_example_reference():
+def test_losses_match_the_per_example_reference_and_the_se_the_label_noise():
+    """Mean losses: exact, against the histogram expanded back into examples. SE: against the spread of
+    D over 2,000 relabellings of the same scores from the truth (a Monte-Carlo reference)."""
     cal = fitted(50_000)
-    cand, base = cal.to_map(), scaled(cal.to_map(), 1.3)
+    cand, base = cal.to_map(), scaled(cal.to_map(), 1.1)
     h = cal.holdout
-    # Expand the (undecayed, integer-weight) histogram back into examples at each bin's mean score.
     ok = h.weight > 0
     w, p, s = np.rint(h.weight[ok]).astype(int), np.rint(h.positives[ok]).astype(int), h.mean_score()[ok]
     scores = np.repeat(s, w)
     labels = np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for n, k in zip(w, p, strict=True)])
 
-    def ll(m):
+    def losses(m, y):
         q = np.clip(m.apply(scores), 1e-15, 1 - 1e-15)
-        return -(labels * np.log(q) + (1 - labels) * np.log1p(-q))
+        return -(y * np.log(q) + (1 - y) * np.log1p(-q))
 
-    d = ll(cand) - ll(base)
     got = compare_log_loss(cand, base, h)
     assert got.weight == pytest.approx(scores.size)
-    assert got.candidate == pytest.approx(ll(cand).mean(), rel=1e-9)
-    assert got.baseline == pytest.approx(ll(base).mean(), rel=1e-9)
-    assert got.se == pytest.approx(d.std() / np.sqrt(d.size), rel=1e-6)
+    assert got.candidate == pytest.approx(losses(cand, labels).mean(), rel=1e-9)
+    assert got.baseline == pytest.approx(losses(base, labels).mean(), rel=1e-9)
+    truth = SBend().p_true(scores)
+    rng = np.random.default_rng(1)
+    diffs = [
+        (losses(cand, y) - losses(base, y)).mean() for y in (rng.random((2_000, scores.size)) < truth).astype(float)
+    ]
+    assert np.std(diffs) * 0.97 <= got.se <= np.std(diffs) * 1.15  # the plug-in errs on the large side
+
+
+def test_rare_positives_do_not_make_a_difference_look_certain():
+    """137 held-back examples and no positive: the observed rate says 'no label noise' (the sample SE of d
+    gave z = 12 here); the binomial noise of ~2-3 expected positives keeps z moderate."""
+    cal = fitted(1_370)
+    h = cal.holdout
+    h.sums[1] = 0.0  # no held-back positive
+    live = cal.to_map()
+    gate = QualityGate(min_effective_samples=1)
+    assert gate.check(scaled(live, 2.0), live, h).z < 3  # 0 seen where 3.3 vs 1.6 were expected: p ~ 0.04
+    d = gate.check(scaled(live, 1.5), live, h)
+    assert d.accepted and d.z < 2, d.reason
 
 
 def test_first_map_needs_effective_samples_a_refresh_does_not():
