@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_replay.py --records 400 --examples 2000
 
 1. Start a DevStack and write a labeled topic directly (4 partitions): `--records` labeled records of
-   `--examples` examples each, as `streams.records.pack_examples` builds them (ctr + cvr, 24 segments of
+   `--examples` examples each, as `streams.pipeline.records.pack_examples` builds them (ctr + cvr, 24 segments of
    platform x placement, seq/durable as a live worker writes them, one simulated crash per partition so
    supersession is exercised).
 2. Raw ceiling: a group-less aiokafka consumer `getmany`s every record of the topic (no decoding).
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams.dev.devstack import DevStack, WorkerProcess
 from streams.pipeline.config import load_config
 from streams.pipeline.records import pack_examples
-from streams.replay.replay import Progress, end_offsets, replay_labeled
+from streams.replay import Progress, end_offsets, replay_labeled
 
 T0 = 1_790_000_000_000
 PARTITIONS = 4

@@ -73,6 +73,14 @@ def _meta_items(name: str, value: object) -> tuple | None:
     return items
 
 
+def _provenance(prior: dict | None) -> dict | None:
+    """`prior` is provenance only (the contract fixes no type beyond an object): its entries that are
+    not strings or finite numbers are dropped, never a reason to reject a map that applies fine."""
+    if prior is None:
+        return None
+    return {k: v for k, v in prior.items() if isinstance(v, str) or (_is_number(v) and math.isfinite(v))}
+
+
 def _knots(name: str, values: object) -> np.ndarray:
     try:
         arr = np.array(values, dtype=np.float64)
@@ -298,7 +306,7 @@ class CalibrationMap:
             updated_at=doc.get("updated_at", 0),
             platt=platt,
             metrics=doc.get("metrics"),
-            prior=doc.get("prior"),
+            prior=_provenance(doc.get("prior")),
         )
 
     def _key(self) -> tuple:

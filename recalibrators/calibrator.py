@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 
 from .calibration_map import CalibrationMap
-from .histogram import BinSpec, Histogram, logit, sigmoid
+from .histogram import BinSpec, Histogram
 from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
+from .logit import logit, sigmoid
 from .platt import fit_platt
 from .validation import check_batch, check_timestamps
 
@@ -120,7 +121,33 @@ def prepare_batch(
 
 
 class Calibrator:
-    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance."""
+    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance.
+
+    Learn labeled scores (a batch, or `learn_one`), then publish a monotone map; merging two calibrators is
+    the same as one fed both streams, with decay on event time. A model that over-predicts twofold:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> scores = rng.uniform(0.01, 0.2, 50_000)
+    >>> labels = (rng.random(50_000) < scores / 2).astype(np.int8)
+    >>> cal = Calibrator(CalibratorConfig(half_life_ms=6 * 3600 * 1000))
+    >>> cal.learn_batch(scores, labels, ts_ms=1_700_000_000_000)
+    >>> m = cal.to_map(model="ctr")
+    >>> m.method, m.map_version
+    ('isotonic', 50000)
+    >>> m.apply(np.array([0.02, 0.1, 0.18])).round(2)
+    array([0.01, 0.05, 0.09])
+
+    A click one half-life later halves the old weight when merged; the state round-trips through bytes:
+
+    >>> late = Calibrator(cal.config)
+    >>> late.learn_one(0.1, 1, ts_ms=1_700_000_000_000 + 6 * 3600 * 1000)
+    >>> both = cal.merge(late)
+    >>> both.n_effective, both.n_seen
+    (25001.0, 50001)
+    >>> Calibrator.from_bytes(cal.to_bytes()).to_map(model="ctr") == m
+    True
+    """
 
     __slots__ = ("_fit", "_holdout", "_main", "_n_seen", "_t_ref", "config", "prior")
 
@@ -271,7 +298,52 @@ class Calibrator:
             x, y = x[keep], y[keep]
         return x, y, (a, b), cfg.method
 
+    def with_pending(self, sums: np.ndarray, t_ref: int) -> Calibrator:
+        """A copy whose fitting histogram also holds `sums` ((4, n_bins) W, WY, WS, WZ decayed as of `t_ref`
+        with this half-life): the delayed-feedback correction's open windows, folded in at refresh time
+        (recalibrators.delay_pending). n_seen is unchanged: examples are counted once, when they mature.
+        All-zero sums give an identical calibrator (so a fully matured state maps exactly as waiting)."""
+        out = Calibrator(self.config, self.prior)
+        out._main.sums[:] = self._main.sums
+        out._holdout.sums[:] = self._holdout.sums
+        out._t_ref, out._n_seen = self._t_ref, self._n_seen
+        if np.any(sums):
+            out._advance(t_ref)
+            out._main.sums += sums * 2.0 ** (-(out._t_ref - t_ref) / self.config.half_life_ms)
+        return out
+
     # ---- merge & persistence ---------------------------------------------------------------------------
+    def with_config(self, config: CalibratorConfig) -> Calibrator:
+        """This state under another config (changed n_bins, half-life, method or prior strength): the decayed
+        sums and n_seen are kept. When the bins differ, each old bin's sums move whole to the new bin holding
+        its mean logit, so totals (weight, positives, score sums) stay exact and no example moves by more than
+        one old bin width. New half-lives apply from the next event on.
+
+        >>> old = Calibrator(CalibratorConfig(n_bins=96))
+        >>> old.learn_batch([0.1, 0.2, 0.9], [0, 1, 1], ts_ms=0)
+        >>> new = old.with_config(CalibratorConfig(n_bins=40))
+        >>> new.config.n_bins, new.n_seen, new.positives == old.positives
+        (40, 3, True)
+        """
+        out = Calibrator(config, self.prior)
+        out._t_ref, out._n_seen = self._t_ref, self._n_seen
+        for src, dst in ((self._main, out._main), (self._holdout, out._holdout)):
+            if src.spec == dst.spec:
+                dst.sums[:] = src.sums
+                continue
+            used = np.any(src.sums != 0.0, axis=0)
+            w = src.sums[0, used]
+            safe_w = np.where(w != 0.0, w, 1.0)
+            if src.with_logit:
+                z = np.where(w != 0.0, src.sums[3, used] / safe_w, src.spec.center_logits[used])
+            else:
+                mean = np.where(w != 0.0, src.sums[2, used] / safe_w, sigmoid(src.spec.center_logits[used]))
+                z = dst.spec.clip_logit(mean)[1]
+            idx = dst.spec.index(z)
+            for row in range(dst.sums.shape[0]):
+                dst.sums[row] = np.bincount(idx, weights=src.sums[row, used], minlength=dst.spec.n_bins)
+        return out
+
     def merge(self, other: Calibrator) -> Calibrator:
         """New calibrator equal (up to rounding) to one fed both streams; inputs are unchanged."""
         if other.config != self.config:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .logit import logit, sigmoid
+
 __all__ = ["eb_prior_strength", "match_total", "pav", "shrunk_isotonic"]
 
 
@@ -100,13 +102,13 @@ def match_total(rate: np.ndarray, weight: np.ndarray, positives: np.ndarray, rid
     and inside (0, 1).
     """
     r = np.clip(rate, 1e-15, 1.0 - 1e-15)
-    z = np.log(r / (1.0 - r))
+    z = logit(r)
     target = float(positives.sum())
     delta = 0.0
     for _ in range(50):
-        mu = np.exp(-np.logaddexp(0.0, -(z + delta)))
+        mu = sigmoid(z + delta)
         step = (float(weight @ mu) - target + ridge * delta) / (float(weight @ (mu * (1.0 - mu))) + ridge)
         delta -= step
         if abs(step) < 1e-12:
             break
-    return np.exp(-np.logaddexp(0.0, -(z + delta)))
+    return sigmoid(z + delta)

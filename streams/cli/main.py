@@ -8,6 +8,7 @@ import logging
 import sys
 
 from streams.cli import dashboard, maps, replay, simulate
+from streams.pipeline import logsafe
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafe.install()
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

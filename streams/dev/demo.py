@@ -14,11 +14,9 @@ from pathlib import Path
 
 import redis
 
-from recalibrators.segments import parse_segment_key
-from recalibrators.serving.keys import lookup_chain
 from streams.dev.devstack import DevStack, WorkerProcess
-from streams.dev.report import evaluate, reliability_png, render_table
-from streams.dev.simulator import Scenario, run_simulation
+from streams.dev.report import evaluate, reliability_png, render_table, resolve_maps
+from streams.dev.simulator import TrafficScenario, run_simulation
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ensure_topics
@@ -26,10 +24,10 @@ from streams.pipeline.topics import ensure_topics
 DEMO_CONFIG = Path(__file__).with_name("demo.toml")
 
 
-def _progress_line(sim, event_ms: int, wall_s: float, worker: WorkerProcess, cache: redis.Redis) -> str:
+def _progress_line(sim, event_ms: int, wall_s: float, worker: WorkerProcess, client: redis.Redis) -> str:
     stats = worker.stats(timeout_s=0.5)
     try:
-        maps = cache.hlen("recal:maps")
+        maps = client.hlen("recal:maps")
     except redis.RedisError:
         maps = "?"
     return (
@@ -54,23 +52,26 @@ def run_demo(args: argparse.Namespace) -> int:
             worker = WorkerProcess(DEMO_CONFIG, stack.broker_url, stack.redis_url, log_path)
             worker.wait_ready()
             print(f"worker ready: dashboard {worker.url('/dashboard')}  metrics {worker.url('/metrics')}")
-            cache = redis.Redis.from_url(stack.redis_url)
+            client = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
-            scenario = Scenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
+            scenario = TrafficScenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
             result = asyncio.run(
                 run_simulation(
                     scenario,
                     stack.broker_url,
                     rate=args.rate,
                     duration_s=args.duration,
-                    progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, cache), end="", flush=True),
+                    progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, client), end="", flush=True),
                 )
             )
             print(f"\nsimulator done: {result.impressions_per_s:,.0f} impressions/s; letting the worker drain")
             time.sleep(2 * config.refresh_interval_ms / 1000 + config.partials_interval_ms / 1000 + 1)
-            print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, cache).strip())
+            print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, client).strip())
+            published = [m for m in MapPublisher(client).list_maps().values() if m is not None]
             versions = {spec.name: spec.version for spec in scenario.models}
-            maps = _resolved_maps(MapPublisher(cache).list_maps(), result.truth, config, versions)
+            maps = resolve_maps(
+                published, result.truth, lambda model: config.model(model).segment_by, versions.__getitem__
+            )
             rows = evaluate(result.truth, maps)
             table = render_table(rows)
             print(table)
@@ -88,14 +89,3 @@ def run_demo(args: argparse.Namespace) -> int:
         finally:
             if worker is not None:
                 worker.stop()
-
-
-def _resolved_maps(published: dict, truth, config, versions: dict[str, str]) -> dict:
-    """Per truth key (model, finest segment), the map a ranker would use for the simulated model version."""
-    resolved = {}
-    for model, segment in truth:
-        for field in lookup_chain(model, versions[model], parse_segment_key(segment), config.model(model).segment_by):
-            if (cmap := published.get(field)) is not None:
-                resolved[(model, segment)] = cmap
-                break
-    return resolved

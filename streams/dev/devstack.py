@@ -133,7 +133,7 @@ def tansu(port: int | None = None) -> Server:
     )
 
 
-def redis(port: int | None = None) -> Server:
+def redis_server(port: int | None = None) -> Server:
     port = port or free_port()
     return Server(
         name="redis",
@@ -159,7 +159,7 @@ class DevStack:
     """Broker and Redis together; a context manager that always cleans up."""
 
     broker: Server = field(default_factory=tansu)
-    cache: Server = field(default_factory=redis)
+    redis: Server = field(default_factory=redis_server)
 
     @property
     def broker_url(self) -> str:
@@ -167,19 +167,19 @@ class DevStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.cache.port}/0"
+        return f"redis://127.0.0.1:{self.redis.port}/0"
 
     def __enter__(self) -> DevStack:
         self.broker.start()
         try:
-            self.cache.start()
+            self.redis.start()
         except BaseException:
             self.broker.stop()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cache.stop()
+        self.redis.stop()
         self.broker.stop()
 
 

@@ -33,12 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.calibrator import Calibrator
+from recalibrators.calibrator import Calibrator, CalibratorConfig
 from recalibrators.gate import QualityGate, compare_log_loss
 from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.map_metrics import DriftAlerts, map_metrics
+from streams.pipeline.partials import calibrator_config
 from streams.pipeline.records import pack, unpack
 from streams.pipeline.versions import ModelVersions
 
@@ -87,10 +88,15 @@ class MapState:
         return state
 
 
-def merged(partials: dict[int, bytes], prior: CalibrationMap | None) -> Calibrator:
-    """Merge partition partials in partition order (deterministic float summation)."""
+def merged(
+    partials: dict[int, bytes], prior: CalibrationMap | None, config: CalibratorConfig | None = None
+) -> Calibrator:
+    """Merge partition partials in partition order (deterministic float summation). Partials saved under
+    other settings (a config change, a rolling restart) are carried over to `config` first."""
     calibrators = [Calibrator.from_bytes(partials[p]) for p in sorted(partials)]
-    total = Calibrator(calibrators[0].config, prior)
+    config = config or calibrators[0].config
+    calibrators = [c if c.config == config else c.with_config(config) for c in calibrators]
+    total = Calibrator(config, prior)
     for calibrator in calibrators:
         total = total.merge(calibrator)
     return total
@@ -122,6 +128,7 @@ class Aggregator:
         self.with_metrics = with_metrics
         self.metrics: dict[MapKey, dict[str, float | str]] = {}  # latest evaluation per key (gate or not)
         self.drift_alerts = DriftAlerts(model_config)
+        self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
         self.live = ModelVersions(model_config)
         self.versions: dict[str, dict[str, VersionInfo]] = {}  # model -> model_version -> info
@@ -173,7 +180,7 @@ class Aggregator:
         """Retire idle versions; the version infos of every model that changed, for the publisher."""
         for model, live in self.live.models.items():
             for version in live.retire_idle():
-                log.info("model %r version %r retired: no labels for %d ms of event time", model, version, live.idle_ms)
+                log.info("model %s version %s retired: no labels for %d ms of event time", model, version, live.idle_ms)
                 if (info := self.versions.get(model, {}).get(version)) is not None:
                     info.state = "retired"
                     self.versions_changed.add(model)
@@ -193,7 +200,7 @@ class Aggregator:
             if (m := self.published.get(key)) is not None:
                 return m
             if (state := self.states.get(key)) is not None and state.partials:
-                calibrator = merged(state.partials, state.prior)
+                calibrator = merged(state.partials, state.prior, calibrator_config(cfg))
                 if calibrator.n_effective >= cfg.min_samples:
                     return calibrator.to_map(model=field.model, model_version=source, segment=parse_segment_key(seg))
         return None
@@ -218,10 +225,11 @@ class Aggregator:
             "segment": parse_segment_key(field.segment_key),
             "updated_at": now_ms if now_ms is not None else int(time.time() * 1000),
         }
-        calibrator = merged(state.partials, None)
+        config = calibrator_config(cfg)
+        calibrator = merged(state.partials, None, config)
         candidate = calibrator.to_map(**meta)
         if state.prior is not None:
-            warm = merged(state.partials, state.prior)
+            warm = merged(state.partials, state.prior, config)
             warm_map = warm.to_map(**meta)
             held = calibrator.holdout
             if held.total_weight < MIN_PRIOR_EVIDENCE or compare_log_loss(warm_map, candidate, held).diff <= 0:
@@ -237,15 +245,27 @@ class Aggregator:
         decision = self._gate(cfg).check(candidate, self.published.get(key), calibrator.holdout)
         if not decision.accepted:
             if key not in self.refused:
-                log.warning("gate holds %r (map version %d): %s", key, candidate.map_version, decision.reason)
+                log.warning("gate holds %s (map version %d): %s", key, candidate.map_version, decision.reason)
             self.refused[key] = decision.reason
             self.gate_refusals += 1
             return None
         if self.refused.pop(key, None) is not None:
-            log.info("gate releases %r (map version %d): %s", key, candidate.map_version, decision.reason)
+            log.info("gate releases %s (map version %d): %s", key, candidate.map_version, decision.reason)
         self.published[key] = candidate
         return candidate
 
     def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
+        """The maps of the changed keys. A key whose build raises is logged, counted and skipped (its
+        previous map stays live; the next partial retries it): one key never stops the refresh timer."""
         dirty, self.dirty = sorted(self.dirty), set()
-        return [m for key in dirty if (m := self.build(key, now_ms)) is not None]
+        maps = []
+        for key in dirty:
+            try:
+                candidate = self.build(key, now_ms)
+            except Exception:
+                self.build_errors += 1
+                log.exception("map %s not built (skipped until its next partial)", key)
+                continue
+            if candidate is not None:
+                maps.append(candidate)
+        return maps

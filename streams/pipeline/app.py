@@ -19,19 +19,13 @@ import mode
 import redis
 
 from recalibrators.serving.keys import MapField, RedisKeys
-from streams.dashboard.pages import DashboardSource
+from streams.pipeline import logsafe
 from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
 from streams.pipeline.config import Config
 from streams.pipeline.join_worker import JoinWorker
-from streams.pipeline.metrics import (
-    PROMETHEUS_CONTENT_TYPE,
-    MapTracker,
-    Readiness,
-    RecalCollector,
-    exposition,
-    registry,
-)
+from streams.pipeline.metrics import MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from streams.pipeline.web import register_pages
 
 log = logging.getLogger("recal.app")
 
@@ -61,6 +55,7 @@ class JoinService(mode.Service):
 
 
 def create_app(config: Config) -> faust.App:
+    logsafe.install()  # producer-controlled strings (segments, ids) never forge a log line
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.broker}",
@@ -109,7 +104,7 @@ def create_app(config: Config) -> faust.App:
                 if state is not None:  # None: a version beyond the model's cap, dropped and counted
                     table[event.key] = state.encode()
             except ValueError as exc:
-                log.warning("dropping malformed partial for %r: %s", key, exc)
+                log.warning("dropping malformed partial for %s: %s", key, exc)
 
     index_key = RedisKeys(config.prefix).index
     tracker = MapTracker()  # the maps this worker published last: map age and calibration gauges
@@ -133,95 +128,15 @@ def create_app(config: Config) -> faust.App:
             log.warning("Redis has no map index: republishing %d maps", len(aggregator.dirty))
         maps = aggregator.take_dirty(int(time.time() * 1000))
         publisher.submit(maps)
+        versions = aggregator.take_versions()
         publisher.submit_versions(
-            {
-                model: {v: info.as_json() for v, info in infos.items()}
-                for model, infos in aggregator.take_versions().items()
-            }
+            {m: {v: info.as_json() for v, info in infos.items()} for m, infos in versions.items()}
         )
         pending = dict(publisher.pending)
         results = await asyncio.to_thread(publisher.flush)
         tracker.record(pending, results)
 
     metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker))
-    # Probes use their own client: short timeouts, and never queued behind a slow publish.
-    probe = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
-
-    async def redis_ok() -> None:
-        await asyncio.to_thread(probe.ping)
-
-    async def broker_ok() -> str | None:
-        if join.consumer is None:
-            return "join consumer not started"
-        await join.consumer._client.fetch_all_metadata()  # one Metadata round trip; raises if unreachable
-        return None
-
-    readiness = Readiness({"broker": broker_ok, "redis": redis_ok}, ttl=2.0, timeout=1.5)
-    dashboard = DashboardSource(
-        redis.Redis.from_url(config.redis, socket_timeout=2.0, socket_connect_timeout=1.0), prefix=config.prefix
-    )
-
-    @app.page("/healthz")
-    async def healthz(web, request):
-        return web.json({"ok": True})
-
-    @app.page("/readyz")
-    async def readyz(web, request):
-        """Ready when the join owns its partitions (recovery done), and the broker and Redis answer
-        (checked at most every 2 s, each bounded by 1.5 s). 503 lists the failing checks."""
-        ready, body = await readiness.report(join.ready.is_set())
-        return web.json(body, status=200 if ready else 503)
-
-    @app.page("/metrics")
-    async def metrics(web, request):
-        # In a thread: with many maps, formatting takes ~65 us per map (the collector only copies dicts,
-        # atomically under the GIL). aiohttp adds "; charset=utf-8" and refuses a charset in content_type.
-        text = await asyncio.to_thread(exposition, metrics_registry)
-        return web.text(text.decode(), content_type=PROMETHEUS_CONTENT_TYPE)
-
-    @app.page("/dashboard")
-    async def dashboard_index(web, request):
-        try:
-            page = await asyncio.to_thread(dashboard.index_html)
-        except redis.RedisError as exc:
-            return web.text(f"Redis unavailable: {type(exc).__name__}", status=503)
-        return web.html(page)
-
-    @app.page("/dashboard/map")
-    async def dashboard_map(web, request):
-        query = request.query
-        try:
-            status, page = await asyncio.to_thread(
-                dashboard.map_html, query.get("model", ""), query.get("model_version", ""), query.get("segment", "*")
-            )
-        except redis.RedisError as exc:
-            return web.text(f"Redis unavailable: {type(exc).__name__}", status=503)
-        return web.html(page, status=status)
-
-    @app.page("/stats")
-    async def stats(web, request):
-        s = join.stats
-        return web.json(
-            {
-                "events_in": dict(s.events_in),
-                "dead_letters": dict(s.dead_letters),
-                "join": dict(s.join),
-                "labeled": dict(s.labeled),
-                "rekeyed": s.rekeyed,
-                "snapshots": s.snapshots,
-                "batches": s.batches,
-                "partitions": sorted(join.parts),
-                "pending": sum(len(p.join.pending) for p in join.parts.values()),
-                "maps_published": publisher.published,
-                "maps_refused_stale": publisher.refused,
-                "gate_refusals": aggregator.gate_refusals,
-                "publish_failures": publisher.failures,
-                "gate_refused": dict(aggregator.refused),  # keys held back -> the gate's reason, with numbers
-                "gate_held": len(aggregator.refused),
-                "publish_errors": publisher.errors,
-                "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
-                "drift_alerts": sorted(k for k, alert in aggregator.drift.items() if alert),
-            }
-        )
+    register_pages(app, config, join=join, publisher=publisher, aggregator=aggregator, metrics=metrics_registry)
 
     return app

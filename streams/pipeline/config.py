@@ -197,6 +197,7 @@ class Config:
     defaults: ModelConfig = field(default_factory=ModelConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     max_message_bytes: int = 1_000_000
+    deadletter_max_bytes: int = 1_000_000  # dead letters are cut to this: at most the topic's max.message.bytes
     max_predictions: int = 64
     max_future_skew_ms: int = 86_400_000  # events further ahead of the wall clock are rejected
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat

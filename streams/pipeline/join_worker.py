@@ -27,7 +27,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from streams.pipeline import deadletters
 from streams.pipeline.config import Config, ModelConfig
+from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
 from streams.pipeline.events import decode as decode_events
 from streams.pipeline.join import PartitionJoin
@@ -94,6 +96,7 @@ class JoinWorker:
         self.versions = ModelVersions(self._model_config)  # live model versions: the cap's dead letters
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.deadletters: DeadLetterWriter | None = None
         self._snapshots: SnapshotStore | None = None
         self._state_reader: AIOKafkaConsumer | None = None
 
@@ -115,6 +118,9 @@ class JoinWorker:
             enable_idempotence=False,  # the embedded broker refuses InitProducerId; see module doc
         )
         await self.producer.start()
+        self.deadletters = DeadLetterWriter(
+            self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
+        )
         self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
         await self._state_reader.start()
         self._snapshots = SnapshotStore(self.topics.state, self.producer, self._state_reader)
@@ -240,25 +246,9 @@ class JoinWorker:
         )
 
     async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
-        """The original bytes, once per message, with where they came from and why they were refused in
-        headers: `recal-reason` (the first reason), `recal-index` (its position in an array message,
-        -1 for a single event), `recal-invalid` (how many events of the message were refused) and, for
-        arrays, `recal-reasons` (JSON [[index, reason], ...], the first 100). One record per message
-        however many of its events are bad, so an array cannot amplify into the dead-letter topic."""
-        for item in invalid:
-            self.stats.dead_letters[item.reason] += 1
-        first = invalid[0]
-        headers = [
-            ("recal-reason", first.reason.encode()),
-            ("recal-topic", message.topic.encode()),
-            ("recal-partition", str(message.partition).encode()),
-            ("recal-offset", str(message.offset).encode()),
-            ("recal-index", str(first.index).encode()),
-            ("recal-invalid", str(len(invalid)).encode()),
-        ]
-        if first.index >= 0:
-            headers.append(("recal-reasons", orjson.dumps([[i.index, i.reason] for i in invalid[:100]])))
-        return await self.producer.send(self.topics.deadletter, message.value, key=message.key, headers=headers)
+        """The original bytes, once per message however many of its events are bad (an array cannot
+        amplify into the dead-letter topic); headers and size limit: `streams.pipeline.deadletters`."""
+        return await self.deadletters.send(deadletters.refused_message(message, invalid), (i.reason for i in invalid))
 
     def _labels_caught_up(self, state: PartitionState) -> bool:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
@@ -283,16 +273,8 @@ class JoinWorker:
         sends = []
         for action in orphans:
             reason = f"orphan_{'click' if action.kind == CLICK else 'conversion'}"
-            self.stats.dead_letters[reason] += 1
-            doc = {"impression_id": action.impression_id, "ts": action.ts, "id": action.action_id}
-            sends.append(
-                await self.producer.send(
-                    self.topics.deadletter,
-                    orjson.dumps(doc),
-                    key=action.impression_id.encode(),
-                    headers=[("recal-reason", reason.encode()), ("recal-partition", str(state.partition).encode())],
-                )
-            )
+            letter = deadletters.orphan(reason, action.impression_id, action.ts, action.action_id, state.partition)
+            sends.append(await self.deadletters.send(letter))
         if not len(examples):
             return sends
         columns = examples.arrays()

@@ -107,7 +107,7 @@ class DriftAlerts:
         }
         if alert:
             drift_log.warning(
-                "calibration drift on %r: raw ratio %.3f (allowed %.2f..%.2f), raw ECE %.4f (max %.4f)",
+                "calibration drift on %s: raw ratio %.3f (allowed %.2f..%.2f), raw ECE %.4f (max %.4f)",
                 key,
                 ratio,
                 cfg.drift_ratio_low,
@@ -118,5 +118,5 @@ class DriftAlerts:
             )
         else:
             drift_log.warning(
-                "calibration drift cleared on %r: raw ratio %.3f, raw ECE %.4f", key, ratio, ece, extra=extra
+                "calibration drift cleared on %s: raw ratio %.3f, raw ECE %.4f", key, ratio, ece, extra=extra
             )

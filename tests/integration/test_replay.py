@@ -15,15 +15,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
-from streams.replay.replay import (
-    Progress,
-    ReplayRange,
-    _client,
-    normalized_json,
-    offset_for_time,
-    replay_labeled,
-    replay_raw,
-)
+from streams.replay import Progress, ReplayRange, normalized_json, offset_for_time, replay_labeled, replay_raw
+from streams.replay.offsets import replay_consumer
 from tests.integration.test_pipeline import T0, Scenario, config_text, produce, wait_for_map
 
 
@@ -153,7 +146,7 @@ def test_offsets_for_event_times_on_the_embedded_broker(stack):
         finally:
             await producer.stop()
         config = load_config(None, env={}, broker=stack.broker_url)
-        consumer = _client(config)
+        consumer = replay_consumer(config)
         await consumer.start()
         try:
             tp = TopicPartition(topic, 0)

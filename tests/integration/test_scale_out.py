@@ -17,7 +17,7 @@ import redis
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ids_covering_partitions
-from streams.replay.replay import normalized_json, replay_labeled
+from streams.replay import normalized_json, replay_labeled
 from tests.integration.test_pipeline import T0, Scenario, config_text, impression, produce, wait_for_map
 
 PARTITIONS = 4

@@ -87,7 +87,7 @@ def test_only_what_applying_needs_is_required_and_unknown_fields_are_ignored():
         {"schema": 3},
         {"metrics": {"ratio_raw": None}},
         {"metrics": {"flag": True}},
-        {"prior": {"map_version": None}},
+        {"prior": "v1"},
         {"model_version": 2},
         {"platt": {"a": "1", "b": 0}},
     ],
@@ -95,6 +95,11 @@ def test_only_what_applying_needs_is_required_and_unknown_fields_are_ignored():
 def test_look_alikes_are_never_numbers(change):
     with pytest.raises(ValueError):
         CalibrationMap.from_json(_doc(**change))
+
+
+def test_prior_is_provenance_only():
+    m = CalibrationMap.from_json(_doc(prior={"model_version": "v1", "map_version": 7, "x": [0, 1], "n": None}))
+    assert m.prior_dict == {"model_version": "v1", "map_version": 7}
 
 
 def test_metrics_must_be_finite():
