@@ -47,7 +47,7 @@ import numpy as np
 from .calibration_map import CalibrationMap, identity_map
 from .histogram import Histogram
 
-__all__ = ["GateDecision", "LossComparison", "QualityGate", "compare_log_loss"]
+__all__ = ["GateDecision", "LossComparison", "QualityGate", "compare_log_loss", "prior_contradicted"]
 
 _EPS = 1e-15  # probability clip of the log loss (as in recalibrators.metrics)
 
@@ -96,6 +96,26 @@ def compare_log_loss(candidate: CalibrationMap, baseline: CalibrationMap, holdou
     bernoulli = np.maximum(rate * (1 - rate), pred * (1 - pred))
     var = float(w @ (bernoulli * (d1 - d0) ** 2)) / (total * total)
     return LossComparison(cand, base, math.sqrt(var), total)
+
+
+def prior_contradicted(prior: CalibrationMap, data: Histogram, min_z: float = 2.0, min_expected: float = 20.0) -> bool:
+    """Does `data` contradict `prior` (e.g. another model version's map), significantly?
+
+    Pearson's goodness of fit of the prior's predictions to the observed positives, on groups of adjacent
+    bins that each expect >= `min_expected` positives: X^2 = sum_g (P_g - E_g)^2 / V_g is ~ chi^2 with G
+    degrees of freedom while the prior is right; it is contradicted when X^2 > G + min_z * sqrt(2 G). The
+    prior was not fitted on `data`, so no degrees of freedom are lost.
+    """
+    ok = data.weight > 0
+    w, pos = data.weight[ok], data.positives[ok]
+    q = np.clip(prior.apply(data.mean_score()[ok]), _EPS, 1 - _EPS)
+    e = w * q
+    groups = np.minimum((np.cumsum(e) - e) // min_expected, max(float(e.sum() // min_expected) - 1, 0)).astype(np.intp)
+    pg, eg = np.bincount(groups, weights=pos), np.bincount(groups, weights=e)
+    vg = np.bincount(groups, weights=e * (1 - q))
+    live = vg > 0
+    g = int(live.sum())
+    return g > 0 and float(np.sum((pg[live] - eg[live]) ** 2 / vg[live])) > g + min_z * math.sqrt(2 * g)
 
 
 @dataclasses.dataclass(frozen=True)

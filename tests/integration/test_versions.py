@@ -153,7 +153,10 @@ def test_v1_to_v2_mid_stream(stack, versioned):
     ns, worker = versioned
     traffic = Traffic(ns, "ctr")
     t = traffic.impressions("v1", 200, T0)
-    t = traffic.impressions("v2", 200, t + 1_000)
+    traffic.ticks(t + 60_000)
+    traffic.send(stack.broker_url)
+    wait_counts(stack, ns, worker, traffic)  # v1 has been serving when v2 rolls out
+    t = traffic.impressions("v2", 200, t + 61_000)
     traffic.ticks(t + 60_000)
     traffic.send(stack.broker_url)
     maps = wait_counts(stack, ns, worker, traffic)

@@ -89,19 +89,18 @@ def test_warm_start_from_the_most_recent_version_or_the_configured_one():
     add(agg, "ctr", "v2", "*", calibrator(20_000, bias=0.7, t0=T0 + HOUR))
     _, v2 = sorted(agg.take_dirty(T0), key=lambda m: m.model_version)
     add(agg, "ctr", "v3", "placement=feed", calibrator(300, t0=T0 + 2 * HOUR))
-    (v3,) = agg.take_dirty(T0)
-    assert v3.prior_dict == {"model_version": "v2", "map_version": v2.map_version}  # via the fallback chain
+    prior = agg.states["ctr:v3:placement=feed"].prior  # v2's model-wide map, via the fallback chain
+    assert (prior.model_version, prior.map_version) == ("v2", v2.map_version)
     pinned = Aggregator(lambda name: ModelConfig(min_samples=1, warm_start_from="v1"), with_metrics=False)
     add(pinned, "ctr", "v1", "*", calibrator(20_000, bias=1.5, t0=T0))
     add(pinned, "ctr", "v2", "*", calibrator(20_000, bias=0.7, t0=T0 + HOUR))
     pinned.take_dirty(T0)
     add(pinned, "ctr", "v3", "*", calibrator(300, t0=T0 + 2 * HOUR))
-    (v3,) = pinned.take_dirty(T0)
-    assert v3.prior_dict["model_version"] == "v1"
+    assert pinned.states["ctr:v3:*"].prior.model_version == "v1"
     reset = aggregator(on_new_version="reset")
     add(reset, "ctr", "v1", "*", calibrator(20_000))
     add(reset, "ctr", "v2", "*", calibrator(300, t0=T0 + HOUR))
-    assert all(m.prior is None for m in reset.take_dirty(T0))
+    assert all(m.prior is None for m in reset.take_dirty(T0)) and reset.states["ctr:v2:*"].prior is None
 
 
 def test_the_prior_is_chosen_once_and_survives_a_restart():
@@ -109,14 +108,13 @@ def test_the_prior_is_chosen_once_and_survives_a_restart():
     add(agg, "ctr", "v1", "*", calibrator(20_000))
     agg.take_dirty(T0)
     state = add(agg, "ctr", "v2", "*", calibrator(500, t0=T0 + HOUR))
-    (first,) = agg.take_dirty(T0)
+    chosen = state.prior
     restarted = aggregator()  # nothing in memory: only the table's state
     add(restarted, "ctr", "v1", "*", calibrator(40_000, seed=3))
     stored = MapState.decode(state.encode())
     key = "ctr:v2:*"
     restarted.add(key, encode_partial(0, "ctr", "v2", "*", calibrator(600, t0=T0 + HOUR)), stored)
-    (again,) = [m for m in restarted.take_dirty(T0) if m.model_version == "v2"]
-    assert again.prior_dict == first.prior_dict
+    assert restarted.states[key].prior == chosen  # not re-chosen from v1's newer state
 
 
 def test_the_stored_state_wins_over_a_stale_in_memory_copy():
@@ -178,3 +176,15 @@ def test_schema_1_states_and_keys_are_refused():
         MapState.decode(b"\x02\x00\x00\x00{}")
     with pytest.raises(ValueError):
         MapField.parse("ctr:placement=feed")
+
+
+def test_the_warm_start_gives_way_once_the_own_data_contradicts_it():
+    agg = aggregator()
+    add(agg, "ctr", "v1", "*", calibrator(50_000, bias=2.0))
+    agg.take_dirty(T0)
+    add(agg, "ctr", "v2", "*", calibrator(50_000, bias=2.0, t0=T0 + HOUR))  # the data agrees with v1's map
+    (agreeing,) = agg.take_dirty(T0)
+    assert agreeing.prior_dict["model_version"] == "v1"  # the prior shapes the map, named in it
+    add(agg, "ctr", "v2", "*", calibrator(30_000, bias=0.7, t0=T0 + HOUR))
+    (rich,) = agg.take_dirty(T0)
+    assert rich.prior is None and agg.states["ctr:v2:*"].prior is not None  # own fit serves; choice kept

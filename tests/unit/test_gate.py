@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recalibrators import CalibrationMap, Calibrator, CalibratorConfig, QualityGate
-from recalibrators.gate import compare_log_loss
+from recalibrators.gate import compare_log_loss, prior_contradicted
 from streams.dev.synthetic import SBend, make_stream
 
 NO_DECAY = CalibratorConfig(half_life_ms=1e15, holdout_half_life_ms=1e15)
@@ -120,3 +120,13 @@ def test_empty_holdout_skips_loss_check_but_bounds_change():
     gate = QualityGate(max_abs_change=0.05)
     assert gate.check(cal.to_map(), None, empty).accepted
     assert not gate.check(cal.to_map(), scaled(cal.to_map(), 3.0), empty).accepted
+
+
+def test_a_prior_is_contradicted_only_by_data_that_disagrees():
+    """Pearson chi-square of another version's map on this version's data: a right prior passes in at
+    least 18 of 20 seeds (z = 2: ~2% false alarms), a prior 40% too high fails at 20k examples."""
+    truth = fitted(400_000, seed=99).to_map()
+    false_alarms = sum(prior_contradicted(truth, fitted(20_000, seed=s).histogram) for s in range(20))
+    assert false_alarms <= 2
+    assert all(prior_contradicted(scaled(truth, 1.4), fitted(20_000, seed=s).histogram) for s in range(5))
+    assert not prior_contradicted(scaled(truth, 1.3), fitted(300, seed=1).histogram)  # too little to tell
