@@ -39,8 +39,8 @@ class MapField(NamedTuple):
     segment_key: str
 
     def __str__(self) -> str:
-        model, version = check_model(self.model), check_model(self.model_version, "model_version")
-        return f"{escape(model)}:{escape(version)}:{self.segment_key}"
+        model, model_version = check_model(self.model), check_model(self.model_version, "model_version")
+        return f"{escape(model)}:{escape(model_version)}:{self.segment_key}"
 
     @classmethod
     def parse(cls, field: str) -> MapField:

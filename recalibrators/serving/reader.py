@@ -167,10 +167,10 @@ class MapReader:
         entry = None
         try:
             segment = {str(k): str(v) for k, v in segment.items()}
-            for version in versions:
-                for field in lookup_chain(model, version, segment, self._segment_by.get(model, ())):
+            for serving in versions:
+                for field in lookup_chain(model, serving, segment, self._segment_by.get(model, ())):
                     if (m := maps.get(field)) is not None:
-                        entry = _Entry(field, m, version != model_version)
+                        entry = _Entry(field, m, serving != model_version)
                         break
                 if entry is not None:
                     break
@@ -287,9 +287,9 @@ class MapReader:
         msg = pubsub.get_message(timeout=wait)
         while msg is not None:
             if msg.get("type") == "message":
-                field, _, version = msg["data"].decode(errors="replace").rpartition(":")
+                field, _, announced = msg["data"].decode(errors="replace").rpartition(":")
                 try:
-                    v = int(version)
+                    v = int(announced)
                 except ValueError:
                     log.warning("map reader: ignoring malformed notification %r", msg["data"])
                 else:

@@ -73,9 +73,9 @@ class MapStore:
     def list_versions(self, model: str) -> dict[str, dict]:
         """The model's versions as the workers last wrote them; unreadable entries skipped."""
         out = {}
-        for version, raw in self.redis.hgetall(self.keys.versions(model)).items():
+        for model_version, raw in self.redis.hgetall(self.keys.versions(model)).items():
             try:
-                out[version.decode()] = orjson.loads(raw)
+                out[model_version.decode()] = orjson.loads(raw)
             except (orjson.JSONDecodeError, UnicodeDecodeError):
                 continue
         return out

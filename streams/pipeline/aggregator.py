@@ -183,9 +183,11 @@ class Aggregator:
     def take_versions(self) -> dict[str, dict[str, VersionInfo]]:
         """Retire idle versions; the version infos of every model that changed, for the publisher."""
         for model, live in self.live.models.items():
-            for version in live.retire_idle():
-                log.info("model %s version %s retired: no labels for %d ms of event time", model, version, live.idle_ms)
-                if (info := self.versions.get(model, {}).get(version)) is not None:
+            for model_version in live.retire_idle():
+                log.info(
+                    "model %s version %s retired: no labels for %d ms of event time", model, model_version, live.idle_ms
+                )
+                if (info := self.versions.get(model, {}).get(model_version)) is not None:
                     info.state = "retired"
                     self.versions_changed.add(model)
         changed, self.versions_changed = self.versions_changed, set()

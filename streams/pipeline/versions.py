@@ -37,18 +37,18 @@ class LiveVersions:
         self.now_ms = 0  # the model's event time: the newest event of any version
         self.refused = 0
 
-    def admit(self, version: str, ts_ms: int) -> bool:
-        """Whether an event of `version` at `ts_ms` counts; makes the version live if there is room."""
-        last = self.live.get(version)
+    def admit(self, model_version: str, ts_ms: int) -> bool:
+        """Whether an event of `model_version` at `ts_ms` counts; makes it live if there is room."""
+        last = self.live.get(model_version)
         if last is None:
             self.retire_idle(max(self.now_ms, ts_ms))  # an idle version's slot is free before the cap check
             if len(self.live) >= self.max_versions:
                 self.refused += 1
                 return False
             last = ts_ms
-            self.first[version] = ts_ms
-        self.first[version] = min(self.first[version], ts_ms)
-        self.live[version] = max(last, ts_ms)
+            self.first[model_version] = ts_ms
+        self.first[model_version] = min(self.first[model_version], ts_ms)
+        self.live[model_version] = max(last, ts_ms)
         self.now_ms = max(self.now_ms, ts_ms)
         return True
 
@@ -56,8 +56,8 @@ class LiveVersions:
         """Retire the versions idle for longer than idle_ms; the retired ones, oldest first."""
         now = self.now_ms if now_ms is None else now_ms
         idle = sorted((last, v) for v, last in self.live.items() if now - last > self.idle_ms)
-        for _, version in idle:
-            del self.live[version], self.first[version]
+        for _, model_version in idle:
+            del self.live[model_version], self.first[model_version]
         return [v for _, v in idle]
 
     def most_recent(self, before: str) -> str | None:
@@ -82,5 +82,5 @@ class ModelVersions:
             live = self.models[model] = LiveVersions(cfg.max_versions, cfg.version_idle)
         return live
 
-    def admit(self, model: str, version: str, ts_ms: int) -> bool:
-        return self[model].admit(version, ts_ms)
+    def admit(self, model: str, model_version: str, ts_ms: int) -> bool:
+        return self[model].admit(model_version, ts_ms)
