@@ -45,7 +45,11 @@ _OPTIONAL = {
     "platt": dict,
     "metrics": dict,
     "prior": dict,
+    "y_lo": list,
+    "y_hi": list,
+    "ess": list,
 }
+_BAND = ("y_lo", "y_hi", "ess")  # optional per-knot confidence (recalibrators.hierarchy); readers may ignore
 
 
 def _is_int(v: object) -> bool:
@@ -94,6 +98,20 @@ def _knots(name: str, values: object) -> np.ndarray:
     return arr
 
 
+def _band(name: str, values: object, y: np.ndarray) -> np.ndarray:
+    """An optional per-knot array: y_lo <= y <= y_hi within [0, 1], ess >= 0."""
+    arr = _knots(name, values)
+    if arr.shape != y.shape:
+        raise ValueError(f"{name} must have one value per knot ({y.size}), got {arr.size}")
+    if name == "ess":
+        ok = bool(np.all(arr >= 0))
+    else:
+        ok = bool(np.all((arr >= 0) & (arr <= 1))) and bool(np.all(arr <= y) if name == "y_lo" else np.all(arr >= y))
+    if not ok:
+        raise ValueError(f"{name} out of range (need y_lo <= y <= y_hi within [0, 1] and ess >= 0)")
+    return arr
+
+
 def _segment_pairs(segment: Mapping[str, str] | tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     items = segment.items() if isinstance(segment, Mapping) else segment
     pairs = tuple(sorted((k, v) for k, v in items))
@@ -126,6 +144,9 @@ class CalibrationMap:
     platt: tuple[float, float] | None = None
     metrics: Any = None
     prior: Any = None
+    y_lo: Any = None
+    y_hi: Any = None
+    ess: Any = None
     _xs: memoryview = dataclasses.field(init=False, repr=False)
     _ys: memoryview = dataclasses.field(init=False, repr=False)
     _grid: tuple | None = dataclasses.field(init=False, repr=False, default=None)
@@ -164,6 +185,9 @@ class CalibrationMap:
             platt = (float(platt[0]), float(platt[1]))
         metrics, prior = _meta_items("metrics", self.metrics), _meta_items("prior", self.prior)
         set_ = object.__setattr__
+        for name in _BAND:
+            if getattr(self, name) is not None:
+                set_(self, name, _band(name, getattr(self, name), y))
         set_(self, "x", x)
         set_(self, "y", y)
         set_(self, "n", float(self.n))
@@ -262,6 +286,9 @@ class CalibrationMap:
             doc["metrics"] = dict(self.metrics)
         if self.prior is not None:
             doc["prior"] = dict(self.prior)
+        for name in _BAND:
+            if getattr(self, name) is not None:
+                doc[name] = getattr(self, name)
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
@@ -285,8 +312,9 @@ class CalibrationMap:
             ok = _is_number(v) if typ is float else (_is_int(v) if typ is int else isinstance(v, typ))
             if not ok:
                 raise ValueError(f"field {key!r} must be {typ.__name__}, got {type(v).__name__}")
-        _check_numbers("x", doc["x"])
-        _check_numbers("y", doc["y"])
+        for name in ("x", "y", *_BAND):
+            if name in doc:
+                _check_numbers(name, doc[name])
         platt = doc.get("platt")
         if platt is not None:
             if not ("a" in platt and "b" in platt):
@@ -307,6 +335,7 @@ class CalibrationMap:
             platt=platt,
             metrics=doc.get("metrics"),
             prior=_provenance(doc.get("prior")),
+            **{name: doc[name] for name in _BAND if name in doc},
         )
 
     def _key(self) -> tuple:
@@ -325,14 +354,17 @@ class CalibrationMap:
             self.prior,
         )
 
+    def _band_key(self) -> tuple:
+        return tuple(None if getattr(self, n) is None else getattr(self, n).tobytes() for n in _BAND)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CalibrationMap):
             return NotImplemented
         same_knots = np.array_equal(self.x, other.x) and np.array_equal(self.y, other.y)
-        return same_knots and self._key() == other._key()
+        return same_knots and self._key() == other._key() and self._band_key() == other._band_key()
 
     def __hash__(self) -> int:
-        return hash((self._key(), self.x.tobytes(), self.y.tobytes()))
+        return hash((self._key(), self.x.tobytes(), self.y.tobytes(), self._band_key()))
 
 
 def identity_map(**meta: Any) -> CalibrationMap:

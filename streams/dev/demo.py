@@ -1,8 +1,9 @@
 """`recal demo`: the whole system on one machine, from nothing, with one command.
 
-Starts the embedded broker and Redis, a `recal worker` process, and the simulator; shows progress;
-then scores the published maps against the simulator's true probabilities (ECE and calibration
-ratio before and after) and writes a reliability diagram. Ctrl-C at any point shuts down cleanly.
+Starts a dev broker (embedded Tansu, or Apache Kafka with `--broker-impl apache`) and Redis, a `recal worker`
+process, and the simulator; shows progress; then scores the published maps against the simulator's true
+probabilities (ECE and calibration ratio before and after) and writes a reliability diagram.
+Ctrl-C at any point shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     worker = None
-    with DevStack() as stack:
+    with DevStack(broker_impl=args.broker_impl) as stack:
         try:
             config = load_config(DEMO_CONFIG, env={}, broker=stack.broker_url, redis=stack.redis_url)
             asyncio.run(ensure_topics(config, create_sources=True))
             log_path = out / "worker.log"
             log_path.unlink(missing_ok=True)
-            print(f"broker {stack.broker_url}  redis {stack.redis_url}  worker log {log_path}")
+            print(f"broker {args.broker_impl} {stack.broker_url}  redis {stack.redis_url}  worker log {log_path}")
             worker = WorkerProcess(DEMO_CONFIG, stack.broker_url, stack.redis_url, log_path)
             worker.wait_ready()
             print(f"worker ready: dashboard {worker.url('/dashboard')}  metrics {worker.url('/metrics')}")

@@ -38,9 +38,11 @@ from recalibrators.gate import QualityGate, prior_contradicted
 from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.drift import SilentDrift
 from streams.pipeline.map_metrics import DriftAlerts, map_metrics
 from streams.pipeline.partials import calibrator_config
 from streams.pipeline.records import pack, unpack
+from streams.pipeline.shrinkage import Shrinkage
 from streams.pipeline.versions import ModelVersions
 
 log = logging.getLogger("recal.aggregate")
@@ -138,6 +140,8 @@ class Aggregator:
         self.versions: dict[str, dict[str, VersionInfo]] = {}  # model -> model_version -> info
         self.versions_changed: set[str] = set()  # models whose version infos changed since the last take
         self.dropped_partials = 0  # partials of a version beyond the cap (too_many_versions)
+        self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
+        self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
     @property
     def drift(self) -> dict[MapKey, bool]:
@@ -211,9 +215,9 @@ class Aggregator:
                     return calibrator.to_map(model=field.model, model_version=source, segment=parse_segment_key(seg))
         return None
 
-    def _gate(self, cfg: ModelConfig) -> QualityGate:
-        return QualityGate(
-            min_effective_samples=cfg.min_samples,
+    def _gate(self, cfg: ModelConfig, candidate: CalibrationMap) -> QualityGate:
+        return QualityGate(  # a shrunk map stands on its parent's data: no min_samples cliff
+            min_effective_samples=0.0 if candidate.method == "hierarchical" else cfg.min_samples,
             max_rel_change=cfg.max_change or None,  # documented as relative: |cand - live| / live
             max_loss_increase=cfg.max_loss_increase,
             min_z=cfg.gate_min_z,
@@ -236,16 +240,22 @@ class Aggregator:
         candidate = calibrator.to_map(**meta)
         if state.prior is not None and not prior_contradicted(state.prior, calibrator.histogram, WARM_START_Z):
             calibrator = merged(state.partials, state.prior, config)
-            prior_meta = {"model_version": state.prior.model_version, "map_version": state.prior.map_version}
-            candidate = calibrator.to_map(**meta, prior=prior_meta)
+            meta["prior"] = {"model_version": state.prior.model_version, "map_version": state.prior.map_version}
+        if cfg.drift_detector:
+            published = self.published.get(key)
+            calibrator = self.silent_drift.observe(cfg.drift_detector, key, field.model_version, calibrator, published)
+        candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
+        self.shrinkage.fitted[key] = candidate
         if self.with_metrics:
             started = time.perf_counter()
             metrics = map_metrics(candidate, calibrator)
+            if cfg.drift_detector:
+                metrics["drift_detections"] = self.silent_drift.detections(key)
             candidate = candidate.with_meta(metrics=metrics)
             self.metrics[key] = metrics
             self.drift_alerts.check(key, metrics)
             self.metrics_seconds += time.perf_counter() - started
-        decision = self._gate(cfg).check(candidate, self.published.get(key), calibrator.holdout)
+        decision = self._gate(cfg, candidate).check(candidate, self.published.get(key), calibrator.holdout)
         if not decision.accepted:
             if key not in self.refused:
                 log.warning("gate holds %s (map version %d): %s", key, candidate.map_version, decision.reason)
@@ -257,10 +267,18 @@ class Aggregator:
         self.published[key] = candidate
         return candidate
 
+    def _merge_own(self, key: MapKey) -> tuple[str, Calibrator]:
+        """(model version, merged state without a prior) of `key`: for pooling siblings."""
+        field = MapField.parse(key)
+        return field.model_version, merged(
+            self.states[key].partials, None, calibrator_config(self._model_config(field.model))
+        )
+
     def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
         """The maps of the changed keys. A key whose build raises is logged, counted and skipped (its
         previous map stays live; the next partial retries it): one key never stops the refresh timer."""
-        dirty, self.dirty = sorted(self.dirty), set()
+        dirty, self.dirty = self.shrinkage.order(self.dirty), set()
+        self.shrinkage.prepare(dirty, self._merge_own)
         maps = []
         for key in dirty:
             try:

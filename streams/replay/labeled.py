@@ -11,6 +11,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.pipeline.aggregator import Aggregator
+from streams.pipeline.broker_caps import partitions_for
 from streams.pipeline.config import Config
 from streams.replay.checkpoint import load_checkpoint, save_checkpoint
 from streams.replay.merge import merge_partitions
@@ -57,8 +58,7 @@ async def replay_labeled(
             log.info("resuming from %s at offsets %s", checkpoint, {p: s.next_offset for p, s in parts.items()})
         else:
             complete = False
-            await consumer.topics()  # metadata of every topic (no subscription here)
-            all_parts = sorted(consumer.partitions_for_topic(topic) or ())
+            all_parts = await partitions_for(consumer, topic)
             if not all_parts:
                 raise RuntimeError(f"topic {topic} not found")
             chosen = [p for p in all_parts if partitions is None or p in partitions]

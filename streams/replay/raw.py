@@ -11,6 +11,7 @@ import time
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.pipeline.broker_caps import partitions_for
 from streams.pipeline.config import Config
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits
 from streams.pipeline.events import decode as decode_events
@@ -60,8 +61,7 @@ async def _read(
 ) -> tuple[list[list[RawRecord]], int, Progress]:
     """The range's records of the three source topics, by source partition, in read order."""
     topics = config.topics
-    await consumer.topics()
-    n = len(consumer.partitions_for_topic(topics.impressions) or ())
+    n = len(await partitions_for(consumer, topics.impressions))
     if not n:
         raise RuntimeError(f"topic {topics.impressions} not found")
     horizon = (

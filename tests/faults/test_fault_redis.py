@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import redis
-from faultkit import PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -22,6 +21,7 @@ from recalibrators.serving.backoff import Backoff
 from recalibrators.serving.reader import MapReader
 from streams.dev import devstack
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from tests.support.kit import PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
 
 OUTAGE_S = float(os.environ.get("FAULT_REDIS_OUTAGE_S", "10"))
 REFRESH_S = 1.0

@@ -23,8 +23,8 @@ PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[DevStack]:
-    with DevStack() as s:
+def stack(broker_impl: str) -> Iterator[DevStack]:
+    with DevStack(broker_impl=broker_impl) as s:
         yield s
 
 

@@ -8,7 +8,6 @@ the windows. Map versions are label counts (fitting + held back), so counts are 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 import time
@@ -17,7 +16,6 @@ import uuid
 import orjson
 import pytest
 import redis
-from test_pipeline import consume_all, produce
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.serving.keys import MapField, RedisKeys
@@ -25,6 +23,7 @@ from recalibrators.serving.reader import MapReader
 from streams.dev.devstack import namespace_toml
 from streams.pipeline.join import is_holdout
 from streams.pipeline.topics import ids_covering_partitions
+from tests.support.kit import WorkerProcess, consume_all, produce
 
 PARTITIONS = 2
 HOLDOUT = 20
@@ -108,18 +107,16 @@ class Traffic:
             self.messages.append((f"{self.ns}-impressions", iid, orjson.dumps(imp)))
 
     def send(self, broker: str) -> None:
-        asyncio.run(produce(broker, self.messages))
+        produce(broker, self.messages)
         self.messages = []
 
 
 @pytest.fixture(scope="module")
 def versioned(stack, tmp_path_factory):
-    from streams.dev.devstack import WorkerProcess
-
     ns = f"v{uuid.uuid4().hex[:8]}"
     path = tmp_path_factory.mktemp("versions") / "recal.toml"
     path.write_text(config_text(ns))
-    worker = WorkerProcess(path, stack.broker_url, stack.redis_url, path.parent / "worker.log")
+    worker = WorkerProcess(path, stack, path.parent / "worker.log")
     worker.wait_ready()
     yield ns, worker
     worker.stop()
@@ -225,7 +222,7 @@ def test_junk_versions_beyond_the_cap_are_dead_lettered(stack, versioned):
     traffic.send(stack.broker_url)
     maps = wait_counts(stack, ns, worker, traffic)
     assert maps[("v1", "*")].map_version == 100 and maps[("v2", "*")].map_version == 50
-    letters = asyncio.run(consume_all(stack.broker_url, f"{ns}-deadletter", len(junk)))
+    letters = consume_all(stack.broker_url, f"{ns}-deadletter", len(junk))
     capped = [r for r in letters if dict(r.headers)["recal-reason"] == b"too_many_versions"]
     assert sorted(r.key.decode() for r in capped) == sorted(junk)
     assert worker.stats()["dead_letters"]["too_many_versions"] == len(junk)
