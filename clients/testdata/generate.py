@@ -24,13 +24,11 @@ from recalibrators.calibration_map import CalibrationMap
 
 OUT = Path(__file__).with_name("vectors.json")
 SCHEMA = 2
-# The map version's constructor argument: `version` in the schema-1 core, `map_version` in schema 2.
-_VERSION_ARG = "map_version" if "map_version" in CalibrationMap.__dataclass_fields__ else "version"
 
 
 def esc(text: str) -> str:
     """A key component: the segment escaping, applied to model names and versions too."""
-    return getattr(segments, "escape", segments._escape)(text)
+    return segments.escape(text)
 
 
 def field(model: str, model_version: str, segment: dict[str, str]) -> str:
@@ -57,7 +55,7 @@ def published(model: str, model_version: str, segment: dict[str, str], x: Any, y
         model=model,
         model_version=model_version,
         segment=segment,
-        **{_VERSION_ARG: version},
+        map_version=version,
         updated_at=1_764_000_000_000,
         platt=(1.0, -0.25),
         metrics={"ece": 0.0125, "gate": "passed"},

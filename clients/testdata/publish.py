@@ -26,7 +26,6 @@ import orjson
 import redis
 
 from clients.testdata.generate import field, published
-from recalibrators import calibration_map
 from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline import publisher
 
@@ -53,11 +52,9 @@ def main(url: str, prefix: str) -> None:
             doc = published(req["model"], req["model_version"], req["segment"], req["x"], req["y"], req["version"])
             if req.get("silent"):
                 reply = write(client, prefix, f, req["version"], doc)
-            elif calibration_map.SCHEMA_VERSION == 2:  # the versioned MapPublisher itself
+            else:  # the Python publisher itself
                 result = publisher.MapPublisher(client, prefix).publish(CalibrationMap.from_json(doc))
                 reply = {"field": result.field, "published": result.published, "version": result.map_version}
-            else:  # until versioned publishing lands: the publisher's script with schema-2 keys
-                reply = write(lua, prefix, f, req["version"], doc)
         sys.stdout.write(orjson.dumps(reply | {"ns": ns}).decode() + "\n")
         sys.stdout.flush()
 
