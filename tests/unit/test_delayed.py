@@ -97,7 +97,7 @@ def test_corrected_map_before_any_window_closed_is_near_truth():
     assert abs(ratio - 1) < 0.05, ratio
     metrics = m.metrics_dict
     assert metrics["matured_fraction"] == 0.0 and metrics["delay_level"] == 0
-    assert m.version == sum(p.feedback.pending[("cvr", "v1", "*")].n_seen for p in partitions)
+    assert m.map_version == sum(p.feedback.pending[("cvr", "v1", "*")].n_seen for p in partitions)
 
 
 def test_partitions_merge_to_the_single_partition_state():
@@ -106,7 +106,7 @@ def test_partitions_merge_to_the_single_partition_state():
     for level in ("*", "site=a"):
         m1 = corrected_candidate(_merged_calibrator(one, level), {0: one[0].partial(level)})
         m2 = corrected_candidate(_merged_calibrator(two, level), {i: p.partial(level) for i, p in enumerate(two)})
-        assert m1.version == m2.version
+        assert m1.map_version == m2.map_version
         np.testing.assert_allclose(m2.apply(m1.x), m1.y, rtol=1e-9, atol=1e-12)
 
 
@@ -162,3 +162,26 @@ def test_gate_keeps_a_matured_map_over_a_thin_or_extrapolated_correction():
     assert immature_refusal(thin, None, 200) is None  # a first map: the usual gate decides
     assert immature_refusal(thin, good, 200) is None  # corrected over corrected
     assert immature_refusal(matured, good, 200) is None
+
+
+def test_aggregator_publishes_corrected_maps_and_keeps_a_matured_one_over_a_thin_correction():
+    from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
+
+    cols = _stream(5)
+    partitions = _run(cols, 2, 2 * DAY)
+    agg = Aggregator({"cvr": CFG}.get)
+    for i, p in enumerate(partitions):
+        record = encode_partial(i, "cvr", "v1", "*", p.calibrators["*"], p.partial("*"))
+        state = agg.add("cvr:v1:*", record)
+    assert MapState.decode(state.encode()).encode() == state.encode()  # the table's copy holds the delayed parts
+    (m,) = agg.take_dirty(0)
+    expected = corrected_candidate(_merged_calibrator(partitions, "*"), state.delayed)
+    assert m.map_version == expected.map_version and np.array_equal(m.y, expected.y)
+    assert m.metrics_dict["matured_fraction"] == 0.0 and "eval_weight" in m.metrics_dict  # both metric sets
+
+    matured = _merged_calibrator(_run(_stream(6, n=5_000, span=DAY), 1, 9 * DAY, step=6 * HOUR), "*")
+    agg.published["cvr:v1:*"] = matured.to_map(model="cvr", model_version="v1", segment={}, map_version=1)
+    thin = _run(_stream(7, n=2_000), 1, DAY)[0]  # a day of 2,000 clicks: too little to rest a correction on
+    agg.states["cvr:v1:*"].delayed = {0: thin.partial("*")}
+    agg.dirty.add("cvr:v1:*")
+    assert agg.take_dirty(0) == [] and "keeping the matured map" in agg.refused["cvr:v1:*"]
