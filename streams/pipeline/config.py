@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from streams.pipeline.partitioners import check_partitioner
+
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
@@ -187,6 +189,8 @@ class Config:
     max_predictions: int = 64
     max_future_skew_ms: int = 86_400_000  # events further ahead of the wall clock are rejected
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat
+    clock_skew_ms: int = 1_000  # the join's clock never runs further ahead of wall time (#13 item 1)
+    partitioner: str = "murmur2"  # the producers': murmur2 | crc32 | consistent_random (docs/pipeline.md)
     max_label_lag: int = 0  # records: while a click/conversion partition lags more, windows stay open
     holdout_percent: int = 10  # examples held back from fitting, for the quality gate
     checkpoint_interval_ms: int = 5_000  # join state snapshots
@@ -194,6 +198,9 @@ class Config:
     session_timeout_ms: int = 10_000
     web_port: int = 6066
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __post_init__(self) -> None:
+        check_partitioner(self.partitioner)
 
     def kafka_client_args(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients: bootstrap servers plus TLS/SASL settings."""
@@ -221,7 +228,14 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             raise ValueError(f"model name {name!r} must not contain ':'")
     topics = Topics(**data.pop("topics", {}))
     worker = data.pop("worker", {})
-    for key in ("grace", "checkpoint_interval", "partials_interval", "max_future_skew", "session_timeout"):
+    for key in (
+        "grace",
+        "checkpoint_interval",
+        "partials_interval",
+        "max_future_skew",
+        "session_timeout",
+        "clock_skew",
+    ):
         if key in worker:
             worker[f"{key}_ms"] = parse_duration_ms(worker.pop(key))
     if data:

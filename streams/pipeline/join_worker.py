@@ -22,23 +22,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from streams.pipeline.config import Config, ModelConfig
-from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
-from streams.pipeline.events import decode as decode_events
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.partials import PartialCalibrators
-from streams.pipeline.records import pack, pack_examples, unpack
+from streams.pipeline.records import compact_tables, pack, pack_examples, unpack
+from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
 from streams.pipeline.snapshots import SnapshotStore
-from streams.pipeline.topics import partition_of
 
 log = logging.getLogger("recal.join")
-
-_KIND_HEADER = "recal-kind"
 
 
 @dataclass
@@ -94,6 +92,8 @@ class JoinWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self._snapshots: SnapshotStore | None = None
         self._state_reader: AIOKafkaConsumer | None = None
+        self.partitioner = config.partitioner
+        self.screens: list[Screen] = []  # refusal hooks for valid impressions (see routing)
 
     def _model_config(self, name: str) -> ModelConfig:
         if name not in self.config.models and name not in self._reported_default:
@@ -160,13 +160,11 @@ class JoinWorker:
     # -- one batch -----------------------------------------------------------------------------
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
         started = time.perf_counter()
-        sends: list[asyncio.Future] = []
+        now_ms = int(time.time() * 1000)
         limits = Limits(
-            self.config.max_message_bytes,
-            self.config.max_predictions,
-            int(time.time() * 1000) + self.config.max_future_skew_ms,
+            self.config.max_message_bytes, self.config.max_predictions, now_ms + self.config.max_future_skew_ms
         )
-        touched: set[int] = set()
+        routed: dict[int, Routed] = {}
         for tp, messages in batch.items():
             state = self.parts.get(tp.partition)
             if state is None:  # revoked while the fetch was in flight
@@ -177,61 +175,34 @@ class JoinWorker:
                 messages = [m for m in messages if m.offset >= expected]
                 if not messages:
                     continue
-            touched.add(tp.partition)
-            for message in messages:
-                kind = self._kinds.get(tp.topic)
-                if kind is None:
-                    kind = _header_kind(message.headers)
-                self.stats.events_in[tp.topic] += 1
-                invalid: list[Invalid] = []
-                for event in (
-                    decode_events(message.value, kind, limits)
-                    if kind is not None
-                    else [Invalid("bad_header:recal-kind", -1)]
-                ):
-                    if type(event) is Invalid:
-                        invalid.append(event)
-                    elif not self._owned_here(message, event, tp.partition):
-                        sends.append(await self._rekey(event, kind))
-                    elif kind == IMPRESSION:
-                        state.join.add_impression(event)
-                    else:
-                        state.join.add_action(event)
-                if invalid:
-                    sends.append(await self._dead_letter(message, invalid))
+            self.stats.events_in[tp.topic] += len(messages)
+            into = routed.setdefault(tp.partition, Routed())
+            kind = self._kinds.get(tp.topic)
+            route(tp.partition, messages, kind, self._n_partitions, limits, self.partitioner, self.screens, into)
             state.offsets[tp.topic] = messages[-1].offset + 1
-        for partition in sorted(touched):
-            sends.extend(await self._emit(self.parts[partition]))
+        sends: list[asyncio.Future] = []
+        for partition in sorted(routed):
+            r, state = routed[partition], self.parts[partition]
+            state.join.process(r.impressions, r.actions, now_ms, r.impression_ids)
+            for message, invalid in r.refused:
+                sends.append(await self._dead_letter(message, invalid))
+            for kind, owner, event in r.rekeys:
+                sends.append(await self._rekey(kind, owner, event))
+            sends.extend(await self._emit(state))
         if sends:
             await asyncio.gather(*sends)
         self.stats.batches += 1
         self.stats.batch_seconds += time.perf_counter() - started
 
-    def _owned_here(self, message, event: Impression | Action, partition: int) -> bool:
-        """Events are co-partitioned by impression_id; a producer that keyed otherwise (or batched
-        events of several impressions in one message) gets its events re-keyed."""
-        key = event.impression_id.encode()
-        if message.key == key:
-            return True
-        return partition_of(key, self._n_partitions) == partition
-
-    async def _rekey(self, event: Impression | Action, kind: int) -> asyncio.Future:
+    async def _rekey(self, kind: int, partition: int, event) -> asyncio.Future:
+        """To the partition the event belongs to, explicitly: the producer's partitioner may differ."""
         self.stats.rekeyed += 1
-        if kind == IMPRESSION:
-            doc = {
-                "impression_id": event.impression_id,
-                "ts": event.ts,
-                "segment": event.segment,
-                "predictions": [{"model": m, "version": v, "score": s} for m, v, s in event.predictions],
-            }
-        else:
-            id_field = "click_id" if kind == CLICK else "conversion_id"
-            doc = {id_field: event.action_id, "impression_id": event.impression_id, "ts": event.ts}
         return await self.producer.send(
             self.topics.rekeyed,
-            orjson.dumps(doc),
+            msgspec.json.encode(event),
             key=event.impression_id.encode(),
-            headers=[(_KIND_HEADER, KIND_NAMES[kind].encode())],
+            partition=partition,
+            headers=[(KIND_HEADER, KIND_NAMES[kind].encode())],
         )
 
     async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
@@ -290,9 +261,10 @@ class JoinWorker:
             )
         if not len(examples):
             return sends
-        columns = examples.arrays()
-        models, versions, segments = join.models.items, join.versions.items, join.segments.items
-        state.partials.learn(columns, models, versions, segments)
+        tables = {"models": examples.models, "versions": examples.versions, "segments": examples.segments}
+        columns, tables = compact_tables(examples.arrays(), tables)  # the record carries what it uses
+        models = tables["models"]
+        state.partials.learn(columns, models, tables["versions"], tables["segments"])
         for model_idx, count in zip(*np.unique(columns["model"], return_counts=True), strict=True):
             self.stats.labeled[models[model_idx]] += int(count)
         state.seq += 1
@@ -301,9 +273,7 @@ class JoinWorker:
             "partition": state.partition,
             "seq": state.seq,
             "durable": state.durable,
-            "models": models,
-            "versions": versions,
-            "segments": segments,
+            **tables,
         }
         record = pack_examples(header, columns)
         sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
@@ -356,18 +326,26 @@ class JoinWorker:
                         await self.consumer.seek_to_beginning(tp)
             self.ready.set()
 
+    def _new_join(self) -> PartitionJoin:
+        c = self.config
+        return PartitionJoin(self._model_config, c.grace_ms, c.holdout_percent, clock_skew_ms=c.clock_skew_ms)
+
     async def _restore(self, partition: int) -> PartitionState:
         blob = await self._snapshots.read_latest(partition)
         if blob is None:
             return PartitionState(
                 partition,
-                PartitionJoin(self._model_config, self.config.grace_ms, self.config.holdout_percent),
+                self._new_join(),
                 PartialCalibrators(self._model_config),
                 offsets={},
             )
         header, blobs = unpack(blob)
         join = PartitionJoin.restore(
-            bytes(blobs[0]), self._model_config, self.config.grace_ms, self.config.holdout_percent
+            bytes(blobs[0]),
+            self._model_config,
+            self.config.grace_ms,
+            self.config.holdout_percent,
+            clock_skew_ms=self.config.clock_skew_ms,
         )
         partials = PartialCalibrators.from_blobs(self._model_config, header["keys"], blobs[1:])
         log.info("partition %d restored at seq %d, offsets %s", partition, header["seq"], header["offsets"])
@@ -378,16 +356,6 @@ class JoinWorker:
             states = [self.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in self.parts]
             if states and not self._stopping.is_set():
                 await self._checkpoint(states)
-
-
-def _header_kind(headers) -> int | None:
-    for name, value in headers or ():
-        if name == _KIND_HEADER:
-            try:
-                return KIND_NAMES.index(value.decode())
-            except ValueError:
-                return None
-    return None
 
 
 class _Rebalance(ConsumerRebalanceListener):
