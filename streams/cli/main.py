@@ -17,7 +17,9 @@ def _worker(args: argparse.Namespace) -> int:
     from streams.pipeline.config import load_config
     from streams.pipeline.topics import ensure_topics
 
-    config = load_config(args.config, broker=args.broker, redis=args.redis, web_port=args.web_port)
+    config = load_config(
+        args.config, broker=args.broker, redis=args.redis, web_port=args.web_port, processes=args.processes
+    )
     asyncio.run(ensure_topics(config, create_sources=args.create_topics))
     app = create_app(config)
     worker = faust.Worker(app, loglevel=args.loglevel)
@@ -41,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis", help="Redis URL (env RECAL_REDIS)")
     worker.add_argument("--web-port", type=int, help="health/metrics port (default 6066)")
     worker.add_argument("--create-topics", action="store_true", help="create missing source topics (dev)")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        help="join processes in this worker, one consumer group (default: [worker] processes, else the CPU count)",
+    )
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
 

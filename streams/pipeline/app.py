@@ -20,8 +20,9 @@ import redis
 
 from recalibrators.serving.keys import RedisKeys
 from streams.dashboard.pages import DashboardSource
-from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
+from streams.pipeline.aggregator import Aggregator, MapState
 from streams.pipeline.config import Config
+from streams.pipeline.join_processes import partial_message
 from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import (
     PROMETHEUS_CONTENT_TYPE,
@@ -90,13 +91,14 @@ def create_app(config: Config) -> faust.App:
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
 
     async def send_partials(partials) -> None:
-        for partition, (model, version, segment), calibrator in partials:
-            await partials_topic.send(
-                key=f"{model}:{segment}".encode(), value=encode_partial(partition, model, version, segment, calibrator)
-            )
+        for partition, key, calibrator in partials:
+            k, v = partial_message(partition, key, calibrator)
+            await partials_topic.send(key=k, value=v)
 
     join = JoinWorker(config, on_partials=send_partials)
-    app.service(JoinService(join, loop=app.loop, beacon=app.beacon))
+    # A dependency, not an app.service: those start after the app's own group join and table
+    # recovery, which serialised two consumer-group joins (~5 s each on the embedded broker).
+    app.add_dependency(JoinService(join, loop=app.loop, beacon=app.beacon))
 
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):
@@ -189,7 +191,7 @@ def create_app(config: Config) -> faust.App:
 
     @app.page("/stats")
     async def stats(web, request):
-        s = join.stats
+        s, partitions, pending = join.total_stats()  # every join process of this worker
         return web.json(
             {
                 "events_in": dict(s.events_in),
@@ -199,8 +201,8 @@ def create_app(config: Config) -> faust.App:
                 "rekeyed": s.rekeyed,
                 "snapshots": s.snapshots,
                 "batches": s.batches,
-                "partitions": sorted(join.parts),
-                "pending": sum(len(p.join.pending) for p in join.parts.values()),
+                "partitions": partitions,
+                "pending": pending,
                 "maps_published": publisher.published,
                 "maps_refused_stale": publisher.refused,
                 "gate_refusals": aggregator.gate_refusals,

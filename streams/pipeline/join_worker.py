@@ -1,6 +1,7 @@
 """The hot path: a batched aiokafka consumer that validates raw events, joins them per partition,
 folds the labeled examples into per-partition calibrators, and writes one labeled record per
-partition and batch.
+partition and batch. Per batch: `routing.route` (decode, check partitions) -> `PartitionJoin.process`
+-> `expire` -> `PartitionState.fold` (partials, labeled record); state: `partition_state`.
 
 Why not a Faust agent: Faust pushes each record through several asyncio tasks (~5,000 records/s
 per process); here one `getmany` hands over thousands of records that are decoded with orjson and
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import msgspec
-import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -31,8 +32,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
-from streams.pipeline.partials import PartialCalibrators
-from streams.pipeline.records import compact_tables, pack, pack_examples, unpack
+from streams.pipeline.join_processes import JoinProcesses
+from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
 from streams.pipeline.snapshots import SnapshotStore
 
@@ -53,20 +54,21 @@ class Stats:
     batches: int = 0
     batch_seconds: float = 0.0
 
+    _COUNTERS = ("events_in", "dead_letters", "join", "labeled")
+    _NUMBERS = ("rekeyed", "expiry_deferred", "snapshots", "batches", "batch_seconds")
 
-@dataclass
-class PartitionState:
-    partition: int
-    join: PartitionJoin
-    partials: PartialCalibrators
-    offsets: dict[str, int]  # source topic -> next offset to read
-    seq: int = 0  # labeled records written
-    durable: int = 0  # seq covered by the last snapshot
+    def as_dict(self) -> dict:
+        return {
+            **{name: dict(getattr(self, name)) for name in self._COUNTERS},
+            **{name: getattr(self, name) for name in self._NUMBERS},
+        }
 
-    def snapshot_blob(self) -> bytes:
-        keys, blobs = self.partials.to_blobs()
-        header = {"partition": self.partition, "seq": self.seq, "offsets": self.offsets, "keys": keys}
-        return pack(header, [self.join.snapshot(), *blobs])
+    def add(self, report: dict) -> None:
+        """Fold in another join process's counters (`as_dict`)."""
+        for name in self._COUNTERS:
+            getattr(self, name).update(report[name])
+        for name in self._NUMBERS:
+            setattr(self, name, getattr(self, name) + report[name])
 
 
 class JoinWorker:
@@ -93,6 +95,7 @@ class JoinWorker:
         self._snapshots: SnapshotStore | None = None
         self._state_reader: AIOKafkaConsumer | None = None
         self.partitioner = config.partitioner
+        self.peers: JoinProcesses | None = None  # the other join processes of this worker (the first one's)
         self.screens: list[Screen] = []  # refusal hooks for valid impressions (see routing)
 
     def _model_config(self, name: str) -> ModelConfig:
@@ -101,8 +104,30 @@ class JoinWorker:
             log.warning("model %r is not in the config: using [defaults]", name)
         return self.config.model(name)
 
+    def report(self) -> dict:
+        """This process's counters and partitions, as plain data (what a join process sends the first)."""
+        report = self.stats.as_dict()
+        report["partitions"] = sorted(self.parts)
+        report["pending"] = sum(len(p.join.pending) for p in self.parts.values())
+        return report
+
+    def total_stats(self) -> tuple[Stats, list[int], int]:
+        """(counters, partitions, pending impressions) over all the join processes of this worker."""
+        total, partitions = Stats(), sorted(self.parts)
+        total.add(self.stats.as_dict())
+        pending = sum(len(p.join.pending) for p in self.parts.values())
+        for report in (self.peers.poll() if self.peers is not None else {}).values():
+            total.add(report)
+            partitions += report["partitions"]
+            pending += report["pending"]
+        return total, sorted(partitions), pending
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        processes = self.config.processes or os.cpu_count() or 1
+        if processes > 1:
+            self.peers = JoinProcesses(self.config, processes - 1)
+            self.peers.start()
         kafka = self.config.kafka_client_args()
         self.producer = AIOKafkaProducer(
             **kafka,
@@ -130,8 +155,14 @@ class JoinWorker:
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
 
+    def request_stop(self) -> None:
+        """`run` returns after the batch in hand."""
+        self._stopping.set()
+
     async def stop(self) -> None:
         self._stopping.set()
+        if self.peers is not None:
+            await asyncio.to_thread(self.peers.stop)
         if self.consumer is not None:
             async with self._lock:
                 await self._checkpoint(list(self.parts.values()))
@@ -259,24 +290,10 @@ class JoinWorker:
                     headers=[("recal-reason", reason.encode()), ("recal-partition", str(state.partition).encode())],
                 )
             )
-        if not len(examples):
-            return sends
-        tables = {"models": examples.models, "versions": examples.versions, "segments": examples.segments}
-        columns, tables = compact_tables(examples.arrays(), tables)  # the record carries what it uses
-        models = tables["models"]
-        state.partials.learn(columns, models, tables["versions"], tables["segments"])
-        for model_idx, count in zip(*np.unique(columns["model"], return_counts=True), strict=True):
-            self.stats.labeled[models[model_idx]] += int(count)
-        state.seq += 1
-        header = {
-            "type": "examples",
-            "partition": state.partition,
-            "seq": state.seq,
-            "durable": state.durable,
-            **tables,
-        }
-        record = pack_examples(header, columns)
-        sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
+        if len(examples):
+            record, per_model = state.fold(examples)
+            self.stats.labeled.update(per_model)
+            sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
         return sends
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
@@ -326,30 +343,19 @@ class JoinWorker:
                         await self.consumer.seek_to_beginning(tp)
             self.ready.set()
 
-    def _new_join(self) -> PartitionJoin:
+    def _new_join(self, snapshot: bytes | None = None) -> PartitionJoin:
         c = self.config
-        return PartitionJoin(self._model_config, c.grace_ms, c.holdout_percent, clock_skew_ms=c.clock_skew_ms)
+        args = (self._model_config, c.grace_ms, c.holdout_percent)
+        if snapshot is None:
+            return PartitionJoin(*args, clock_skew_ms=c.clock_skew_ms)
+        return PartitionJoin.restore(snapshot, *args, clock_skew_ms=c.clock_skew_ms)
 
     async def _restore(self, partition: int) -> PartitionState:
         blob = await self._snapshots.read_latest(partition)
-        if blob is None:
-            return PartitionState(
-                partition,
-                self._new_join(),
-                PartialCalibrators(self._model_config),
-                offsets={},
-            )
-        header, blobs = unpack(blob)
-        join = PartitionJoin.restore(
-            bytes(blobs[0]),
-            self._model_config,
-            self.config.grace_ms,
-            self.config.holdout_percent,
-            clock_skew_ms=self.config.clock_skew_ms,
-        )
-        partials = PartialCalibrators.from_blobs(self._model_config, header["keys"], blobs[1:])
-        log.info("partition %d restored at seq %d, offsets %s", partition, header["seq"], header["offsets"])
-        return PartitionState(partition, join, partials, header["offsets"], header["seq"], header["seq"])
+        state = PartitionState.from_blob(partition, blob, self._new_join, self._model_config)
+        if blob is not None:
+            log.info("partition %d restored at seq %d, offsets %s", partition, state.seq, state.offsets)
+        return state
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:

@@ -124,7 +124,7 @@ class PartitionJoin:
         keys = id_keys(ids)
         ts = np.fromiter(map(attrgetter("ts"), impressions), np.int64, n)
         n_slots = np.fromiter(map(len, map(_predictions, impressions)), np.int64, n)
-        groups = self.tables.groups_of(impressions)
+        groups = self.tables.groups_of(impressions, n_slots)
         scores = np.fromiter((p.score for e in impressions for p in e.predictions), np.float64, int(n_slots.sum()))
         fresh = self._fresh(keys, ids)
         slot_imp = np.repeat(np.arange(n), n_slots)

@@ -61,8 +61,7 @@ def load(
     tables.segments = Interner(header["segments"])
     for m, v, s in header["groups"]:
         tables.groups.index((m, v, s))
-    triples = np.array(header["groups"], np.uint32).reshape(-1, 3)
-    tables.group_model, tables.group_version, tables.group_segment = (triples[:, i].copy() for i in range(3))
+    tables._set_groups(np.array(header["groups"], np.uint32).reshape(-1, 3))
     store = join.pending
     columns = iter(blobs)
     row_data = {name: np.frombuffer(next(columns), store.rows.dtypes[name]) for name in header["rows"]}

@@ -9,19 +9,30 @@ segment values or model versions does not grow them for ever.
 >>> from streams.pipeline.events import ImpressionEvent, Prediction
 >>> tables = Tables(RuleBook({"ctr": ModelConfig(segment_by=(("placement",),))}.get))
 >>> event = ImpressionEvent("i", 1_700_000_000_000, [Prediction("ctr", "v1", 0.5)], {"placement": "feed", "user": "u1"})
->>> tables.groups_of([event]).tolist(), tables.segments.items
+>>> tables.groups_of([event], np.array([1])).tolist(), tables.segments.items
 ([0], [{'placement': 'feed'}])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
 from streams.pipeline.join.rules import LabelRule, RuleBook
 
-_MAX_RAW_KEYS = 100_000  # the cache from raw (model, version, segment items) to groups is cleared past this
+_MAX_RAW_KEYS = 100_000  # the caches from raw (model, version, segment items) to groups are cleared past this
+_CODE = (1 << 21) - 1
+_segment = attrgetter("segment")
+
+
+def _encode(codes: dict, items: list) -> np.ndarray:
+    """Each item's code in `codes` (new items get the next ones)."""
+    for item in dict.fromkeys(items):
+        if item not in codes:
+            codes[item] = len(codes)
+    return np.fromiter(map(codes.__getitem__, items), np.int64, len(items))
 
 
 class Interner:
@@ -66,11 +77,18 @@ class Tables:
         self.rules = rules
         self.models, self.versions, self.segments = Interner(), Interner(), Interner()
         self.groups = Interner()  # (model, version, segment) index triples
-        self.group_model = np.zeros(0, np.uint32)
-        self.group_version = np.zeros(0, np.uint32)
-        self.group_segment = np.zeros(0, np.uint32)
+        self._columns = np.zeros((3, 1024), np.uint32)  # model, version, segment of each group
         self._dims: list[frozenset[str]] = []  # per model: the dimensions its segment_by uses
-        self._raw: dict[tuple, int] = {}
+        self._raw: dict[int, int] = {}  # slot key (model, version, segment codes) -> group
+        self._codes: tuple[dict, dict, dict] = ({}, {}, {})  # raw model / version / segment items -> code
+
+    group_model = property(lambda self: self._columns[0, : len(self.groups)])
+    group_version = property(lambda self: self._columns[1, : len(self.groups)])
+    group_segment = property(lambda self: self._columns[2, : len(self.groups)])
+
+    def _set_groups(self, triples: np.ndarray) -> None:
+        self._columns = np.zeros((3, max(1024, 2 * len(triples))), np.uint32)
+        self._columns[:, : len(triples)] = triples.T
 
     def rule_of(self, group: int) -> LabelRule:
         return self.rules[int(self.group_model[group])]
@@ -86,28 +104,34 @@ class Tables:
         m = self._model(model)
         dims = self._dims[m]
         s = self.segments.index({d: v for d, v in segment if d in dims})
-        g = self.groups.index((m, self.versions.index(version), s))
-        if g == len(self.group_model):
-            self.group_model = np.append(self.group_model, np.uint32(m))
-            self.group_version = np.append(self.group_version, np.uint32(self.groups.items[g][1]))
-            self.group_segment = np.append(self.group_segment, np.uint32(s))
+        triple = (m, self.versions.index(version), s)
+        g = self.groups.index(triple)
+        if g == self._columns.shape[1]:
+            self._columns = np.concatenate([self._columns, np.zeros_like(self._columns)], axis=1)
+        self._columns[:, g] = triple
         return g
 
-    def groups_of(self, impressions: list) -> np.ndarray:
-        """The group of every prediction of every impression, in order (u32)."""
-        raw = [
-            (p.model, p.model_version, segment)
-            for e in impressions
-            for segment in (tuple(e.segment.items()) if e.segment else (),)
-            for p in e.predictions
-        ]
-        cache = self._raw
-        if len(cache) > _MAX_RAW_KEYS:
-            cache.clear()
-        for key in dict.fromkeys(raw):
-            if key not in cache:
-                cache[key] = self._group(*key)
-        return np.fromiter(map(cache.__getitem__, raw), np.uint32, len(raw))
+    def groups_of(self, impressions: list, n_slots: np.ndarray) -> np.ndarray:
+        """The group of every prediction of every impression, in order (u32). Strings become codes
+        through three dicts (C-speed maps), the codes one int64 key per slot, and only the distinct
+        keys of the batch go through `_group`."""
+        if len(self._raw) > _MAX_RAW_KEYS or max(map(len, self._codes)) > _MAX_RAW_KEYS:
+            self._raw, self._codes = {}, ({}, {}, {})
+        models, versions, segments = self._codes
+        segment = _encode(segments, [tuple(s.items()) if s else () for s in map(_segment, impressions)])
+        model = _encode(models, [p.model for e in impressions for p in e.predictions])
+        version = _encode(versions, [p.model_version for e in impressions for p in e.predictions])
+        key = (model << 42) | (version << 21) | np.repeat(segment, n_slots)
+        distinct, inverse = np.unique(key, return_inverse=True)
+        groups = np.empty(len(distinct), np.uint32)
+        names: list[list] = []
+        for i, k in enumerate(distinct.tolist()):
+            g = self._raw.get(k)
+            if g is None:
+                names = names or [list(models), list(versions), list(segments)]
+                g = self._raw[k] = self._group(names[0][k >> 42], names[1][(k >> 21) & _CODE], names[2][k & _CODE])
+            groups[i] = g
+        return groups[inverse]
 
     def prune(self, slot_groups: np.ndarray) -> np.ndarray:
         """Keep only the groups (and their strings) that `slot_groups` use; return them renumbered."""
@@ -125,10 +149,8 @@ class Tables:
             self.groups.index(
                 (self.models.index(models[m]), self.versions.index(versions[v]), self.segments.index(segments[s]))
             )
-        self.group_model = np.array([t[0] for t in self.groups.items], np.uint32)
-        self.group_version = np.array([t[1] for t in self.groups.items], np.uint32)
-        self.group_segment = np.array([t[2] for t in self.groups.items], np.uint32)
-        self._raw = {}
+        self._set_groups(np.array(self.groups.items, np.uint32).reshape(-1, 3))
+        self._raw, self._codes = {}, ({}, {}, {})
         renumber = np.zeros(int(used.max()) + 1 if len(used) else 0, np.uint32)
         renumber[used] = np.arange(len(used), dtype=np.uint32)
         return renumber[slot_groups]
