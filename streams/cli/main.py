@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--processes",
         type=int,
-        help="join processes in this worker, one consumer group (default: [worker] processes, else the CPU count)",
+        help="join processes in this worker, one consumer group; 0: the CPU count (default: [worker] processes, 1)",
     )
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)

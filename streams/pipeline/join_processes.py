@@ -20,8 +20,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
+from streams.pipeline import join_clients
 from streams.pipeline.aggregator import encode_partial
 from streams.pipeline.config import Config
 
@@ -84,9 +83,7 @@ def _main(config: Config, index: int, reports) -> None:
 async def _run(config: Config, index: int, report: Callable[[tuple], None]) -> None:
     from streams.pipeline.join_worker import JoinWorker
 
-    producer = AIOKafkaProducer(
-        **config.kafka_client_args(), linger_ms=5, acks="all", enable_idempotence=False, max_request_size=4 << 20
-    )
+    producer = join_clients.producer(config)
     await producer.start()
 
     async def send_partials(partials) -> None:

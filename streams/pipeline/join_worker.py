@@ -21,54 +21,24 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from streams.pipeline import join_clients
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.join_processes import JoinProcesses
+from streams.pipeline.join_stats import Stats
 from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
 from streams.pipeline.snapshots import SnapshotStore
 
+__all__ = ["JoinWorker", "Stats"]
+
 log = logging.getLogger("recal.join")
-
-
-@dataclass
-class Stats:
-    """Counters since process start, read by the metrics endpoint and the demo's progress line."""
-
-    events_in: Counter[str] = field(default_factory=Counter)  # per source topic
-    dead_letters: Counter[str] = field(default_factory=Counter)  # per reason
-    join: Counter[str] = field(default_factory=Counter)  # late, duplicate, early, orphan, ...
-    labeled: Counter[str] = field(default_factory=Counter)  # per model
-    rekeyed: int = 0
-    expiry_deferred: int = 0  # batches that held windows open because label topics lagged
-    snapshots: int = 0
-    batches: int = 0
-    batch_seconds: float = 0.0
-
-    _COUNTERS = ("events_in", "dead_letters", "join", "labeled")
-    _NUMBERS = ("rekeyed", "expiry_deferred", "snapshots", "batches", "batch_seconds")
-
-    def as_dict(self) -> dict:
-        return {
-            **{name: dict(getattr(self, name)) for name in self._COUNTERS},
-            **{name: getattr(self, name) for name in self._NUMBERS},
-        }
-
-    def add(self, report: dict) -> None:
-        """Fold in another join process's counters (`as_dict`)."""
-        for name in self._COUNTERS:
-            getattr(self, name).update(report[name])
-        for name in self._NUMBERS:
-            setattr(self, name, getattr(self, name) + report[name])
 
 
 class JoinWorker:
@@ -113,14 +83,7 @@ class JoinWorker:
 
     def total_stats(self) -> tuple[Stats, list[int], int]:
         """(counters, partitions, pending impressions) over all the join processes of this worker."""
-        total, partitions = Stats(), sorted(self.parts)
-        total.add(self.stats.as_dict())
-        pending = sum(len(p.join.pending) for p in self.parts.values())
-        for report in (self.peers.poll() if self.peers is not None else {}).values():
-            total.add(report)
-            partitions += report["partitions"]
-            pending += report["pending"]
-        return total, sorted(partitions), pending
+        return Stats.total([self.report(), *(self.peers.poll().values() if self.peers is not None else ())])
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,30 +91,12 @@ class JoinWorker:
         if processes > 1:
             self.peers = JoinProcesses(self.config, processes - 1)
             self.peers.start()
-        kafka = self.config.kafka_client_args()
-        self.producer = AIOKafkaProducer(
-            **kafka,
-            linger_ms=5,
-            max_batch_size=1 << 20,
-            max_request_size=4 << 20,
-            acks="all",
-            enable_idempotence=False,  # the embedded broker refuses InitProducerId; see module doc
-        )
+        self.producer = join_clients.producer(self.config)
         await self.producer.start()
-        self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
+        self._state_reader = join_clients.state_reader(self.config)
         await self._state_reader.start()
         self._snapshots = SnapshotStore(self.topics.state, self.producer, self._state_reader)
-        self.consumer = AIOKafkaConsumer(
-            **kafka,
-            group_id=f"{self.config.app_id}-join",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitions the sources
-            max_partition_fetch_bytes=4 << 20,
-            fetch_max_bytes=32 << 20,
-            session_timeout_ms=self.config.session_timeout_ms,
-            heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
-        )
+        self.consumer = join_clients.consumer(self.config)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
 
@@ -323,53 +268,49 @@ class JoinWorker:
         if partials and self._on_partials is not None:
             await self._on_partials(partials)
 
-    async def _assigned(self, assigned: set[TopicPartition]) -> None:
-        assert self._snapshots is not None and self.consumer is not None
-        async with self._lock:
-            partitions = sorted({tp.partition for tp in assigned} - set(self.parts))
-            self._n_partitions = (
-                len(self.consumer.partitions_for_topic(self.topics.impressions) or ()) or self._n_partitions
-            )
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Assignment and revocation: restore a partition from its snapshot and seek to its offsets;
+    checkpoint the ones that leave."""
+
+    def __init__(self, worker: JoinWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        w = self.worker
+        async with w._lock:
+            states = [w.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in w.parts]
+            if states and not w._stopping.is_set():
+                await w._checkpoint(states)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        w = self.worker
+        assert w._snapshots is not None and w.consumer is not None
+        async with w._lock:
+            partitions = sorted({tp.partition for tp in assigned} - set(w.parts))
+            w._n_partitions = len(w.consumer.partitions_for_topic(w.topics.impressions) or ()) or w._n_partitions
             for partition in partitions:
-                state = await self._restore(partition)
-                self.parts[partition] = state
-                for topic in self.topics.sources:
+                state = w.parts[partition] = await self._restore(partition)
+                for topic in w.topics.sources:
                     tp = TopicPartition(topic, partition)
                     if tp not in assigned:
                         continue
                     if topic in state.offsets:
-                        self.consumer.seek(tp, state.offsets[topic])
+                        w.consumer.seek(tp, state.offsets[topic])
                     else:
-                        await self.consumer.seek_to_beginning(tp)
-            self.ready.set()
+                        await w.consumer.seek_to_beginning(tp)
+            w.ready.set()
 
     def _new_join(self, snapshot: bytes | None = None) -> PartitionJoin:
-        c = self.config
-        args = (self._model_config, c.grace_ms, c.holdout_percent)
+        c = self.worker.config
+        args = (self.worker._model_config, c.grace_ms, c.holdout_percent)
         if snapshot is None:
             return PartitionJoin(*args, clock_skew_ms=c.clock_skew_ms)
         return PartitionJoin.restore(snapshot, *args, clock_skew_ms=c.clock_skew_ms)
 
     async def _restore(self, partition: int) -> PartitionState:
-        blob = await self._snapshots.read_latest(partition)
-        state = PartitionState.from_blob(partition, blob, self._new_join, self._model_config)
+        blob = await self.worker._snapshots.read_latest(partition)
+        state = PartitionState.from_blob(partition, blob, self._new_join, self.worker._model_config)
         if blob is not None:
             log.info("partition %d restored at seq %d, offsets %s", partition, state.seq, state.offsets)
         return state
-
-    async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
-            states = [self.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in self.parts]
-            if states and not self._stopping.is_set():
-                await self._checkpoint(states)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: JoinWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self.worker._revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        await self.worker._assigned(set(assigned))

@@ -3,6 +3,7 @@ spec in `streams.pipeline.join.partition`), which the columnar `PartitionJoin` m
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter
 
@@ -24,6 +25,7 @@ class ReferenceJoin:
         self.decided: dict[str, int] = {}  # id -> generation it was decided in
         self.generation = 0
         self.clock = 0
+        self.recent_ts: list[int] = []
         self.counters: Counter[str] = Counter()
         self.examples: list[tuple] = []
         self.orphans: list[Action] = []
@@ -72,11 +74,13 @@ class ReferenceJoin:
             else:
                 self.early.setdefault(action.impression_id, []).append(action)
                 self.counters[f"early_{_kind(action)}"] += 1
-        if impressions:
-            newest = max(e.ts for e in impressions)
+        if impressions:  # the newest; with a wall clock, at most max(wall + skew, p99 of the last 4,096)
+            self.recent_ts = (self.recent_ts + [e.ts for e in impressions])[-4096:]
+            candidate = max(e.ts for e in impressions)
             if now_ms is not None:
-                newest = min(newest, now_ms + self.skew)
-            self.clock = max(self.clock, newest)
+                ranked = sorted(self.recent_ts)
+                candidate = min(candidate, max(now_ms + self.skew, ranked[math.ceil(0.99 * (len(ranked) - 1))]))
+            self.clock = max(self.clock, candidate)
 
     def _apply(self, action: Action) -> None:
         seen = self.clicked if action.kind == CLICK else self.converted

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from join_reference import ReferenceJoin
@@ -85,10 +86,10 @@ def run_both(plan, holdout: int = 30):
         if snapshot:  # counters are the worker's to drain, not state
             counters += join.counters
             join = PartitionJoin.restore(join.snapshot(), CONFIGS.__getitem__, GRACE, holdout, clock_skew_ms=10_000)
-    # the final tick closes every window
-    tick = Impression("tick", T0 + 10**7, {}, [("ctr", "v1", 0.5)])
-    ref.process([tick], [], None)
-    join.process([as_struct(tick)], [], None)
+    # the final ticks (enough to move the clock's quantile) close every window
+    ticks = [Impression(f"tick{k}", T0 + 10**7, {}, [("ctr", "v1", 0.5)]) for k in range(4096)]
+    ref.process(ticks, [], None)
+    join.process([as_struct(t) for t in ticks], [], None)
     ref.expire()
     join.expire()
     got.extend(named(join))
@@ -103,7 +104,7 @@ def test_columnar_join_matches_the_reference(plan):
     assert sorted(got, key=repr) == sorted(ref.examples, key=repr)
     assert +join.counters == +ref.counters
     assert join.clock == ref.clock
-    assert len(join.pending) == len(ref.pending) == 1  # only the tick is left
+    assert len(join.pending) == len(ref.pending) == 4096  # only the ticks are left
     assert join.early == ref.early
 
 
@@ -136,11 +137,15 @@ def _traffic(rng: random.Random, n: int, future: bool):
             if i % 7 == 0:
                 acts.append(Action(CLICK, iid, ts + 1_000, f"c{i}"))
         batches.append((imps, acts, T0 + (b + 1) * 5_000))  # wall time keeps up with the stream
+    end = T0 + 30 * 3_600_000  # then a day later: every window closes
+    batches.append(
+        ([ImpressionEvent(f"t{k}", end, [Prediction("ctr", "v9", 0.5)], None) for k in range(4096)], [], end)
+    )
     return batches
 
 
-def _run(batches) -> tuple[list[tuple], Counter]:
-    join = PartitionJoin(CONFIGS.__getitem__, GRACE, 0)
+def _run(batches, skew_ms: int) -> tuple[list[tuple], Counter]:
+    join = PartitionJoin(CONFIGS.__getitem__, GRACE, 0, clock_skew_ms=skew_ms)
     got = []
     for imps, acts, now in batches:
         join.process(imps, acts, now)
@@ -149,18 +154,22 @@ def _run(batches) -> tuple[list[tuple], Counter]:
     return got, join.counters
 
 
-def test_future_dated_impressions_do_not_close_the_windows_of_the_others():
-    clean, clean_counters = _run(_traffic(random.Random(5), 60_000, future=False))
+@pytest.mark.parametrize("skew_ms", [1_000, 5_000])
+def test_future_dated_impressions_do_not_close_the_windows_of_the_others(skew_ms):
+    """Before: the clock was the newest impression, so one at +1-23 h closed every window."""
+    clean, clean_counters = _run(_traffic(random.Random(5), 60_000, future=False), skew_ms)
     batches = _traffic(random.Random(5), 60_000, future=True)
     futures = {e.impression_id for imps, _, _ in batches for e in imps if e.impression_id.startswith("future")}
     assert 30 <= len(futures) <= 100
-    dirty, dirty_counters = _run(batches)
+    dirty, dirty_counters = _run(batches, skew_ms)
     # the ordinary impressions get exactly the labels they would without the outliers (minus the
     # ones the outliers replaced), none of them late, and no window closed early
     kept = {f"i{i}" for i in range(60_000)}
     removed = {int(f.split("-")[1]) for f in futures}
     expected = [r for r in clean if (r[5] - T0) // 10 not in removed]
-    assert sorted(dirty, key=repr) == sorted(expected, key=repr)
+    ordinary = [r for r in dirty if r[5] < T0 + 3_600_000]
+    assert len(dirty) - len(ordinary) == len(futures)  # labeled too, when their own windows closed
+    assert sorted(ordinary, key=repr) == sorted(expected, key=repr)
     assert dirty_counters["late_impression"] == clean_counters["late_impression"] == 0
     assert dirty_counters["late_click"] == clean_counters["late_click"] == 0
     assert len(kept) == 60_000

@@ -124,7 +124,7 @@ def test_more_than_65536_model_versions_label_and_round_trip():
     n = 70_000
     events = [ImpressionEvent(f"i{k}", TS, [Prediction("ctr", f"v{k}", 0.5)], None) for k in range(n)]
     join.process(events, [])
-    join.process([ImpressionEvent("tick", TS + 5_000, [Prediction("ctr", "v0", 0.5)], None)], [])
+    join.process([ImpressionEvent(f"t{k}", TS + 5_000, [Prediction("ctr", "v0", 0.5)], None) for k in range(4096)], [])
     join.expire()
     labeled, _ = join.drain()
     assert len(labeled) == n

@@ -12,8 +12,10 @@ Per batch (`process`), in this order:
    applied if some prediction's window covers it (else `late_*`), once (`duplicate_*`); one for an
    impression decided recently, or older than the grace period, is late; any other waits up to
    `grace` for its impression (`early_*`), then is an orphan (`orphan_*`, dead-lettered).
-3. The clock moves to the newest impression of the batch, bounded by wall time plus `clock_skew_ms`:
-   one impression an hour ahead cannot close every window at once (#13). Clicks never move it.
+3. The clock moves to the batch's newest impression, but given wall time (`now_ms`) no further than
+   the larger of wall time plus `clock_skew_ms` and a high quantile of recent impression times
+   (`JoinClock`): one impression an hour ahead cannot close every window at once (#13 item 1).
+   Clicks never move it.
 
 `expire()` then emits every slot due by the clock: columnar for untouched impressions (label 0, or no
 example for a post-click model), through the model's `LabelRule` for the clicked or converted ones.
@@ -35,7 +37,6 @@ positives without its negatives, and over-predict.
 
 from __future__ import annotations
 
-import heapq
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -45,13 +46,14 @@ import numpy as np
 
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.events import CLICK, Action, Impression, ImpressionEvent, Prediction
+from streams.pipeline.join.clock import JoinClock
 from streams.pipeline.join.due import DueQueue
+from streams.pipeline.join.early import EarlyActions
 from streams.pipeline.join.ids import IdTable, RecentIds, id_keys
 from streams.pipeline.join.rules import RuleBook
 from streams.pipeline.join.store import PendingStore
 from streams.pipeline.join.tables import Labeled, Tables
 
-CLOCK_SKEW_MS = 1_000  # how far ahead of wall time the join's clock may run (ad servers run a little fast)
 _COMPACT_MIN = 4_096
 _predictions, _score, _segment = attrgetter("predictions"), attrgetter("score"), attrgetter("segment")
 
@@ -73,11 +75,11 @@ class PartitionJoin:
         model_config: Callable[[str], ModelConfig],
         grace_ms: int,
         holdout_percent: int,
-        clock_skew_ms: int = CLOCK_SKEW_MS,
+        clock_skew_ms: int = 1_000,
     ) -> None:
         self.grace_ms = grace_ms
         self.holdout_percent = holdout_percent
-        self.clock_skew_ms = clock_skew_ms
+        self._clock = JoinClock(clock_skew_ms)
         self.tables = Tables(RuleBook(model_config))
         self.pending = PendingStore()
         self.ids = IdTable()
@@ -85,9 +87,7 @@ class PartitionJoin:
         self.due = DueQueue()
         self.clicked: dict[str, int] = {}  # touched impressions only: id -> action time
         self.converted: dict[str, int] = {}
-        self.early: dict[str, list[Action]] = {}
-        self.early_due: list[tuple[int, str]] = []  # heap of (first action ts + grace, impression id)
-        self.clock = 0  # the join's event time: newest impression seen, bounded by wall time + skew
+        self.early = EarlyActions(grace_ms)
         self.counters: Counter[str] = Counter()
         self.orphans: list[Action] = []
         self._out: list[dict[str, np.ndarray]] = []
@@ -96,7 +96,8 @@ class PartitionJoin:
     models = property(lambda self: self.tables.models)
     versions = property(lambda self: self.tables.versions)
     segments = property(lambda self: self.tables.segments)
-    high_mark = property(lambda self: self.clock)
+    clock = property(lambda self: self._clock.value)  # the join's event time (see join.clock)
+    high_mark = clock
 
     # -- one batch -----------------------------------------------------------------------------
     def process(
@@ -106,18 +107,13 @@ class PartitionJoin:
         now_ms: int | None = None,
         id_bytes: list[bytes] | None = None,
     ) -> None:
-        """Join one batch (impressions first, then actions); `now_ms` bounds the clock (None: no bound)."""
+        """Join one batch (impressions first, then actions); `now_ms`: wall time (None: no bound)."""
         before = self.clock
         if impressions:
             ts = self._add_impressions(impressions, id_bytes or [e.impression_id.encode() for e in impressions])
-            newest = int(ts.max())
-            if now_ms is not None:
-                newest = min(newest, now_ms + self.clock_skew_ms)
-            later = max(self.clock, newest)
-        else:
-            later = self.clock
         self._add_actions(actions, before)
-        self.clock = later
+        if impressions:
+            self._clock.advance(ts, now_ms)
 
     def _add_impressions(self, impressions: list[ImpressionEvent], ids: list[bytes]) -> np.ndarray:
         n = len(impressions)
@@ -195,10 +191,7 @@ class PartitionJoin:
             elif decided or action.ts + self.grace_ms <= clock:
                 self.counters[f"late_{_kind(action)}"] += 1
             else:
-                waiting = self.early.setdefault(action.impression_id, [])
-                if not waiting:
-                    heapq.heappush(self.early_due, (action.ts + self.grace_ms, action.impression_id))
-                waiting.append(action)
+                self.early.wait(action)
                 self.counters[f"early_{_kind(action)}"] += 1
 
     def _apply(self, action: Action, row: int) -> None:
@@ -231,14 +224,9 @@ class PartitionJoin:
         slots = self.due.pop(self.clock)
         if len(slots):
             self._emit(slots)
-        while self.early_due and self.early_due[0][0] <= self.clock:
-            _, impression_id = heapq.heappop(self.early_due)
-            waiting = self.early.get(impression_id)
-            if not waiting or waiting[0].ts + self.grace_ms > self.clock:
-                continue  # consumed by its impression (a later wait has its own entry)
-            for action in self.early.pop(impression_id):
-                self.counters[f"orphan_{_kind(action)}"] += 1
-                self.orphans.append(action)
+        for action in self.early.orphans(self.clock):
+            self.counters[f"orphan_{_kind(action)}"] += 1
+            self.orphans.append(action)
 
     def _emit(self, slots: np.ndarray) -> None:
         store = self.pending

@@ -7,13 +7,11 @@ and the id table are rebuilt on restore; ids keep their keys (`id_keys` is the s
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 
 import numpy as np
 
 from streams.pipeline.config import ModelConfig
-from streams.pipeline.events import Action
 from streams.pipeline.join.partition import PartitionJoin
 from streams.pipeline.join.tables import Interner
 from streams.pipeline.records import pack, unpack
@@ -44,6 +42,7 @@ def dump(join: PartitionJoin) -> bytes:
     }
     blobs = [rows[name].tobytes() for name in rows] + [slots[name].tobytes() for name in slots]
     blobs += [join.pending.id_bytes[: join.pending.id_size].tobytes(), current.tobytes(), previous.tobytes()]
+    blobs.append(join._clock.recent.tobytes())
     return pack(header, blobs)
 
 
@@ -68,11 +67,12 @@ def load(
     slot_data = {name: np.frombuffer(next(columns), store.slots.dtypes[name]) for name in header["slots"]}
     ids = np.frombuffer(next(columns), np.uint8)
     current, previous = (np.frombuffer(next(columns), np.uint64).copy() for _ in range(2))
+    join._clock.recent = np.frombuffer(next(columns), np.int64).copy()
     store.rows.append(**row_data)
     store.slots.append(**slot_data)
     store.id_bytes = ids.copy()
     store.id_size = len(ids)
-    join.clock = header["clock"]
+    join._clock.value = header["clock"]
     join.ids.insert(store.rows.key.copy(), np.arange(store.rows.size))
     join.recent.load(header["recent_generation"], current, previous)
     join.clicked, join.converted = header["clicked"], header["converted"]
@@ -87,7 +87,5 @@ def load(
         click_ts = join.clicked.get(store.id_of(row).decode())
         rule = tables.rule_of(int(store.slots.group[slot]))
         join.due.push(np.array([rule.due(int(store.rows.ts[row]), click_ts)]), np.array([slot]))
-    for impression_id, actions in header["early"].items():
-        join.early[impression_id] = [Action(*a) for a in actions]
-        heapq.heappush(join.early_due, (actions[0][2] + grace_ms, impression_id))  # as scheduled: from the first
+    join.early.load(header["early"])
     return join

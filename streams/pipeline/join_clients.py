@@ -1,0 +1,40 @@
+"""The Kafka clients of a join worker: its producer (labeled records, re-keys, dead letters,
+snapshots), the group-less reader of its snapshots, and its consumer in the `{app_id}-join` group."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from streams.pipeline.config import Config
+
+
+def producer(config: Config) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **config.kafka_client_args(),
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=4 << 20,
+        acks="all",
+        enable_idempotence=False,  # the embedded broker refuses InitProducerId
+    )
+
+
+def state_reader(config: Config) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**config.kafka_client_args(), group_id=None, enable_auto_commit=False)
+
+
+def consumer(config: Config) -> AIOKafkaConsumer:
+    """The broker's group join waits for other members (on the embedded broker: half the session
+    timeout); the range assignor gives one member the same partition of every source topic."""
+    return AIOKafkaConsumer(
+        **config.kafka_client_args(),
+        group_id=f"{config.app_id}-join",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitions the sources
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
+    )
