@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py            # ~2-3 min
     .venv/bin/python bench/bench_pipeline.py --profile  # also py-spy the worker during the backlog run
+    .venv/bin/python bench/bench_pipeline.py --processes 2  # two join processes in the one worker
 
 1. Start a DevStack, create the topics (4 partitions), pre-produce N impressions (one event per message,
    key = impression_id, ~2% clicks, ~10% of those converted; event times spread so windows close).
@@ -152,6 +153,7 @@ def main() -> int:
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--live-speed", type=float, default=10.0, help="live mode: event seconds per wall second")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=1, help="join processes of the worker ([worker] processes)")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during the backlog run")
     args = parser.parse_args()
 
@@ -167,7 +169,7 @@ def main() -> int:
 
     with DevStack() as stack, tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "bench.toml"
-        config_path.write_text(CONFIG_TOML)
+        config_path.write_text(CONFIG_TOML + f"processes = {args.processes}\n")
         config = load_config(
             config_path, env={}, broker=stack.broker_url, redis=stack.redis_url, partitions=args.partitions
         )
@@ -195,7 +197,13 @@ def main() -> int:
         print(rows[-1], flush=True)
 
         ceiling = asyncio.run(raw_ceiling(stack.broker_url, list(topics.sources[:3]), args.partitions, total))
-        rows.append(("raw ceiling: aiokafka getmany + orjson.loads", f"{ceiling:,.0f} rec/s", "group-less, 1 process"))
+        rows.append(
+            (
+                "raw ceiling: aiokafka getmany + orjson.loads",
+                f"{ceiling:,.0f} rec/s",
+                f"group-less, 1 process; the worker runs {args.processes} join process(es)",
+            )
+        )
         print(rows[-1], flush=True)
 
         log_path = Path(tmp) / "worker.log"
