@@ -20,8 +20,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from recalibrators import Calibrator, CalibratorConfig
-from recalibrators.histogram import logit
 from recalibrators.isotonic import pav
+from recalibrators.logit import logit
 from recalibrators.metrics import calibration_ratio, ece
 from streams.dev.synthetic import SBend, make_drift_stream, make_stream, sample_scores
 

@@ -1,11 +1,14 @@
 """Map freshness: from the event that makes labels final to the updated map in Redis.
 
-    .venv/bin/python bench/bench_freshness.py [--rounds 20] [--refresh 1s]
+    .venv/bin/python bench/bench_freshness.py [--rounds 20] [--refresh 1s] [--broker-impl tansu|apache]
 
-A `recal worker` runs against the embedded broker and Redis. Each round produces 100 impressions
-at a new event time, then one "tick" impression per partition far enough ahead to close their
-window: the worker emits the 100 labels, and the round's latency is the wall time from sending the
+A `recal worker` runs against a dev broker (embedded Tansu by default, or Apache Kafka) and Redis. Each round
+produces 100 impressions at a new event time, then one "tick" impression per partition far enough ahead to
+close their window: the worker emits the 100 labels, and the round's latency is the wall time from sending the
 ticks until the model-wide map in Redis counts them. Target: refresh interval + 1 s.
+
+Beside it, the broker's raw ceiling in the same run: the wall time from `send_and_wait` of one record until a
+consumer that is already polling the topic holds it (the floor of any latency through that broker).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from pathlib import Path
 
 import orjson
 import redis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from recalibrators.calibration_map import CalibrationMap
-from streams.dev.devstack import DevStack, WorkerProcess
+from streams.dev.devstack import BROKER_IMPLS, DevStack, WorkerProcess
 from streams.pipeline.config import parse_duration_ms
 from streams.pipeline.topics import ids_covering_partitions
 
@@ -60,9 +63,35 @@ def map_n(cache: redis.Redis) -> float:
     return CalibrationMap.from_json(raw).n if raw else 0.0
 
 
-async def run(rounds: int, refresh: str) -> list[float]:
+async def raw_round_trips(broker: str, n: int = 50) -> list[float]:
+    """Produce one record, wait until a polling group-less consumer has it; n times."""
+    topic = f"freshness-raw-{time.time_ns()}"
+    producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=0, acks="all")
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, fetch_max_wait_ms=10)
+    await producer.start()
+    await consumer.start()
+    try:
+        await producer.send_and_wait(topic, b"warm-up", partition=0)
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_end(tp)
+        times = []
+        for i in range(n + 1):
+            sent = time.perf_counter()
+            await producer.send_and_wait(topic, b"%d" % i, partition=0)
+            while not (await consumer.getmany(tp, timeout_ms=100)).get(tp):
+                pass
+            if i:  # the first one also joins the fetch session
+                times.append(time.perf_counter() - sent)
+        return sorted(times)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def run(rounds: int, refresh: str, broker_impl: str) -> tuple[list[float], list[float]]:
     latencies = []
-    with DevStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    with DevStack(broker_impl=broker_impl) as stack, tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recal.toml"
         path.write_text(config(refresh))
         worker = WorkerProcess(path, stack.broker_url, stack.redis_url, Path(tmp) / "worker.log")
@@ -95,23 +124,29 @@ async def run(rounds: int, refresh: str) -> list[float]:
             await producer.stop()
         finally:
             worker.stop()
-    return latencies
+        raw = await raw_round_trips(stack.broker_url)
+    return latencies, raw
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--refresh", default="1s")
+    parser.add_argument("--broker-impl", choices=BROKER_IMPLS, default="tansu")
     args = parser.parse_args()
-    latencies = sorted(asyncio.run(run(args.rounds, args.refresh)))
+    latencies, raw = asyncio.run(run(args.rounds, args.refresh, args.broker_impl))
+    latencies.sort()
     target = parse_duration_ms(args.refresh) / 1000 + 1
     p50 = statistics.median(latencies)
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
     print(f"{'measure':<38}{'value':>10}")
+    print(f"{'broker':<38}{args.broker_impl:>10}")
     print(f"{'refresh interval':<38}{args.refresh:>10}")
     print(f"{'label final -> map in Redis, p50':<38}{p50:>9.2f}s")
     print(f"{'label final -> map in Redis, p95':<38}{p95:>9.2f}s")
     print(f"{'label final -> map in Redis, max':<38}{latencies[-1]:>9.2f}s")
+    print(f"{'raw ceiling: produce -> consumer, p50':<38}{statistics.median(raw) * 1000:>8.1f}ms")
+    print(f"{'raw ceiling: produce -> consumer, max':<38}{raw[-1] * 1000:>8.1f}ms")
     print(f"{'target (refresh + 1 s)':<38}{target:>9.2f}s  {'met' if latencies[-1] <= target else 'MISSED'}")
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_join import join_batch, make_traffic
 
-from streams.dev.devstack import DevStack, WorkerProcess
+from streams.dev.devstack import BROKER_IMPLS, DevStack, WorkerProcess
 from streams.dev.simulator import kafka_partition, murmur2, send_batched
 from streams.pipeline.config import load_config
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Limits
@@ -154,6 +154,7 @@ def main() -> int:
     parser.add_argument("--live-speed", type=float, default=10.0, help="live mode: event seconds per wall second")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1, help="join processes of the worker ([worker] processes)")
+    parser.add_argument("--broker-impl", choices=BROKER_IMPLS, default="tansu", help="the dev broker to measure on")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during the backlog run")
     args = parser.parse_args()
 
@@ -167,7 +168,7 @@ def main() -> int:
     live = make_traffic(live_n, live_span, t0_ms=t0 + int(args.span * 1000), run="l0000001", seed=2)
     print(f"generated {len(backlog):,} + {len(live):,} messages in {time.perf_counter() - t:.1f} s", flush=True)
 
-    with DevStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    with DevStack(broker_impl=args.broker_impl) as stack, tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "bench.toml"
         config_path.write_text(CONFIG_TOML + f"processes = {args.processes}\n")
         config = load_config(

@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--maps", type=int, default=100_000, help="maps for the memory and publish rows")
     parser.add_argument("--knots", type=int, default=98, help="knots per map (calibrator: n_bins + 2)")
     args = parser.parse_args()
-    server = devstack.redis().start()
+    server = devstack.redis_server().start()
     url = f"redis://127.0.0.1:{server.port}/0"
     client = redis.Redis.from_url(url)
     rows: list[tuple[str, str, str]] = []

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streams.dev.devstack import DevStack, WorkerProcess, namespace_toml  # noqa: E402
-from streams.dev.simulator import Scenario, run_simulation  # noqa: E402
+from streams.dev.simulator import TrafficScenario, run_simulation  # noqa: E402
 from streams.pipeline.config import load_config  # noqa: E402
 
 
@@ -142,7 +142,7 @@ def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            scenario = Scenario(
+            scenario = TrafficScenario(
                 seed=6,
                 speed=speed,
                 click_window_s=600,

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .batch import PreparedBatch, prepare_batch
 from .calibration_map import CalibrationMap
-from .histogram import BinSpec, Histogram, logit, sigmoid
+from .histogram import BinSpec, Histogram
 from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
+from .logit import logit, sigmoid
 from .platt import fit_platt
-from .validation import check_batch, check_timestamps
 
-__all__ = ["METHODS", "Calibrator", "CalibratorConfig", "PreparedBatch", "prepare_batch"]
+__all__ = ["METHODS", "Calibrator", "CalibratorConfig"]
 
 METHODS = ("isotonic", "platt")
 _FORMAT = 1
@@ -70,57 +71,34 @@ class CalibratorConfig:
         return BinSpec(self.n_bins, self.logit_lo, self.logit_hi, self.clip)
 
 
-_Part = tuple  # (idx, s, z, y, w | None, t): one histogram's share of a batch
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedBatch:
-    """A validated, clipped and binned batch, split into its fitting and held-back parts."""
-
-    n: int
-    t_max: int
-    main: _Part | None
-    held: _Part | None
-
-
-def prepare_batch(
-    spec: BinSpec,
-    scores: Any,
-    labels: Any,
-    weights: Any | None = None,
-    *,
-    ts_ms: int | np.ndarray,
-    holdout: Any | None = None,
-) -> PreparedBatch:
-    """Validate (ValueError on bad input), clip, take logits and bin once."""
-    s, y, w = check_batch(scores, labels, weights)
-    t = check_timestamps(ts_ms, s.shape[0])
-    mask = None
-    if holdout is not None:
-        mask = np.asarray(holdout)
-        if mask.shape != s.shape:
-            raise ValueError(f"length mismatch: {s.shape[0]} scores but holdout has shape {mask.shape}")
-        if mask.dtype != np.bool_:
-            if not np.all((mask == 0) | (mask == 1)):
-                raise ValueError("holdout must be a boolean mask")
-            mask = mask.astype(np.bool_)
-    t_max = t if isinstance(t, int) else int(t.max())
-    s, z = spec.clip_logit(s)
-    idx = spec.index(z)
-    if mask is None or not mask.any():
-        return PreparedBatch(s.shape[0], t_max, (idx, s, z, y, w, t), None)
-    if mask.all():
-        return PreparedBatch(s.shape[0], t_max, None, (idx, s, z, y, w, t))
-    parts = []
-    for m in (~mask, mask):
-        parts.append((idx[m], s[m], z[m], y[m], None if w is None else w[m], t if isinstance(t, int) else t[m]))
-    return PreparedBatch(
-        s.shape[0], t_max, parts[0] if parts[0][0].size else None, parts[1] if parts[1][0].size else None
-    )
-
-
 class Calibrator:
-    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance."""
+    """Mutable per-(model, segment) state. Not thread-safe; one owner per instance.
+
+    Learn labeled scores (a batch, or `learn_one`), then publish a monotone map; merging two calibrators is
+    the same as one fed both streams, with decay on event time. A model that over-predicts twofold:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> scores = rng.uniform(0.01, 0.2, 50_000)
+    >>> labels = (rng.random(50_000) < scores / 2).astype(np.int8)
+    >>> cal = Calibrator(CalibratorConfig(half_life_ms=6 * 3600 * 1000))
+    >>> cal.learn_batch(scores, labels, ts_ms=1_700_000_000_000)
+    >>> m = cal.to_map(model="ctr")
+    >>> m.method, cal.n_seen
+    ('isotonic', 50000)
+    >>> m.apply(np.array([0.02, 0.1, 0.18])).round(2)
+    array([0.01, 0.05, 0.09])
+
+    A click one half-life later halves the old weight when merged; the state round-trips through bytes:
+
+    >>> late = Calibrator(cal.config)
+    >>> late.learn_one(0.1, 1, ts_ms=1_700_000_000_000 + 6 * 3600 * 1000)
+    >>> both = cal.merge(late)
+    >>> both.n_effective, both.n_seen
+    (25001.0, 50001)
+    >>> Calibrator.from_bytes(cal.to_bytes()).to_map(model="ctr") == m
+    True
+    """
 
     __slots__ = ("_fit", "_holdout", "_main", "_n_seen", "_t_ref", "config", "prior")
 
@@ -229,14 +207,28 @@ class Calibrator:
         if self._fit is None:
             self._fit = self._compute_fit()
         x, y, platt, method = self._fit
-        fields: dict[str, Any] = {
+        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(self.map_meta() | meta))
+
+    def map_meta(self) -> dict[str, Any]:
+        """`to_map`'s default provenance fields, for maps fitted elsewhere (e.g. `recalibrators.hierarchy`)."""
+        return {
             "n": self.n_effective,
             "positives": self.positives,
             "last_event_ms": self.last_event_ms,
             "version": self._n_seen,
             "updated_at": self.last_event_ms,
         }
-        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(fields | meta))
+
+    def forget(self, half_lives: float) -> None:
+        """Down-weight everything learned so far by 2**-half_lives (a detected drift): the fit as if the old
+        examples were `half_lives` fitting half-lives older. The held-back histogram is scaled alike, so the gate
+        does not judge the new map on pre-drift labels. The state stays a valid decayed state (merges, serialises)."""
+        if not half_lives >= 0:
+            raise ValueError(f"half_lives must be >= 0, got {half_lives!r}")
+        factor = 2.0**-half_lives
+        self._main.scale(factor)
+        self._holdout.scale(factor)
+        self._fit = None
 
     def _compute_fit(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str]:
         cfg, h, prior = self.config, self._main, self.prior
@@ -271,7 +263,52 @@ class Calibrator:
             x, y = x[keep], y[keep]
         return x, y, (a, b), cfg.method
 
+    def with_pending(self, sums: np.ndarray, t_ref: int) -> Calibrator:
+        """A copy whose fitting histogram also holds `sums` ((4, n_bins) W, WY, WS, WZ decayed as of `t_ref`
+        with this half-life): the delayed-feedback correction's open windows, folded in at refresh time
+        (recalibrators.delay_pending). n_seen is unchanged: examples are counted once, when they mature.
+        All-zero sums give an identical calibrator (so a fully matured state maps exactly as waiting)."""
+        out = Calibrator(self.config, self.prior)
+        out._main.sums[:] = self._main.sums
+        out._holdout.sums[:] = self._holdout.sums
+        out._t_ref, out._n_seen = self._t_ref, self._n_seen
+        if np.any(sums):
+            out._advance(t_ref)
+            out._main.sums += sums * 2.0 ** (-(out._t_ref - t_ref) / self.config.half_life_ms)
+        return out
+
     # ---- merge & persistence ---------------------------------------------------------------------------
+    def with_config(self, config: CalibratorConfig) -> Calibrator:
+        """This state under another config (changed n_bins, half-life, method or prior strength): the decayed
+        sums and n_seen are kept. When the bins differ, each old bin's sums move whole to the new bin holding
+        its mean logit, so totals (weight, positives, score sums) stay exact and no example moves by more than
+        one old bin width. New half-lives apply from the next event on.
+
+        >>> old = Calibrator(CalibratorConfig(n_bins=96))
+        >>> old.learn_batch([0.1, 0.2, 0.9], [0, 1, 1], ts_ms=0)
+        >>> new = old.with_config(CalibratorConfig(n_bins=40))
+        >>> new.config.n_bins, new.n_seen, new.positives == old.positives
+        (40, 3, True)
+        """
+        out = Calibrator(config, self.prior)
+        out._t_ref, out._n_seen = self._t_ref, self._n_seen
+        for src, dst in ((self._main, out._main), (self._holdout, out._holdout)):
+            if src.spec == dst.spec:
+                dst.sums[:] = src.sums
+                continue
+            used = np.any(src.sums != 0.0, axis=0)
+            w = src.sums[0, used]
+            safe_w = np.where(w != 0.0, w, 1.0)
+            if src.with_logit:
+                z = np.where(w != 0.0, src.sums[3, used] / safe_w, src.spec.center_logits[used])
+            else:
+                mean = np.where(w != 0.0, src.sums[2, used] / safe_w, sigmoid(src.spec.center_logits[used]))
+                z = dst.spec.clip_logit(mean)[1]
+            idx = dst.spec.index(z)
+            for row in range(dst.sums.shape[0]):
+                dst.sums[row] = np.bincount(idx, weights=src.sums[row, used], minlength=dst.spec.n_bins)
+        return out
+
     def merge(self, other: Calibrator) -> Calibrator:
         """New calibrator equal (up to rounding) to one fed both streams; inputs are unchanged."""
         if other.config != self.config:

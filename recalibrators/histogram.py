@@ -15,19 +15,11 @@ import math
 
 import numpy as np
 
-__all__ = ["BinSpec", "Histogram", "logit", "sigmoid"]
+from .logit import logit
+
+__all__ = ["BinSpec", "Histogram"]
 
 W, WY, WS, WZ = 0, 1, 2, 3
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    return np.log(p / (1.0 - p))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    # exp(-logaddexp(0, -z)) is overflow-free at both ends.
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +54,7 @@ class BinSpec:
     def clip_logit(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (clipped scores, their logits) as fresh float64 arrays."""
         s = np.clip(scores, self.clip, 1.0 - self.clip)
-        z = np.subtract(1.0, s)
-        np.divide(s, z, out=z)
-        np.log(z, out=z)
-        return s, z
+        return s, logit(s)
 
     def index(self, z: np.ndarray) -> np.ndarray:
         u = np.subtract(z, self.logit_lo)

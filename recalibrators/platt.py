@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .logit import logit, sigmoid
+
 __all__ = ["fit_platt", "platt_predict"]
 
 
@@ -43,7 +45,7 @@ def fit_platt(
     f = _objective(a, b, w, p, z, ridge, a0, b0)
     for _ in range(max_iter):
         eta = a * z + b
-        q = np.exp(-np.logaddexp(0.0, -eta))
+        q = sigmoid(eta)
         r = w * q - p  # gradient of the NLL wrt eta
         h = w * q * (1.0 - q)  # curvature
         gb = r.sum() + ridge * (b - b0)
@@ -80,4 +82,4 @@ def fit_platt(
 
 def platt_predict(a: float, b: float, scores: np.ndarray, clip: float = 1e-7) -> np.ndarray:
     s = np.clip(np.asarray(scores, dtype=np.float64), clip, 1.0 - clip)
-    return np.exp(-np.logaddexp(0.0, -(a * np.log(s / (1.0 - s)) + b)))
+    return sigmoid(a * logit(s) + b)

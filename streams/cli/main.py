@@ -8,6 +8,7 @@ import logging
 import sys
 
 from streams.cli import dashboard, maps, replay, simulate
+from streams.pipeline import logsafe
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -51,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
 
-    demo = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator, then a report")
+    demo = sub.add_parser("demo", help="dev broker + Redis + worker + simulator, then a report")
+    demo.add_argument(
+        "--broker-impl",
+        choices=("tansu", "apache"),
+        default="tansu",
+        help="tansu: embedded, no JVM (default); apache: Apache Kafka from Maven jars (needs java and mvn)",
+    )
     demo.add_argument("--rate", type=float, default=3000.0, help="impressions per wall second")
     demo.add_argument("--duration", type=float, default=75.0, help="wall seconds of traffic")
     demo.add_argument("--speed", type=float, default=120.0, help="event seconds per wall second")
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafe.install()
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

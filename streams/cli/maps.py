@@ -13,6 +13,7 @@ import orjson
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
+from streams.dashboard.plots import map_png
 from streams.pipeline.publisher import MapPublisher
 
 DEFAULT_REDIS = "redis://localhost:6379/0"
@@ -126,59 +127,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0 if result.published else 1
 
 
-def plot_map(m, path: str) -> None:
-    """Reliability diagram (raw and calibrated vs observed, from the map's metrics) and the map itself."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from recalibrators.metrics import parse_reliability
-
-    metrics = m.metrics_dict or {}
-    rel = parse_reliability(metrics)
-    segment = "|".join(f"{k}={v}" for k, v in m.segment) or "*"
-    fig, (ax, ax_map) = plt.subplots(1, 2, figsize=(11, 5))
-    if rel:
-        hi = min(1.0, max(max(r[0], r[1], r[2]) for r in rel) * 1.08)
-        w_max = max(r[3] for r in rel) or 1.0
-        sizes = [15 + 150 * r[3] / w_max for r in rel]
-        ax.plot([0, hi], [0, hi], ls="--", color="#999", lw=1)
-        for idx, color, name in ((0, "#e8710a", "raw"), (1, "#1a73e8", "calibrated")):
-            ece, ratio = metrics.get(f"ece_{name[:3]}"), metrics.get(f"ratio_{name[:3]}")
-            label = name + (f"  ECE {ece:.4f}" if isinstance(ece, float) else "")
-            label += f"  ratio {ratio:.3f}" if isinstance(ratio, float) else ""
-            ax.plot([r[idx] for r in rel], [r[2] for r in rel], color=color, lw=1, alpha=0.6)
-            ax.scatter([r[idx] for r in rel], [r[2] for r in rel], s=sizes, color=color, alpha=0.8, label=label)
-        ax.set_xlim(0, hi)
-        ax.set_ylim(0, hi)
-        ax.legend(loc="upper left", fontsize=9)
-    else:
-        ax.text(0.5, 0.5, "no reliability data in this map's metrics", ha="center", va="center")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("observed")
-    ax.set_title(f"reliability, {metrics.get('eval', '?')} (weight {metrics.get('eval_weight', 0):,.0f})")
-    ax_map.plot(m.x, m.y, color="#1a73e8", lw=1.5, label=m.method)
-    ax_map.plot([0, 1], [0, 1], ls="--", color="#999", lw=1)
-    ax_map.set_xscale("log")
-    ax_map.set_yscale("log")
-    ax_map.set_xlim(max(1e-4, float(m.x[1]) if m.x.size > 2 else 1e-4), 1)
-    ax_map.set_ylim(1e-4, 1)
-    ax_map.set_xlabel("raw score")
-    ax_map.set_ylabel("calibrated")
-    ax_map.set_title("the map")
-    fig.suptitle(f"{m.model} · {segment} · version {m.version} · n {m.n:,.0f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     m = _read_map(args)
     if m is None:
         return 1
     try:
-        plot_map(m, args.out)
+        map_png(m, args.out)
     except ImportError as exc:  # the production image installs recal[stream] only
         print(f"maps plot needs matplotlib ({exc}): pip install 'recal[demo]'", file=sys.stderr)
         return 1

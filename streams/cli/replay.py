@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import redis
 
 from streams.pipeline.publisher import MapPublisher
-from streams.replay.replay import Progress, ReplayRange, format_summary, replay_labeled, replay_raw, summarize
+from streams.replay import Progress, ReplayRange, format_summary, replay_labeled, replay_raw, summarize
 
 
 def parse_time_ms(text: str) -> int:

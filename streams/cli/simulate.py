@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from streams.dev.simulator import Counters, Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.dev.simulator import Counters, SimulationResult, TrafficScenario, create_missing_topics, run_simulation
 from streams.pipeline.config import Topics
 
 DEFAULT_BROKER = "localhost:9092"
@@ -16,7 +16,7 @@ DEFAULT_BROKER = "localhost:9092"
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `simulate` command; it sets `func(args) -> int` (the exit code)."""
-    defaults, topics = Scenario(), Topics()
+    defaults, topics = TrafficScenario(), Topics()
     p = subparsers.add_parser("simulate", help="produce synthetic ad traffic with known true probabilities")
     p.add_argument(
         "--broker",
@@ -87,7 +87,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         if args.rate <= 0 or args.duration <= 0:
             raise ValueError("--rate and --duration must be positive")
-        scenario = Scenario(
+        scenario = TrafficScenario(
             seed=args.seed,
             t0_ms=t0_ms,
             speed=args.speed,
@@ -100,7 +100,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     if args.create_topics:
         names = [topics.impressions, topics.clicks, topics.conversions]
-        created = asyncio.run(ensure_topics(args.broker, names, args.partitions))
+        created = asyncio.run(create_missing_topics(args.broker, names, args.partitions))
         print(f"created topics: {', '.join(created) or 'none (all exist)'}", file=sys.stderr)
     result = asyncio.run(
         run_simulation(

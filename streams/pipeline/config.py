@@ -57,6 +57,8 @@ class ModelConfig:
     drift_ratio_high: float = 1.1
     drift_max_ece: float = 0.01  # ... or its ECE on recent data exceeds this
     drift_min_weight: float = 500.0  # recent (held-back) weight needed before drift is judged
+    shrink_to_parent: bool = False  # fit each segment toward its fallback parent's map (recalibrators.hierarchy)
+    drift_detector: str = ""  # "" | page_hinkley | adwin: forget faster on a silent drift (streams.pipeline.drift)
 
     def __post_init__(self) -> None:
         if self.label not in ("click", "conversion"):
@@ -67,6 +69,10 @@ class ModelConfig:
             raise ValueError("population='click' needs label='conversion' (a clicked impression is clicked)")
         if self.on_new_version not in ("warm_start", "reset"):
             raise ValueError(f"on_new_version must be 'warm_start' or 'reset', not {self.on_new_version!r}")
+        if self.drift_detector not in ("", "page_hinkley", "adwin"):
+            raise ValueError(f"drift_detector must be '', 'page_hinkley' or 'adwin', not {self.drift_detector!r}")
+        if not isinstance(self.shrink_to_parent, bool):
+            raise ValueError(f"shrink_to_parent must be true or false, not {self.shrink_to_parent!r}")
         for name in ("window_ms", "click_window_ms", "half_life_ms", "refresh_interval_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.removesuffix('_ms')} must be positive")
@@ -186,6 +192,7 @@ class Config:
     defaults: ModelConfig = field(default_factory=ModelConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     max_message_bytes: int = 1_000_000
+    deadletter_max_bytes: int = 1_000_000  # dead letters are cut to this: at most the topic's max.message.bytes
     max_predictions: int = 64
     max_future_skew_ms: int = 86_400_000  # events further ahead of the wall clock are rejected
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat

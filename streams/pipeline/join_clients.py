@@ -6,17 +6,14 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from streams.pipeline.broker_caps import start_producer
 from streams.pipeline.config import Config
 
 
-def producer(config: Config) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        **config.kafka_client_args(),
-        linger_ms=5,
-        max_batch_size=1 << 20,
-        max_request_size=4 << 20,
-        acks="all",
-        enable_idempotence=False,  # the embedded broker refuses InitProducerId
+async def producer(config: Config) -> tuple[AIOKafkaProducer, bool]:
+    """A started producer, and whether the broker granted it idempotence (`broker_caps`)."""
+    return await start_producer(
+        **config.kafka_client_args(), linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all"
     )
 
 

@@ -83,8 +83,7 @@ def _main(config: Config, index: int, reports) -> None:
 async def _run(config: Config, index: int, report: Callable[[tuple], None]) -> None:
     from streams.pipeline.join_worker import JoinWorker
 
-    producer = join_clients.producer(config)
-    await producer.start()
+    producer, _ = await join_clients.producer(config)
 
     async def send_partials(partials) -> None:
         sends = []

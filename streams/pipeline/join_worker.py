@@ -23,11 +23,11 @@ import os
 import time
 
 import msgspec
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from streams.pipeline import join_clients
+from streams.pipeline import deadletters, join_clients
 from streams.pipeline.config import Config, ModelConfig
+from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.join_processes import JoinProcesses
@@ -61,6 +61,8 @@ class JoinWorker:
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
+        self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
+        self.deadletters: DeadLetterWriter | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._snapshots: SnapshotStore | None = None
         self._state_reader: AIOKafkaConsumer | None = None
@@ -91,8 +93,10 @@ class JoinWorker:
         if processes > 1:
             self.peers = JoinProcesses(self.config, processes - 1)
             self.peers.start()
-        self.producer = join_clients.producer(self.config)
-        await self.producer.start()
+        self.producer, self.idempotent = await join_clients.producer(self.config)
+        self.deadletters = DeadLetterWriter(
+            self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
+        )
         self._state_reader = join_clients.state_reader(self.config)
         await self._state_reader.start()
         self._snapshots = SnapshotStore(self.topics.state, self.producer, self._state_reader)
@@ -182,33 +186,18 @@ class JoinWorker:
         )
 
     async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
-        """The original bytes, once per message, with where they came from and why they were refused in
-        headers: `recal-reason` (the first reason), `recal-index` (its position in an array message,
-        -1 for a single event), `recal-invalid` (how many events of the message were refused) and, for
-        arrays, `recal-reasons` (JSON [[index, reason], ...], the first 100). One record per message
-        however many of its events are bad, so an array cannot amplify into the dead-letter topic."""
-        for item in invalid:
-            self.stats.dead_letters[item.reason] += 1
-        first = invalid[0]
-        headers = [
-            ("recal-reason", first.reason.encode()),
-            ("recal-topic", message.topic.encode()),
-            ("recal-partition", str(message.partition).encode()),
-            ("recal-offset", str(message.offset).encode()),
-            ("recal-index", str(first.index).encode()),
-            ("recal-invalid", str(len(invalid)).encode()),
-        ]
-        if first.index >= 0:
-            headers.append(("recal-reasons", orjson.dumps([[i.index, i.reason] for i in invalid[:100]])))
-        return await self.producer.send(self.topics.deadletter, message.value, key=message.key, headers=headers)
+        """The original bytes, once per message however many of its events are bad (an array cannot
+        amplify into the dead-letter topic); headers and size limit: `streams.pipeline.deadletters`."""
+        return await self.deadletters.send(deadletters.refused_message(message, invalid), (i.reason for i in invalid))
 
     def _labels_caught_up(self, state: PartitionState) -> bool:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
-        they lag, windows stay open: expiring now would turn unread clicks into late ones."""
+        they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
+        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging."""
         assert self.consumer is not None
         for topic in self.topics.sources[1:]:
             highwater = self.consumer.highwater(TopicPartition(topic, state.partition))
-            if highwater is not None and highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
+            if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
                 return False
         return True
 
@@ -225,16 +214,8 @@ class JoinWorker:
         sends = []
         for action in orphans:
             reason = f"orphan_{'click' if action.kind == CLICK else 'conversion'}"
-            self.stats.dead_letters[reason] += 1
-            doc = {"impression_id": action.impression_id, "ts": action.ts, "id": action.action_id}
-            sends.append(
-                await self.producer.send(
-                    self.topics.deadletter,
-                    orjson.dumps(doc),
-                    key=action.impression_id.encode(),
-                    headers=[("recal-reason", reason.encode()), ("recal-partition", str(state.partition).encode())],
-                )
-            )
+            letter = deadletters.orphan(reason, action.impression_id, action.ts, action.action_id, state.partition)
+            sends.append(await self.deadletters.send(letter))
         if len(examples):
             record, per_model = state.fold(examples)
             self.stats.labeled.update(per_model)

@@ -125,6 +125,12 @@ class RecalCollector:
             "recal_maps_pending", "Maps waiting for Redis (retried with backoff).", value=len(p.pending)
         )
         yield _counter(
+            "recal_map_build_errors",
+            "Map builds that raised (logged and skipped; the key's previous map stays live).",
+            None,
+            getattr(self.aggregator, "build_errors", 0),
+        )
+        yield _counter(
             "recal_map_metrics_seconds",
             "Seconds spent computing the maps' calibration metrics.",
             None,

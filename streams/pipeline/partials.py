@@ -7,15 +7,20 @@ and merges them, so a partial sent twice (a retry, a restart) changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from recalibrators.calibrator import Calibrator, CalibratorConfig, prepare_batch
+from recalibrators.batch import prepare_batch
+from recalibrators.calibrator import Calibrator, CalibratorConfig
 from recalibrators.segments import fallback_chain
 from streams.pipeline.config import ModelConfig
+
+log = logging.getLogger("recal.partials")
 
 CalibratorKey = tuple[str, str, str]  # model, model version, segment key
 
@@ -88,7 +93,35 @@ class PartialCalibrators:
     def from_blobs(
         cls, model_config: Callable[[str], ModelConfig], keys: list[list[str]], blobs: list[bytes]
     ) -> PartialCalibrators:
+        """Restore a snapshot's calibrators, all marked changed: the partials sent after the snapshot may have
+        been lost with the process, and the aggregator must not wait for a key's next label to get them.
+
+        A calibrator saved under other settings than the model's current ones (n_bins, half_life, method,
+        prior_strength changed between two runs) is carried over to the current settings
+        (`Calibrator.with_config`: counts exact, re-binned at each old bin's mean score)."""
         partials = cls(model_config)
+        changed: dict[str, list[str]] = {}
         for key, blob in zip(keys, blobs, strict=True):
-            partials.calibrators[tuple(key)] = Calibrator.from_bytes(bytes(blob))
+            model = key[0]
+            calibrator = Calibrator.from_bytes(bytes(blob))
+            target = calibrator_config(model_config(model))
+            if calibrator.config != target:
+                changed.setdefault(model, []).extend(_config_diff(calibrator.config, target))
+                calibrator = calibrator.with_config(target)
+            partials.calibrators[tuple(key)] = calibrator
+        partials.dirty = set(partials.calibrators)
+        for model, diffs in sorted(changed.items()):
+            log.warning(
+                "model %r: calibrator settings changed since the snapshot (%s); state carried over",
+                model,
+                ", ".join(sorted(set(diffs))),
+            )
         return partials
+
+
+def _config_diff(old: CalibratorConfig, new: CalibratorConfig) -> list[str]:
+    return [
+        f"{f.name} {getattr(old, f.name)!r} -> {getattr(new, f.name)!r}"
+        for f in dataclasses.fields(CalibratorConfig)
+        if getattr(old, f.name) != getattr(new, f.name)
+    ]

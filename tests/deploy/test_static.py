@@ -208,7 +208,9 @@ def test_compose_topic_step_creates_the_co_partitioned_sources(services, workers
     assert step["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert step.get("restart", "no") == "no"
     env = env_dict(step["environment"])
-    assert env["TOPICS"].split() == list(Topics().sources[:3]), "the three source topics of streams.config.Topics"
+    assert env["TOPICS"].split() == list(Topics().sources[:3]), (
+        "the three source topics of streams.pipeline.config.Topics"
+    )
     partitions = int(env["PARTITIONS"])
     assert partitions >= len(workers), "replicas beyond the partition count would sit idle"
     script = " ".join(as_argv(step["entrypoint"]) + as_argv(step["command"]))

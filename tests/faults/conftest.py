@@ -1,5 +1,15 @@
-"""Fixtures of the fault-injection suite; the code lives in faultkit.py."""
+"""Every fault test gets a broker and Redis of its own (the faults are destructive: SIGSTOP of the broker, Redis
+restarted empty), on each broker `RECAL_TEST_BROKER` names."""
 
-from faultkit import record, stack, start_worker
+from __future__ import annotations
 
-__all__ = ["record", "stack", "start_worker"]
+import pytest
+
+from tests.support.fixtures import broker_impl, private_stack, record, start_worker
+
+__all__ = ["broker_impl", "private_stack", "record", "stack", "start_worker"]
+
+
+@pytest.fixture
+def stack(private_stack):
+    return private_stack

@@ -1,7 +1,7 @@
 """A seeded generator of malformed and adversarial messages, each with the dead-letter reason it must get.
 
 The expected reason is fixed by construction (what the payload breaks in the event contract of README.md),
-never by calling `streams.events.decode`, so the worker-level test checks the validator rather than itself.
+never by calling `streams.pipeline.events.decode`, so the worker-level test checks the validator rather than itself.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import signal
 import time
 
 import pytest
-from faultkit import PacedProducer, Scenario, config_text, new_ns, wait_for_counts
+
+from tests.support.kit import PacedProducer, Scenario, config_text, new_ns, wait_for_counts
 
 PAUSE_S = float(os.environ.get("FAULT_BROKER_PAUSE_S", "15"))
 

@@ -8,7 +8,8 @@ import random
 import time
 
 import pytest
-from faultkit import PARTITIONS, PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
+
+from tests.support.kit import PARTITIONS, PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
 
 SEED = int(os.environ.get("FAULT_SEED", "6"))
 # Where each kill lands. "after_checkpoint": right after the snapshot counter moved; "mid_batch": while a

@@ -32,7 +32,7 @@ def _partial(n: int, t_max: int, seed: int) -> Calibrator:
 
 @pytest.fixture
 def redis_client():
-    server = devstack.redis().start()
+    server = devstack.redis_server().start()
     client = redis.Redis(host="127.0.0.1", port=server.port)
     yield client
     client.close()

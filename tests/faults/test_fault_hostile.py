@@ -17,7 +17,9 @@ from collections import Counter
 
 import orjson
 import pytest
-from faultkit import (
+
+from tests.faults.hostile import generate
+from tests.support.kit import (
     Scenario,
     config_text,
     consume_all_async,
@@ -26,7 +28,6 @@ from faultkit import (
     produce,
     wait_for_counts,
 )
-from hostile import generate
 
 N_BAD = int(os.environ.get("FAULT_HOSTILE_N", "100000"))
 SEED = int(os.environ.get("FAULT_SEED", "6"))

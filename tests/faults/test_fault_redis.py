@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import redis
-from faultkit import PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -22,6 +21,7 @@ from recalibrators.serving.backoff import Backoff
 from recalibrators.serving.reader import MapReader
 from streams.dev import devstack
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from tests.support.kit import PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
 
 OUTAGE_S = float(os.environ.get("FAULT_REDIS_OUTAGE_S", "10"))
 REFRESH_S = 1.0
@@ -63,9 +63,9 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
         time.sleep(0.2)
     assert calibrated_everywhere(), "the reader never served calibrated values"
 
-    port = stack.cache.port
+    port = stack.redis.port
     before = worker.stats()
-    stack.cache.stop()
+    stack.redis.stop()
     down_at = time.monotonic()
     samples = []
     while time.monotonic() - down_at < OUTAGE_S:
@@ -78,7 +78,7 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
     assert sum(during["events_in"].values()) > sum(before["events_in"].values()), "the worker stopped consuming"
     assert during["publish_failures"] > before["publish_failures"], "publishes did not even fail?"
 
-    stack.cache = devstack.redis(port=port).start()  # same port, EMPTY (no persistence)
+    stack.redis = devstack.redis_server(port=port).start()  # same port, EMPTY (no persistence)
     back_at = time.monotonic()
     assert index_fields(stack.redis_url, ns) == set()
     worker.wait_for(
@@ -118,7 +118,7 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
 def test_publisher_retries_within_a_refresh_interval_after_an_outage():
     """Deterministic: a fake clock ticks the refresh timer (1 s) through a 30 s outage of a real Redis."""
     random.seed(6)
-    server = devstack.redis()
+    server = devstack.redis_server()
     port = server.port  # not started yet: connection refused, as during an outage
     client = redis.Redis(
         host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)

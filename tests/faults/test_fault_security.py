@@ -11,7 +11,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from faultkit import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recalibrators.segments import fallback_chain, parse_segment_key, segment_key
+from streams.pipeline.config import load_config
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
+from streams.pipeline.topics import ids_covering_partitions
+from tests.support.kit import (
     PARTITIONS,
     T0,
     config_text,
@@ -20,13 +27,6 @@ from faultkit import (
     produce,
     wait_for_counts,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from recalibrators.segments import fallback_chain, parse_segment_key, segment_key
-from streams.pipeline.config import load_config
-from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
-from streams.pipeline.topics import ids_covering_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,32 +1,14 @@
-"""Fixtures for tests against the real embedded broker (Tansu) and a real redis-server."""
+"""The integration suite shares one broker (per `RECAL_TEST_BROKER` choice) and one Redis for the session."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from streams.dev.devstack import DevStack, WorkerProcess
+from tests.support.fixtures import broker_impl, shared_stack, start_worker
+
+__all__ = ["broker_impl", "shared_stack", "stack", "start_worker"]
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[DevStack]:
-    with DevStack() as running:
-        yield running
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path, stack: DevStack):
-    workers: list[WorkerProcess] = []
-
-    def start(config_text: str) -> WorkerProcess:
-        path = tmp_path / f"recal-{len(workers)}.toml"
-        path.write_text(config_text)
-        worker = WorkerProcess(path, stack.broker_url, stack.redis_url, tmp_path / "worker.log")
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
+def stack(shared_stack):
+    return shared_stack

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def test_demo_calibrates_ctr_end_to_end(tmp_path: Path) -> None:
+def test_demo_calibrates_ctr_end_to_end(tmp_path: Path, broker_impl: str) -> None:
     out = tmp_path / "artifacts"
     run = subprocess.run(
         [
@@ -16,6 +16,8 @@ def test_demo_calibrates_ctr_end_to_end(tmp_path: Path) -> None:
             "-m",
             "streams.cli.main",
             "demo",
+            "--broker-impl",
+            broker_impl,
             "--duration",
             "30",
             "--rate",

@@ -154,8 +154,8 @@ def history_len(url: str, ns: str, field: str) -> int:
 def observed(stack, tmp_path_factory):
     """A worker with its own Redis, after three waves of traffic; yields what the tests need."""
     ns = f"o{uuid.uuid4().hex[:8]}"
-    cache = devstack.redis().start()
-    redis_url = f"redis://127.0.0.1:{cache.port}/0"
+    redis_server = devstack.redis_server().start()
+    redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     tmp = tmp_path_factory.mktemp("observability")
     config = tmp / "recal.toml"
     config.write_text(config_text(ns))
@@ -183,10 +183,12 @@ def observed(stack, tmp_path_factory):
             time.sleep(1.2)  # one more refresh interval: the partials of the last batches
         # Not asserted: >= 2 history entries. With holdouts this small the quality gate sometimes holds
         # a refresh back on noise ("holdout log loss worse" by a few 0.1%), which is its job.
-        yield SimpleNamespace(ns=ns, worker=worker, cache=cache, redis_url=redis_url, before=before, sent=sent, tmp=tmp)
+        yield SimpleNamespace(
+            ns=ns, worker=worker, redis_server=redis_server, redis_url=redis_url, before=before, sent=sent, tmp=tmp
+        )
     finally:
         worker.stop()
-        cache.stop()
+        redis_server.stop()
 
 
 def test_metrics_move_as_events_flow(observed):
@@ -333,10 +335,10 @@ def test_readyz_flips_with_redis(observed):
             time.sleep(0.3)
 
     wait_status(200)
-    observed.cache.kill()
+    observed.redis_server.kill()
     down = wait_status(503)
     assert down["redis"] is False and down["broker"] is True and down["partitions_assigned"] is True
     assert "redis" in down["errors"]
-    observed.cache.start()  # same port, empty: the worker republishes its maps
+    observed.redis_server.start()  # same port, empty: the worker republishes its maps
     up = wait_status(200)
     assert up == {"partitions_assigned": True, "broker": True, "redis": True}

@@ -1,5 +1,5 @@
 """Replay against the real broker and Redis: byte-identical maps (live vs replayed, replayed twice, resumed
-after an interruption), raw-topic replay counts, and event-time offsets on the embedded broker."""
+after an interruption), raw-topic replay counts, and event-time offsets (the broker's answer, checked)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
-from streams.replay.replay import (
-    Progress,
-    ReplayRange,
-    _client,
-    normalized_json,
-    offset_for_time,
-    replay_labeled,
-    replay_raw,
-)
-from tests.integration.test_pipeline import T0, Scenario, config_text, produce, wait_for_map
+from streams.replay import Progress, ReplayRange, normalized_json, offset_for_time, replay_labeled, replay_raw
+from streams.replay.offsets import replay_consumer
+from tests.integration.test_pipeline import traffic
+from tests.support.kit import T0, config_text, produce_then_ticks, wait_for_map
 
 
 def stable_maps(redis_url: str, prefix: str, settle_s: float = 2.0) -> dict[str, CalibrationMap]:
@@ -60,11 +54,11 @@ class StopAfter(Progress):
 
 def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_path):
     ns = f"r{uuid.uuid4().hex[:8]}"
-    scenario = Scenario(ns)
+    scenario = traffic(ns)
     text = config_text(ns)
     worker = start_worker(text)
     worker.wait_ready()
-    asyncio.run(produce(stack.broker_url, scenario.messages + scenario.ticks(T0 + 60_000)))
+    produce_then_ticks(stack.broker_url, scenario.messages, scenario.ticks(T0 + 60_000))
     wait_for_map(stack, ns, "ctr", "*", scenario.n, scenario.ctr_positives, worker)
     wait_for_map(stack, ns, "cvr", "*", scenario.cvr_examples, scenario.cvr_positives, worker)
     live = stable_maps(stack.redis_url, ns)
@@ -141,7 +135,7 @@ def _segment_key(m: CalibrationMap) -> str:
     return "|".join(f"{k}={v}" for k, v in m.segment) or "*"
 
 
-def test_offsets_for_event_times_on_the_embedded_broker(stack):
+def test_offsets_for_event_times(stack):
     topic = f"ts-{uuid.uuid4().hex[:8]}"
 
     async def run():
@@ -153,7 +147,7 @@ def test_offsets_for_event_times_on_the_embedded_broker(stack):
         finally:
             await producer.stop()
         config = load_config(None, env={}, broker=stack.broker_url)
-        consumer = _client(config)
+        consumer = replay_consumer(config)
         await consumer.start()
         try:
             tp = TopicPartition(topic, 0)

@@ -17,8 +17,9 @@ import redis
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ids_covering_partitions
-from streams.replay.replay import normalized_json, replay_labeled
-from tests.integration.test_pipeline import T0, Scenario, config_text, impression, produce, wait_for_map
+from streams.replay import normalized_json, replay_labeled
+from tests.integration.test_pipeline import traffic
+from tests.support.kit import T0, config_text, impression, produce, produce_then_ticks, wait_for_map
 
 PARTITIONS = 4
 
@@ -52,7 +53,7 @@ def events_in(*workers) -> int:
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tmp_path: Path, stop: str):
     ns = f"s{uuid.uuid4().hex[:8]}"
-    scenario = Scenario(ns)
+    scenario = traffic(ns)
     text = config_text(ns).replace("partitions = 2", f"partitions = {PARTITIONS}")
     first, second = start_worker(text), start_worker(text)
     first.wait_ready(90)
@@ -62,7 +63,7 @@ def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tm
     watch.start()
 
     half = len(scenario.messages) // 2
-    asyncio.run(produce(stack.broker_url, scenario.messages[:half]))
+    produce(stack.broker_url, scenario.messages[:half])
     first.wait_for(lambda s: events_in(first, second) >= half, 30, "first half consumed by both")
     second.wait_for(lambda s: s["snapshots"] >= PARTITIONS, 30, "a checkpoint on the worker to be stopped")
     if stop == "sigterm":
@@ -74,7 +75,7 @@ def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tm
         (f"{ns}-impressions", iid, orjson.dumps(impression(iid, T0 + 60_000, placement="tick")))
         for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)
     ]
-    asyncio.run(produce(stack.broker_url, scenario.messages[half:] + ticks))
+    produce_then_ticks(stack.broker_url, scenario.messages[half:], ticks)
     first.wait_for(lambda s: len(s.get("partitions", [])) == PARTITIONS, 60, "the survivor to own every partition")
     live_ctr = wait_for_map(stack, ns, "ctr", "*", scenario.n, scenario.ctr_positives, first, timeout_s=60)
     wait_for_map(stack, ns, "ctr", "placement=search", scenario.n, scenario.ctr_positives, first, timeout_s=30)

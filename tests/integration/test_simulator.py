@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from streams.dev.devstack import DevStack
-from streams.dev.simulator import Scenario, SimulationResult, ensure_topics, run_simulation
+from streams.dev.simulator import SimulationResult, TrafficScenario, create_missing_topics, run_simulation
 from streams.pipeline.config import Topics
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits, decode
 
@@ -23,8 +23,8 @@ PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[DevStack]:
-    with DevStack() as s:
+def stack(broker_impl: str) -> Iterator[DevStack]:
+    with DevStack(broker_impl=broker_impl) as s:
         yield s
 
 
@@ -45,8 +45,8 @@ async def _consume_all(broker: str) -> list:
 
 
 async def _simulate_and_consume(broker: str) -> tuple[SimulationResult, list, list[str]]:
-    created = await ensure_topics(broker, list(KINDS), PARTITIONS)
-    scenario = Scenario(
+    created = await create_missing_topics(broker, list(KINDS), PARTITIONS)
+    scenario = TrafficScenario(
         seed=3, malformed_share=0.02, batched_share=0.1, duplicate_click_share=0.1, reordered_click_share=0.1
     )
     result = await run_simulation(scenario, broker, rate=5000, duration_s=3.0)

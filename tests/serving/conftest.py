@@ -14,7 +14,7 @@ from streams.dev import devstack
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[devstack.Server]:
-    server = devstack.redis().start()
+    server = devstack.redis_server().start()
     yield server
     server.stop()
 

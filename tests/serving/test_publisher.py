@@ -191,7 +191,7 @@ def test_backoff_is_capped_and_jittered():
 
 
 def test_retrying_publisher_survives_outage(make_map):
-    server = devstack.redis()  # not started yet: the first attempts fail
+    server = devstack.redis_server()  # not started yet: the first attempts fail
     client = redis_lib.Redis(port=server.port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
     now = [0.0]
     retrying = RetryingPublisher(MapPublisher(client), Backoff(base=1.0, cap=4.0), clock=lambda: now[0])

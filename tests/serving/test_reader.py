@@ -138,7 +138,7 @@ def test_ages_and_status(r, make_map, reader_factory):
 
 
 def test_redis_killed_and_restarted_reader_keeps_serving(make_map):
-    server = devstack.redis().start()
+    server = devstack.redis_server().start()
     url = f"redis://127.0.0.1:{server.port}/0"
     client = redis_lib.Redis.from_url(url)
     try:
@@ -149,7 +149,7 @@ def test_redis_killed_and_restarted_reader_keeps_serving(make_map):
             assert reader.calibrate_one("ctr", {}, 0.5) == pytest.approx(0.35)  # last map still serves
             assert reader.status()["last_error"]
 
-            server = devstack.redis(server.port).start()  # same port, empty: Redis lost its data
+            server = devstack.redis_server(server.port).start()  # same port, empty: Redis lost its data
             eventually(lambda: reader.status()["connected"])
             time.sleep(0.5)  # a few checks against the empty index
             assert reader.status()["unindexed"] == 1 and reader.lookup("ctr", {}) is not None
@@ -165,7 +165,7 @@ def test_redis_killed_and_restarted_reader_keeps_serving(make_map):
 
 
 def test_reader_started_while_redis_is_down_serves_raw_then_loads(make_map):
-    server = devstack.redis()
+    server = devstack.redis_server()
     url = f"redis://127.0.0.1:{server.port}/0"
     reader = MapReader(url, start_timeout=0.3, socket_timeout=0.5, max_backoff=0.3)
     try:

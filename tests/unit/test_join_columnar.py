@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from join_reference import ReferenceJoin
 
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.events import CLICK, CONVERSION, Action, Impression, ImpressionEvent, Prediction
 from streams.pipeline.join import PartitionJoin
+from tests.unit.join_reference import ReferenceJoin
 
 T0 = 1_700_000_000_000
 GRACE = 20_000

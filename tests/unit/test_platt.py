@@ -3,7 +3,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from recalibrators import Calibrator, CalibratorConfig
-from recalibrators.histogram import logit
+from recalibrators.logit import logit
 from recalibrators.platt import fit_platt, platt_predict
 from streams.dev.synthetic import SBend, make_stream, sample_scores
 

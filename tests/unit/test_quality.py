@@ -6,7 +6,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from recalibrators import Calibrator, CalibratorConfig
-from recalibrators.histogram import logit
+from recalibrators.logit import logit
 from recalibrators.metrics import calibration_ratio
 from streams.dev.synthetic import SBend, make_drift_stream, make_stream, sample_scores
 

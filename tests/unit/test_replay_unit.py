@@ -10,7 +10,9 @@ from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.partials import PartialCalibrators
 from streams.pipeline.records import pack_examples
-from streams.replay.replay import LabeledPartition, build_maps, load_checkpoint, row_filter, save_checkpoint
+from streams.replay.checkpoint import load_checkpoint, save_checkpoint
+from streams.replay.merge import build_maps
+from streams.replay.partition import LabeledPartition, row_filter
 
 T0 = 1_790_000_000_000
 MODELS, VERSIONS = ["ctr", "cvr"], ["v1"]
@@ -73,19 +75,21 @@ def test_records_without_crash_are_applied_in_order():
     assert part.superseded == 0 and part.conflicts == 0 and part.examples == 250
 
 
+# worker A: snapshot at seq 2, wrote 3 and 4, crashed; worker B restored seq 2 and recomputed 3, 4, 5 with
+# other batch boundaries (tags 13, 14, 15)
+CRASH_AFTER_SNAPSHOT = [
+    record(1, 0, 1),
+    record(2, 0, 2),
+    record(3, 2, 3),
+    record(4, 2, 4),
+    record(3, 2, 13),
+    record(4, 2, 14),
+    record(5, 4, 15),
+]
+
+
 def test_crash_after_snapshot_supersedes_the_recomputed_records():
-    # worker A: snapshot at seq 2, wrote 3 and 4, crashed; worker B restored seq 2 and recomputed 3, 4, 5
-    # with other batch boundaries (tags 13, 14, 15)
-    records = [
-        record(1, 0, 1),
-        record(2, 0, 2),
-        record(3, 2, 3),
-        record(4, 2, 4),
-        record(3, 2, 13),
-        record(4, 2, 14),
-        record(5, 4, 15),
-    ]
-    part = replay(records)
+    part = replay(CRASH_AFTER_SNAPSHOT)
     assert same_state(part.partials, reference([1, 2, 13, 14, 15]))
     assert part.superseded == 2 and part.conflicts == 0
 
@@ -129,16 +133,7 @@ def test_conflict_is_counted_not_hidden():
 
 
 def test_checkpoint_round_trip_resumes_identically(tmp_path):
-    records = [
-        record(1, 0, 1),
-        record(2, 0, 2),
-        record(3, 2, 3),
-        record(4, 2, 4),
-        record(3, 2, 13),
-        record(4, 2, 14),
-        record(5, 4, 15),
-        record(6, 4, 16),
-    ]
+    records = [*CRASH_AFTER_SNAPSHOT, record(6, 4, 16)]
     whole = replay(records)
     path = str(tmp_path / "ckpt")
     first = LabeledPartition(0, cfg)

@@ -3,74 +3,47 @@ import math
 import numpy as np
 import pytest
 
+from recalibrators import metrics
 from recalibrators.calibration_map import CalibrationMap
 from streams.dev.report import (
     ALL_SEGMENTS,
     Metrics,
-    calibration_ratio,
-    ece,
     evaluate,
-    find_map,
     mean_abs_error,
     reliability_png,
     render_table,
+    resolve_maps,
 )
+from tests.unit.test_calibration_map import make_map
 
 SEG = "placement=search|platform=ios"
 
 
-def _map(x: list[float], y: list[float], segment: dict[str, str], version: int = 3) -> CalibrationMap:
-    return CalibrationMap(
-        x=x,
-        y=y,
-        method="isotonic",
-        n=100.0,
-        positives=5.0,
-        last_event_ms=0,
-        model="ctr",
-        segment=segment,
-        version=version,
-    )
+def _map(x: list[float], y: list[float], segment: dict[str, str]) -> CalibrationMap:
+    return make_map(x=x, y=y, segment=segment, version=3)
 
 
-def test_ece_equal_mass_bins_by_hand():
-    pred = np.array([0.1, 0.2, 0.3, 0.4])
-    truth = np.array([0.1, 0.1, 0.5, 0.5])
-    # 2 bins of 2 by pred: |0.15 - 0.1| and |0.35 - 0.5|, equal weights.
-    assert ece(pred, truth, bins=2) == pytest.approx((0.05 + 0.15) / 2)
-    # 1 bin: |0.25 - 0.3|
-    assert ece(pred, truth, bins=1) == pytest.approx(0.05)
-    # one bin per sample: the mean absolute error
-    assert ece(pred, truth, bins=4) == pytest.approx(mean_abs_error(pred, truth))
+def test_metrics_are_the_core_ones_against_p_true():
+    pred, truth = np.array([0.2, 0.4, 0.1, 0.3]), np.array([0.1, 0.2, 0.1, 0.3])
+    m = Metrics.of(pred, truth, bins=2)
+    assert m.ece == metrics.ece(pred, truth, n_bins=2)
+    assert m.ratio == pytest.approx(1.0 / 0.7)  # sum(pred) / sum(p_true)
+    assert m.mae == pytest.approx((0.1 + 0.2 + 0.0 + 0.0) / 4)
+    assert math.isnan(mean_abs_error(np.array([]), np.array([])))
 
 
-def test_ece_weights_unequal_bins_by_count():
-    pred = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
-    truth = np.array([0.1, 0.2, 0.3, 0.0, 0.0])
-    # array_split of 5 into 2: [0.1, 0.2, 0.3] (error 0) and [0.4, 0.5] (|0.45 - 0|), weights 3/5 and 2/5.
-    assert ece(pred, truth, bins=2) == pytest.approx(0.45 * 2 / 5)
-
-
-def test_ece_sorts_by_prediction_not_input_order():
-    pred = np.array([0.4, 0.1, 0.3, 0.2])
-    truth = np.array([0.5, 0.1, 0.5, 0.1])
-    assert ece(pred, truth, bins=2) == pytest.approx(0.1)
-
-
-def test_ratio_and_mae_by_hand():
-    pred, truth = np.array([0.2, 0.4]), np.array([0.1, 0.2])
-    assert calibration_ratio(pred, truth) == pytest.approx(2.0)
-    assert mean_abs_error(pred, truth) == pytest.approx(0.15)
-    assert math.isnan(calibration_ratio(pred, np.zeros(2)))
-    assert math.isnan(ece(np.array([]), np.array([])))
-
-
-def test_find_map_prefers_segment_then_model_wide():
-    own, wide = _map([0, 1], [0, 1], {"platform": "ios", "placement": "search"}), _map([0, 1], [0, 1], {})
-    maps = {("ctr", SEG): own, ("ctr", "*"): wide}
-    assert find_map(maps, "ctr", SEG) == (SEG, own)
-    assert find_map(maps, "ctr", "placement=feed|platform=ios") == ("*", wide)
-    assert find_map(maps, "cvr", SEG) is None
+def test_resolve_maps_walks_the_fallback_chain():
+    own = _map([0, 1], [0, 1], {"platform": "ios", "placement": "search"})
+    coarse = _map([0, 1], [0, 1], {"placement": "feed"})
+    wide = _map([0, 1], [0, 1], {})
+    keys = [("ctr", SEG), ("ctr", "placement=feed|platform=ios"), ("ctr", "placement=related|platform=web")]
+    resolved = resolve_maps([own, coarse, wide], [*keys, ("cvr", SEG)], lambda model: [["placement"]])
+    assert resolved[("ctr", SEG)] is own
+    assert resolved[("ctr", "placement=feed|platform=ios")] is coarse  # the segment_by level
+    assert resolved[("ctr", "placement=related|platform=web")] is wide  # model-wide, the last step
+    assert ("cvr", SEG) not in resolved  # no map of that model: raw scores
+    only_wide = resolve_maps([own, wide], [("ctr", "placement=feed|platform=ios")], lambda model: [])
+    assert only_wide[("ctr", "placement=feed|platform=ios")] is wide
 
 
 def test_evaluate_before_after_and_pooled_rows():

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import murmur2 as kafka_murmur2
 
-from streams.dev.simulator import MALFORMED_KINDS, Reservoir, Scenario, TrafficGenerator, murmur2
+from streams.dev.simulator import MALFORMED_KINDS, Reservoir, TrafficGenerator, TrafficScenario, murmur2
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Action, Impression, Invalid, Limits, decode
 
 T0 = 1_700_000_000_000
-QUIET = Scenario(t0_ms=T0, duplicate_click_share=0, reordered_click_share=0, late_click_share=0, malformed_share=0)
+QUIET = TrafficScenario(
+    t0_ms=T0, duplicate_click_share=0, reordered_click_share=0, late_click_share=0, malformed_share=0
+)
 NOISY = replace(
     QUIET,
     duplicate_click_share=0.1,

@@ -1,30 +1,22 @@
-"""Fault-injection helpers and fixtures (re-exported by conftest.py): a private broker + Redis per test,
-`recal worker` subprocesses, exact scenarios. A module with its own name, so test files import it without
-clashing with the other directories' `conftest` modules.
+"""The test kit of the integration and fault suites: exact scenarios, produce/consume helpers, map reads and
+the worker config, against whichever broker the fixtures (`tests.support.fixtures`) started.
 
-Every fault test gets its own `DevStack` (the faults are destructive: SIGSTOP of the broker, Redis restarted
-empty) and its own topics, consumer groups and Redis prefix. Half-lives are so long that a published map's
-`n` and `positives` are exact label counts, so "zero labels lost, zero counted twice" is an equality check.
-
-Results: when `FAULT_RESULTS` names a file, each test appends one JSON line (scenario, faults injected,
-events sent, labels expected vs counted, dead letters by reason, max worker RSS); `bench/fault_suite.py`
-prints them as the summary table.
+Every test uses its own topics, consumer groups and Redis prefix (`new_ns()`). Half-lives are so long that a
+published map's `n` and `positives` are exact label counts, so "zero labels lost, zero counted twice" is an
+equality check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import psutil
-import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -88,19 +80,22 @@ def impression(iid: str, ts: int, placement: str = "search", models=("ctr", "cvr
 class Scenario:
     """Hand-built traffic with exact expected labels per (model, segment key).
 
-    Impression i (ts = T0 + i * step_ms, placement PLACEMENTS[i % 3], ctr + cvr predictions):
+    Impression i (ts = T0 + i * step_ms, placement placements[i % len(placements)], ctr + cvr predictions):
     i % 4 == 0 clicked (i % 8 == 0: the click arrives first; else the click comes twice), and converted
     when i % 12 == 0; i % 4 == 1 gets a click after the 10 s window (late: a negative); others unclicked.
+    With `closers` (see finish()) `expected` includes the closers' own labels.
     """
 
-    def __init__(self, ns: str, n: int = 200, step_ms: int = 10) -> None:
-        self.ns, self.n, self.step_ms = ns, n, step_ms
+    def __init__(
+        self, ns: str, n: int = 200, step_ms: int = 10, placements: tuple[str, ...] = PLACEMENTS, closers: bool = True
+    ) -> None:
+        self.ns, self.n, self.step_ms, self.placements = ns, n, step_ms, placements
         self.expected: dict[tuple[str, str], list[int]] = {}  # (model, segment key) -> [n, positives]
         self.messages: list[Message] = []
         for i in range(n):
             iid = f"{ns}-imp-{i}"
             ts = T0 + i * step_ms
-            placement = PLACEMENTS[i % 3]
+            placement = placements[i % len(placements)]
             click = (f"{ns}-clicks", iid, orjson.dumps({"click_id": f"c{i}", "impression_id": iid, "ts": ts + 2000}))
             conversion = (
                 f"{ns}-conversions",
@@ -122,13 +117,25 @@ class Scenario:
                 self.messages.append(imp)
         self.end_ms = T0 + n * step_ms
         self.closer_models: tuple[str, ...] = ()
-        for model in ("ctr", "cvr"):
+        for model in ("ctr", "cvr") if closers else ():
             self.add_closer_model(model)
+
+    @property
+    def ctr_positives(self) -> int:
+        return self.expected[("ctr", "*")][1]
+
+    @property
+    def cvr_examples(self) -> int:
+        return self.expected[("cvr", "*")][0]
+
+    @property
+    def cvr_positives(self) -> int:
+        return self.expected[("cvr", "*")][1]
 
     def add_closer_model(self, model: str) -> None:
         """The closers (see finish()) carry a prediction of `model`: clicked, not converted."""
         self.closer_models += (model,)
-        for placement in PLACEMENTS:
+        for placement in self.placements:
             for _ in range(PARTITIONS):
                 self._count(model, placement, 1, model != "cvr")
 
@@ -148,7 +155,7 @@ class Scenario:
         Without them a map can stay short: see test_fault_fence.py (the fence version bug)."""
         out: list[Message] = []
         ts = self.end_ms + 60_000
-        for placement in PLACEMENTS:
+        for placement in self.placements:
             for iid in ids_covering_partitions(f"{self.ns}-closer-{placement}", PARTITIONS):
                 doc = impression(iid, ts, placement, models=self.closer_models)
                 out.append((f"{self.ns}-impressions", iid, orjson.dumps(doc)))
@@ -164,7 +171,7 @@ class Scenario:
     def finish(self, broker: str, worker: WorkerProcess) -> None:
         """Closers, then (once only they are pending and their older labels went out) the ticks."""
         produce(broker, self.closers())
-        n_closers = len(PLACEMENTS) * PARTITIONS
+        n_closers = len(self.placements) * PARTITIONS
         worker.wait_for(lambda s: s["pending"] == n_closers, 120, "only the closers pending", poll_s=0.3)
         time.sleep(2.5)  # partials_interval + refresh_interval: older labels merged before the closers' ones
         produce(broker, self.ticks())
@@ -199,6 +206,14 @@ async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5
 
 def produce(broker: str, messages: list[Message]) -> None:
     asyncio.run(produce_async(broker, messages))
+
+
+def produce_then_ticks(broker: str, messages: list[Message], ticks: list[Message]) -> None:
+    """`messages`, every one acknowledged, then the `ticks` that close their windows. Sent together, a tick can
+    land before a click or conversion of another partition (the producer sends per partition; on Apache Kafka
+    this happened), and the label is then late by event time, as it would be in production."""
+    produce(broker, messages)
+    produce(broker, ticks)
 
 
 class PacedProducer(threading.Thread):
@@ -270,6 +285,11 @@ async def consume_all_async(broker: str, topic: str, expect: int, timeout_s: flo
     return records
 
 
+def consume_all(broker: str, topic: str, expect: int, timeout_s: float = 30.0) -> list:
+    """Every record of `topic` once `expect` arrived (and a second passed without more), or at the timeout."""
+    return asyncio.run(consume_all_async(broker, topic, expect, timeout_s))
+
+
 # -- Redis helpers -------------------------------------------------------------------------------------
 def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMap | None:
     try:
@@ -277,6 +297,17 @@ def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMa
     except redis.RedisError:
         return None
     return CalibrationMap.from_json(raw) if raw else None
+
+
+def wait_for_map(stack: DevStack, ns, model, segment, n, positives, worker, timeout_s=60.0) -> CalibrationMap:
+    """Until the (model, segment) map holds exactly n labels, `positives` of them positive."""
+
+    def done(_stats) -> bool:
+        m = read_map(stack.redis_url, ns, model, segment)
+        return m is not None and round(m.n) == n and round(m.positives) == positives
+
+    worker.wait_for(done, timeout_s, f"{model}:{segment} map with n={n}, positives={positives}")
+    return read_map(stack.redis_url, ns, model, segment)
 
 
 def map_counts(redis_url: str, ns: str, keys) -> dict[tuple[str, str], list[int]]:
@@ -326,40 +357,3 @@ def wait_for_counts(redis_url: str, ns: str, expected: dict, worker: WorkerProce
     with contextlib.suppress(TimeoutError):
         worker.wait_for(done, timeout_s, "exact map counts", poll_s=0.5)
     return last
-
-
-@pytest.fixture
-def stack() -> Iterator[DevStack]:
-    """A private broker and Redis: fault tests pause, kill and restart them."""
-    with DevStack() as running:
-        yield running
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path, stack: DevStack):
-    workers: list[WorkerProcess] = []
-
-    def start(config_text: str, env: dict[str, str] | None = None, log_name: str = "worker.log") -> WorkerProcess:
-        path = tmp_path / f"recal-{len(workers)}.toml"
-        path.write_text(config_text)
-        worker = WorkerProcess(path, stack, tmp_path / log_name, env)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
-
-
-@pytest.fixture
-def record(request):
-    """`record(**row)` appends the test's summary row to $FAULT_RESULTS (JSON lines), if set."""
-
-    def write(**row) -> None:
-        path = os.environ.get("FAULT_RESULTS")
-        row = {"test": request.node.name, **row}
-        if path:
-            with open(path, "ab") as f:
-                f.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS) + b"\n")
-
-    return write

@@ -1,0 +1,284 @@
+"""Pending exposure of one calibrator: the open attribution windows of its (model, model version, segment),
+aggregated per calibrator bin and per start cohort x bin group, never per example.
+
+Correction (`label_delay = "corrected"`): an open window of elapsed time e counts G(e) = F(e) / F(W) of a
+trial, its conversion (if one arrived) counts in full, and at window close the example leaves the pending
+state and enters the calibrator as an ordinary matured example, so the final state is the waited-for one.
+Per calibrator bin b the folded sums are
+
+    W_b = max(gbar_g(b) * w_b, y_b),   Y_b = y_b,   mean score of the bin = s_b / w_b,
+
+with w_b, y_b, s_b the decayed opened mass, conversions so far and score sum of the bin's open windows, and
+gbar_g the exposure factor of the bin's group: sum over start cohorts c of n_{c,g} * mean G over c's ages,
+divided by sum_c n_{c,g}. Why it is unbiased: an open window with true rate p has converted by e with
+probability p G(e), so E[Y] = p * sum G(e_i), and Y / sum G(e_i) solves the estimating equation (it is the
+exact Bernoulli maximum likelihood when the e_i share one G). The per-bin max keeps a bin from holding more
+conversions than trials (the fit's binomial terms need W >= Y); it errs towards lower rates in sparse bins.
+
+>>> from recalibrators.calibrator import CalibratorConfig
+>>> pe = PendingExposure.for_calibrator(CalibratorConfig(), window_ms=7 * 86_400_000)
+>>> scores, starts = np.array([0.02, 0.03]), np.array([0, 1000])
+>>> pe.add(scores, starts)  # two windows open
+>>> pe.convert(scores[1:], starts[1:])  # the second converts
+>>> round(pe.weight, 3), pe.n_seen
+(2.0, 3)
+>>> pe.mature(scores, np.array([0, 1]), starts)  # both close: the calibrator learns them as usual
+>>> pe.weight, pe.cohorts.ids.size  # exactly empty
+(0.0, 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .calibration_map import CalibrationMap
+from .calibrator import Calibrator, CalibratorConfig
+from .delay import CohortTable, DelayCurve, DelayModel, align, select_curve
+from .histogram import BinSpec
+from .logit import logit
+from .validation import check_batch, check_timestamps
+
+__all__ = ["PendingConfig", "PendingExposure", "corrected", "corrected_map"]
+
+_FORMAT = 1
+_HEADER = struct.Struct("<I")
+W, WY, WS = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingConfig:
+    """bins and half_life_ms: the calibrator's (the sums fold into its histogram). n_cohorts: start cohorts
+    per window. n_groups: consecutive calibrator bins sharing one age profile (bytes vs. resolution)."""
+
+    bins: BinSpec
+    half_life_ms: float
+    window_ms: int
+    n_cohorts: int = 12
+    n_groups: int = 4
+
+    def __post_init__(self) -> None:
+        if not (self.window_ms > 0 and self.half_life_ms > 0):
+            raise ValueError("need window_ms > 0 and half_life_ms > 0")
+        if not (1 <= self.n_cohorts <= 256 and 1 <= self.n_groups <= self.bins.n_bins):
+            raise ValueError("need 1 <= n_cohorts <= 256 and 1 <= n_groups <= n_bins")
+
+    @property
+    def group(self) -> np.ndarray:
+        return np.arange(self.bins.n_bins) * self.n_groups // self.bins.n_bins
+
+
+class PendingExposure:
+    """Mutable pending state of one calibrator; one owner per instance."""
+
+    __slots__ = ("_n_seen", "_t_ref", "cohorts", "config", "sums")
+
+    def __init__(self, config: PendingConfig) -> None:
+        self.config = config
+        self.sums = np.zeros((3, config.bins.n_bins))
+        # columns: decayed opened mass per bin group, then the exact (undecayed) count of open windows
+        self.cohorts = CohortTable(-(-config.window_ms // config.n_cohorts), config.n_groups + 1)
+        self._t_ref: int | None = None
+        self._n_seen = 0  # exact count of windows opened and conversions recorded: part of the map version
+
+    @classmethod
+    def for_calibrator(cls, config: CalibratorConfig, window_ms: int, **kw: int) -> PendingExposure:
+        return cls(PendingConfig(config.bins, config.half_life_ms, window_ms, **kw))
+
+    @property
+    def n_seen(self) -> int:
+        """Windows opened plus conversions recorded, ever (merged states add): with the calibrator's n_seen
+        a map version that grows with every record, so a corrected map can replace the one before it."""
+        return self._n_seen
+
+    @property
+    def weight(self) -> float:
+        """Decayed mass of open windows (as of last_event_ms), each counted as one trial."""
+        return float(self.sums[W].sum())
+
+    @property
+    def last_event_ms(self) -> int:
+        return 0 if self._t_ref is None else self._t_ref
+
+    def _prepare(self, scores: Any, start_ms: Any, labels: Any = None):
+        """Validate (ValueError), advance T, bin; the decay weight of each example as of T."""
+        s, y, _ = check_batch(scores, np.zeros(np.shape(scores), np.uint8) if labels is None else labels)
+        t = check_timestamps(start_ms, s.shape[0])
+        t = np.full(s.shape[0], t, dtype=np.int64) if isinstance(t, int) else t
+        if t.size:
+            t_max = int(t.max())
+            if self._t_ref is None:
+                self._t_ref = t_max
+            elif t_max > self._t_ref:
+                factor = 2.0 ** (-(t_max - self._t_ref) / self.config.half_life_ms)
+                self.sums *= factor
+                self.cohorts.rows[:, :-1] *= factor
+                self._t_ref = t_max
+        s, z = self.config.bins.clip_logit(s)
+        w = np.exp2((t - self.last_event_ms) / self.config.half_life_ms)
+        return self.config.bins.index(z), s, y, t, w
+
+    def _cohort_cols(self, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+        cols = np.zeros((idx.size, self.config.n_groups + 1))
+        cols[np.arange(idx.size), self.config.group[idx]] = w
+        cols[:, -1] = 1.0
+        return cols
+
+    def add(self, scores: Any, start_ms: Any) -> None:
+        """Windows opened: examples whose labels are not final yet."""
+        if np.size(scores) == 0:
+            return
+        idx, s, _, t, w = self._prepare(scores, start_ms)
+        n = self.config.bins.n_bins
+        self.sums[W] += np.bincount(idx, weights=w, minlength=n)
+        self.sums[WS] += np.bincount(idx, weights=w * s, minlength=n)
+        self.cohorts.add(t, self._cohort_cols(idx, w))
+        self._n_seen += idx.size
+
+    def convert(self, scores: Any, start_ms: Any) -> None:
+        """First in-window conversions of open windows (scores and starts as added)."""
+        if np.size(scores) == 0:
+            return
+        idx, _, _, t, w = self._prepare(scores, start_ms)
+        live = np.isin(np.floor_divide(t, self.cohorts.width_ms), self.cohorts.ids)
+        self.sums[WY] += np.bincount(idx[live], weights=w[live], minlength=self.config.bins.n_bins)
+        self._n_seen += int(live.sum())
+
+    def mature(self, scores: Any, labels: Any, start_ms: Any) -> None:
+        """Windows closed: take the examples out (the caller feeds them to the calibrator as usual)."""
+        if np.size(scores) == 0:
+            return
+        idx, s, y, t, w = self._prepare(scores, start_ms, labels)
+        live = np.isin(np.floor_divide(t, self.cohorts.width_ms), self.cohorts.ids)
+        idx, s, y, t, w = idx[live], s[live], y[live], t[live], w[live]
+        n = self.config.bins.n_bins
+        self.sums[W] -= np.bincount(idx, weights=w, minlength=n)
+        self.sums[WY] -= np.bincount(idx, weights=w * y, minlength=n)
+        self.sums[WS] -= np.bincount(idx, weights=w * s, minlength=n)
+        self.cohorts.add(t, -self._cohort_cols(idx, w), only_existing=True)
+        self._forget(self.cohorts.rows[:, -1] > 0.5)
+
+    def close_through(self, start_ms: int) -> None:
+        """Every window that started before start_ms has matured: drop those cohorts."""
+        self._forget((self.cohorts.ids + 1) * self.cohorts.width_ms > start_ms)
+
+    def _forget(self, keep: np.ndarray) -> None:
+        """Drop cohorts (all their windows closed); with none left the sums are set to exactly zero, so no
+        rounding dust of the subtractions survives and the state is the waited-for one."""
+        self.cohorts.keep(keep)
+        if self.cohorts.ids.size == 0:
+            self.sums[:] = 0.0
+
+    def fold(self, curve: DelayCurve | None, now_ms: int | None = None) -> np.ndarray:
+        """(4, n_bins) fitting-histogram sums (W, WY, WS, WZ) of the corrected open windows, decayed as of
+        last_event_ms; ages are taken at now_ms (default last_event_ms). Zero without a curve."""
+        out = np.zeros((4, self.config.bins.n_bins))
+        if curve is None or self.cohorts.ids.size == 0:
+            return out
+        lo, hi = self.cohorts.age_ranges(self.last_event_ms if now_ms is None else now_ms)
+        rows = np.maximum(self.cohorts.rows[:, :-1], 0.0)
+        mass = rows.sum(axis=0)
+        gbar = np.where(mass > 0, (curve.mean_over(lo, hi) @ rows) / np.where(mass > 0, mass, 1.0), 0.0)
+        w, y, ws = (np.maximum(r, 0.0) for r in self.sums)
+        live = w > 1e-12 * max(float(w.sum()), 1e-300)
+        mean = np.where(live, ws / np.where(live, w, 1.0), 0.5)
+        mean = np.clip(mean, self.config.bins.clip, 1.0 - self.config.bins.clip)
+        out[0] = np.where(live, np.maximum(gbar[self.config.group] * w, y), 0.0)
+        out[1] = np.where(live, y, 0.0)
+        out[2] = out[0] * mean
+        out[3] = out[0] * logit(mean)
+        return out
+
+    def merge(self, other: PendingExposure) -> PendingExposure:
+        if other.config != self.config:
+            raise ValueError("cannot merge pending exposures with different configs")
+        out = PendingExposure(self.config)
+        out._t_ref, f = align(self._t_ref, other._t_ref, self.config.half_life_ms)
+        out._n_seen = self._n_seen + other._n_seen
+        out.sums = self.sums * f[0] + other.sums * f[1]
+        out.cohorts = self.cohorts.merged(other.cohorts, f[0], f[1], n_decayed=self.config.n_groups)
+        return out
+
+    def to_bytes(self) -> bytes:
+        """u32 header length | orjson header | packed non-empty-bin mask + those columns of (w, y, s) |
+        cohort table (CohortTable.to_bytes). Lossless."""
+        cfg = self.config
+        header = {
+            "format": _FORMAT,
+            "bins": [cfg.bins.n_bins, cfg.bins.logit_lo, cfg.bins.logit_hi, cfg.bins.clip],
+            "half_life_ms": cfg.half_life_ms,
+            "window_ms": cfg.window_ms,
+            "n_cohorts": cfg.n_cohorts,
+            "n_groups": cfg.n_groups,
+            "t_ref": self._t_ref,
+            "n_seen": self._n_seen,
+            "cohorts": int(self.cohorts.ids.size),
+        }
+        mask = np.any(self.sums != 0.0, axis=0)
+        body = np.packbits(mask).tobytes() + np.ascontiguousarray(self.sums[:, mask], dtype="<f8").tobytes()
+        head = orjson.dumps(header)
+        return _HEADER.pack(len(head)) + head + body + self.cohorts.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PendingExposure:
+        try:
+            (hlen,) = _HEADER.unpack_from(data, 0)
+            h = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
+            if h.get("format") != _FORMAT:
+                raise ValueError(f"unsupported pending-exposure format {h.get('format')!r}")
+            n_bins, lo, hi, clip = h["bins"]
+            cfg = PendingConfig(BinSpec(n_bins, lo, hi, clip), h["half_life_ms"], h["window_ms"])
+            cfg = dataclasses.replace(cfg, n_cohorts=h["n_cohorts"], n_groups=h["n_groups"])
+            out = cls(cfg)
+            buf = memoryview(data)[_HEADER.size + hlen :]
+            nmask = (n_bins + 7) // 8
+            mask = np.unpackbits(np.frombuffer(buf[:nmask], dtype=np.uint8))[:n_bins].astype(bool)
+            k = int(mask.sum())
+            out.sums[:, mask] = np.frombuffer(buf[nmask : nmask + 24 * k], dtype="<f8").reshape(3, k)
+            rest = buf[nmask + 24 * k :]
+            out.cohorts, buf = CohortTable.from_buffer(out.cohorts.width_ms, cfg.n_groups + 1, h["cohorts"], rest)
+            if len(buf):
+                raise ValueError(f"{len(buf)} trailing bytes")
+            out._t_ref = h["t_ref"]
+            out._n_seen = h["n_seen"]
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"corrupt pending-exposure state: {exc!r}") from None
+        return out
+
+
+def corrected(
+    calibrator: Calibrator, pending: PendingExposure, curve: DelayCurve | None, now_ms: int | None = None
+) -> tuple[Calibrator, float]:
+    """(the calibrator with the corrected open windows folded in, matured_fraction: the share of its fitting
+    weight whose windows have closed). With nothing pending or no curve it is the calibrator itself."""
+    out = calibrator.with_pending(pending.fold(curve, now_ms), pending.last_event_ms)
+    total = out.n_effective
+    matured = calibrator.n_effective * 2.0 ** (
+        -(out.last_event_ms - calibrator.last_event_ms) / pending.config.half_life_ms
+    )
+    return out, (matured / total if total > 0 else 1.0)
+
+
+def corrected_map(
+    calibrator: Calibrator,
+    pending: PendingExposure,
+    delay_chain: Sequence[DelayModel | None],
+    now_ms: int | None = None,
+    **meta: Any,
+) -> CalibrationMap:
+    """The refresh-time map of a `label_delay = "corrected"` calibrator: the curve of the first level of the
+    segment fallback chain (finest first) with enough conversions, the open windows folded in, and in
+    `metrics` the matured fraction, the delay summary and `delay_level` (index in the chain; -1: no curve, the
+    waited-for map). version = calibrator.n_seen + pending.n_seen; `meta` overrides as in `to_map`."""
+    curve, level = select_curve(delay_chain, now_ms)
+    cal, matured = corrected(calibrator, pending, curve, now_ms)
+    metrics = dict(meta.pop("metrics", None) or {})
+    metrics |= {"matured_fraction": round(matured, 6), "delay_level": level}
+    if curve is not None:
+        metrics |= curve.summary()
+    return cal.to_map(**({"version": calibrator.n_seen + pending.n_seen, "metrics": metrics} | meta))
