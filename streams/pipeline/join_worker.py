@@ -18,6 +18,7 @@ twice. Labeled records carry (partition, seq, durable) so a replay can drop the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -123,6 +124,12 @@ class JoinWorker:
     async def run(self) -> None:
         """Consume until stopped: batches in, labeled records and snapshots out."""
         assert self.consumer is not None
+        # A batch allocates ~10^5 short-lived container objects (fetched records, structs' lists and
+        # dicts); with the default thresholds the collector ran every 700 of them and walked the
+        # long-lived app state again and again. What exists now is frozen out of collection.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         last_checkpoint = last_partials = time.monotonic()
         while not self._stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200, max_records=20_000)

@@ -42,7 +42,9 @@ from collections import Counter
 from collections.abc import Callable
 from operator import attrgetter
 
+import msgspec
 import numpy as np
+import orjson
 
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.events import CLICK, Action, Impression, ImpressionEvent, Prediction
@@ -307,7 +309,8 @@ class PartitionJoin:
     # -- one event at a time (tests, raw replay): each its own batch -----------------------------
     def add_impression(self, event: Impression) -> None:
         predictions = [Prediction(m, v, s) for m, v, s in event.predictions]
-        self.process([ImpressionEvent(event.impression_id, event.ts, predictions, event.segment)], [])
+        segment = msgspec.Raw(orjson.dumps(event.segment))
+        self.process([ImpressionEvent(event.impression_id, event.ts, predictions, segment)], [])
 
     def add_action(self, action: Action) -> None:
         self.process([], [action])

@@ -20,6 +20,7 @@ from operator import attrgetter
 
 import numpy as np
 
+from streams.pipeline.events import segment_of, segment_text
 from streams.pipeline.join.rules import LabelRule, RuleBook
 
 _MAX_RAW_KEYS = 100_000  # the caches from raw (model, version, segment items) to groups are cleared past this
@@ -100,10 +101,10 @@ class Tables:
             self._dims.append(frozenset(d for dims in self.rules[idx].config.segment_by for d in dims))
         return idx
 
-    def _group(self, model: str, version: str, segment: tuple) -> int:
+    def _group(self, model: str, version: str, segment_json: bytes) -> int:
         m = self._model(model)
         dims = self._dims[m]
-        s = self.segments.index({d: v for d, v in segment if d in dims})
+        s = self.segments.index({d: v for d, v in segment_of(segment_json).items() if d in dims})
         triple = (m, self.versions.index(version), s)
         g = self.groups.index(triple)
         if g == self._columns.shape[1]:
@@ -118,7 +119,7 @@ class Tables:
         if len(self._raw) > _MAX_RAW_KEYS or max(map(len, self._codes)) > _MAX_RAW_KEYS:
             self._raw, self._codes = {}, ({}, {}, {})
         models, versions, segments = self._codes
-        segment = _encode(segments, [tuple(s.items()) if s else () for s in map(_segment, impressions)])
+        segment = _encode(segments, list(map(segment_text, map(_segment, impressions))))
         model = _encode(models, [p.model for e in impressions for p in e.predictions])
         version = _encode(versions, [p.model_version for e in impressions for p in e.predictions])
         key = (model << 42) | (version << 21) | np.repeat(segment, n_slots)
