@@ -106,21 +106,34 @@ class ConversionEvent(msgspec.Struct, gc=False):
 
 Segment = Annotated[dict[Text, Text], msgspec.Meta(max_length=MAX_SEGMENT_DIMS)] | None
 _SEGMENT_DECODER = msgspec.json.Decoder(Segment)
-_SEGMENTS: dict[bytes, dict[str, str] | None] = {}  # segment JSON -> the segment, None if invalid
+_SEGMENTS: dict[bytes, dict[str, str] | str] = {}  # segment JSON -> the segment, or why it is refused
 _MAX_SEGMENTS = 100_000
 
 
-def segment_of(raw: bytes) -> dict[str, str] | None:
-    """The segment a segment's JSON text holds ({} for null), or None if it breaks the contract."""
-    segment = _SEGMENTS.get(raw, False)
-    if segment is False:
+def segment_check(raw: bytes) -> dict[str, str] | str:
+    """The segment a segment's JSON text holds ({} for null), or the reason it is refused:
+    `invalid_json` (the decoder skips a raw value without checking, e.g., its escapes: orjson refuses
+    the whole message then) or `bad_field:segment`."""
+    segment = _SEGMENTS.get(raw)
+    if segment is None:
         if len(_SEGMENTS) >= _MAX_SEGMENTS:
             _SEGMENTS.clear()
         try:
+            orjson.loads(raw)
             segment = _SEGMENT_DECODER.decode(raw) or {}
+        except orjson.JSONDecodeError:
+            segment = "invalid_json"
         except (msgspec.ValidationError, msgspec.DecodeError):
-            segment = None
+            segment = "bad_field:segment"
         _SEGMENTS[raw] = segment
+    return segment
+
+
+def segment_of(raw: bytes) -> dict[str, str]:
+    """The segment of a text `segment_check` accepted."""
+    segment = segment_check(raw)
+    if type(segment) is str:
+        raise ValueError(f"{segment}: {raw[:100]!r}")
     return segment
 
 
@@ -200,9 +213,13 @@ def _check_limits(out: Decoded, kind: int, limits: Limits) -> None:
     if kind == IMPRESSION:
         texts = [bytes(e.segment) for e in events]
         for text in dict.fromkeys(texts):
-            if segment_of(text) is None:
+            segment = segment_check(text)
+            if type(segment) is str:
                 for i in [i for i, t in enumerate(texts) if t == text]:
-                    reasons.setdefault(i, "bad_field:segment")
+                    if segment == "invalid_json":
+                        reasons[i] = segment  # the whole message is not JSON: nothing else counts
+                    else:
+                        reasons.setdefault(i, segment)
         n_slots = np.fromiter((len(e.predictions) for e in events), np.int64, len(events))
         for i in np.flatnonzero(n_slots > limits.max_predictions).tolist():
             reasons.setdefault(i, "too_many_predictions")

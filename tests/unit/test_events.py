@@ -373,3 +373,13 @@ def _agree(values: list[bytes], kind: int, limits: Limits) -> None:
     hypothesis.event(f"accepted events: {min(len(got), 2)}")
     # the same messages refused, for the same reasons
     assert batch.invalid == expected_invalid
+
+
+def test_a_segment_the_fast_path_skips_unchecked_is_still_invalid_json():
+    """The segment is kept as raw text: its escapes are checked when the text is validated (a lone
+    surrogate made 2,498 hostile messages `bad_field:segment` instead of `invalid_json`)."""
+    value = orjson.dumps(good_impression()).replace(b'"ios"', b'"\\ud800"')
+    assert one(value) == Invalid("invalid_json", -1)
+    assert decode_batch([value], IMPRESSION, LIMITS).invalid == {0: [Invalid("invalid_json", -1)]}
+    bad_type = orjson.dumps(good_impression(segment={"platform": 1}))
+    assert decode_batch([bad_type], IMPRESSION, LIMITS).invalid == {0: [Invalid("bad_field:segment", -1)]}
