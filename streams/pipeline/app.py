@@ -24,8 +24,9 @@ from streams.pipeline.aggregator import Aggregator, MapState
 from streams.pipeline.config import Config
 from streams.pipeline.join_processes import partial_message
 from streams.pipeline.join_worker import JoinWorker
-from streams.pipeline.metrics import MapTracker, RecalCollector, registry
+from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from streams.pipeline.urls import faust_brokers
 from streams.pipeline.web import register_pages
 
 log = logging.getLogger("recal.app")
@@ -34,13 +35,15 @@ log = logging.getLogger("recal.app")
 class JoinService(mode.Service):
     """Runs the JoinWorker inside the Faust worker's lifecycle."""
 
-    def __init__(self, worker: JoinWorker, **kwargs) -> None:
+    def __init__(self, worker: JoinWorker, loop_monitor: LoopMonitor, **kwargs) -> None:
         self.worker = worker
+        self.loop_monitor = loop_monitor
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
         await self.worker.start()
         self.add_future(self._run())
+        self.add_future(self.loop_monitor.run())
 
     async def _run(self) -> None:
         try:
@@ -59,11 +62,12 @@ def create_app(config: Config) -> faust.App:
     logsafe.install()  # producer-controlled strings (segments, ids) never forge a log line
     app = faust.App(
         config.app_id,
-        broker=f"kafka://{config.broker}",
+        broker=faust_brokers(config.broker),
         broker_credentials=config.kafka.faust_credentials(),
         store="memory://",
         web_port=config.web_port,
-        web_host="0.0.0.0",
+        web_bind=config.web_host,  # the interfaces the server listens on (web_host only names it in URLs)
+        web_host=config.web_host,
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
         topic_allow_declare=True,
@@ -91,9 +95,10 @@ def create_app(config: Config) -> faust.App:
             await partials_topic.send(key=k, value=v)
 
     join = JoinWorker(config, on_partials=send_partials)
+    loop_monitor = LoopMonitor()
     # A dependency, not an app.service: those start after the app's own group join and table
     # recovery, which serialised two consumer-group joins (~5 s each on the embedded broker).
-    app.add_dependency(JoinService(join, loop=app.loop, beacon=app.beacon))
+    app.add_dependency(JoinService(join, loop_monitor, loop=app.loop, beacon=app.beacon))
 
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):
@@ -129,7 +134,15 @@ def create_app(config: Config) -> faust.App:
         results = await asyncio.to_thread(publisher.flush)
         tracker.record(pending, results)
 
-    metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker))
-    register_pages(app, config, join=join, publisher=publisher, aggregator=aggregator, metrics=metrics_registry)
+    metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker, loop_monitor=loop_monitor))
+    register_pages(
+        app,
+        config,
+        join=join,
+        publisher=publisher,
+        aggregator=aggregator,
+        metrics=metrics_registry,
+        loop_monitor=loop_monitor,
+    )
 
     return app

@@ -33,5 +33,6 @@ def consumer(config: Config) -> AIOKafkaConsumer:
         max_partition_fetch_bytes=4 << 20,
         fetch_max_bytes=32 << 20,
         session_timeout_ms=config.session_timeout_ms,
+        rebalance_timeout_ms=config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
         heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
     )

@@ -17,11 +17,13 @@ class Stats:
     rekeyed: int = 0
     expiry_deferred: int = 0  # batches that held windows open because label topics lagged
     snapshots: int = 0
+    snapshots_skipped: int = 0  # revoke snapshots that did not fit before the rebalance deadline
+    fenced: int = 0  # partitions dropped because another worker claimed them
     batches: int = 0
     batch_seconds: float = 0.0
 
     _COUNTERS = ("events_in", "dead_letters", "join", "labeled")
-    _NUMBERS = ("rekeyed", "expiry_deferred", "snapshots", "batches", "batch_seconds")
+    _NUMBERS = ("rekeyed", "expiry_deferred", "snapshots", "snapshots_skipped", "fenced", "batches", "batch_seconds")
 
     def as_dict(self) -> dict:
         return {

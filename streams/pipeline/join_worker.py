@@ -27,6 +27,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from streams.pipeline import deadletters, join_clients
+from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
@@ -35,7 +36,7 @@ from streams.pipeline.join_processes import JoinProcesses
 from streams.pipeline.join_stats import Stats
 from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
-from streams.pipeline.snapshots import SnapshotStore
+from streams.pipeline.snapshots import Fenced, SnapshotStore
 
 __all__ = ["JoinWorker", "Stats"]
 
@@ -69,7 +70,9 @@ class JoinWorker:
         self._state_reader: AIOKafkaConsumer | None = None
         self.partitioner = config.partitioner
         self.peers: JoinProcesses | None = None  # the other join processes of this worker (the first one's)
-        self.screens: list[Screen] = []  # refusal hooks for valid impressions (see routing)
+        self.guard = CardinalityGuard(config, self._model_config)
+        # refusal hooks for valid impressions (see routing): the cardinality caps; a version cap goes here
+        self.screens: list[Screen] = [self.guard.screen]
 
     def _model_config(self, name: str) -> ModelConfig:
         if name not in self.config.models and name not in self._reported_default:
@@ -95,12 +98,10 @@ class JoinWorker:
             self.peers = JoinProcesses(self.config, processes - 1)
             self.peers.start()
         self.producer, self.idempotent = await join_clients.producer(self.config)
-        self.deadletters = DeadLetterWriter(
-            self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
-        )
+        self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
         self._state_reader = join_clients.state_reader(self.config)
         await self._state_reader.start()
-        self._snapshots = SnapshotStore(self.topics.state, self.producer, self._state_reader)
+        self._snapshots = SnapshotStore.for_config(self.config, self.producer, self._state_reader)
         self.consumer = join_clients.consumer(self.config)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
@@ -230,13 +231,28 @@ class JoinWorker:
         return sends
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
-    async def _checkpoint(self, states: list[PartitionState]) -> None:
-        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics."""
+    async def _checkpoint(self, states: list[PartitionState], deadline: float | None = None) -> None:
+        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics. Before
+        a `deadline` (revoke) only the snapshots that fit (the rest re-read from their last one); a fenced
+        partition (claimed by another worker) is dropped, its snapshot and partials unwritten."""
         assert self._snapshots is not None and self.consumer is not None
+        kept = []
         for state in states:
-            await self._snapshots.write(state.partition, state.snapshot_blob())
+            if deadline is not None and time.monotonic() + self._snapshots.estimate_s(state.partition) > deadline:
+                self.stats.snapshots_skipped += 1
+                log.warning("partition %d: no time left to snapshot before the rebalance deadline", state.partition)
+                continue
+            try:
+                await self._snapshots.write(state.partition, state.snapshot_blob)
+            except Fenced as exc:
+                self.stats.fenced += 1
+                self.parts.pop(state.partition, None)
+                log.warning("partition %d dropped: %s", state.partition, exc)
+                continue
             state.durable = state.seq
             self.stats.snapshots += 1
+            kept.append(state)
+        states = kept
         await self._send_partials(states)
         offsets = {
             TopicPartition(topic, state.partition): offset
@@ -269,7 +285,9 @@ class _Rebalance(ConsumerRebalanceListener):
         async with w._lock:
             states = [w.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in w.parts]
             if states and not w._stopping.is_set():
-                await w._checkpoint(states)
+                await w._checkpoint(states, deadline=time.monotonic() + w.config.rebalance_timeout_ms / 2000)
+            for state in states:
+                w._snapshots.forget(state.partition)
 
     async def on_partitions_assigned(self, assigned) -> None:
         w = self.worker
@@ -297,8 +315,9 @@ class _Rebalance(ConsumerRebalanceListener):
         return PartitionJoin.restore(snapshot, *args, clock_skew_ms=c.clock_skew_ms)
 
     async def _restore(self, partition: int) -> PartitionState:
-        blob = await self.worker._snapshots.read_latest(partition)
+        blob = await self.worker._snapshots.claim(partition)
         state = PartitionState.from_blob(partition, blob, self._new_join, self.worker._model_config)
+        self.worker.guard.observe(state.partials.calibrators)
         if blob is not None:
             log.info("partition %d restored at seq %d, offsets %s", partition, state.seq, state.offsets)
         return state

@@ -77,25 +77,26 @@ def route(
     decoded = decode_batch([m.value for m in messages], kind, limits)
     refused = decoded.invalid
     events, origin = decoded.events, decoded.origin
-    if kind == IMPRESSION and screens and events:
-        for screen in screens:
+    if events:
+        ids = [e.impression_id.encode() for e in events]
+        owner = partitions_of(ids, n_partitions, partitioner)
+        here = owner == partition
+        if not here.all():
+            for i in np.flatnonzero(~here).tolist():
+                out.rekeys.append((kind, int(owner[i]), events[i]))
+            keep = np.flatnonzero(here).tolist()
+            events, origin, ids = [events[i] for i in keep], [origin[i] for i in keep], [ids[i] for i in keep]
+    if kind == IMPRESSION and events:
+        for screen in screens:  # worker-side refusals of the impressions joined here
             reasons = screen(events)
             if any(reasons):
                 for i in [i for i, r in enumerate(reasons) if r]:
                     refused.setdefault(origin[i], []).append(Invalid(reasons[i], -1))
                 keep = [i for i, r in enumerate(reasons) if not r]
-                events, origin = [events[i] for i in keep], [origin[i] for i in keep]
+                events, origin, ids = [events[i] for i in keep], [origin[i] for i in keep], [ids[i] for i in keep]
     out.refused.extend((messages[i], reasons) for i, reasons in sorted(refused.items()))
     if not events:
         return out
-    ids = [e.impression_id.encode() for e in events]
-    owner = partitions_of(ids, n_partitions, partitioner)
-    here = owner == partition
-    if not here.all():
-        for i in np.flatnonzero(~here).tolist():
-            out.rekeys.append((kind, int(owner[i]), events[i]))
-        events = [e for e, h in zip(events, here.tolist(), strict=True) if h]
-        ids = [b for b, h in zip(ids, here.tolist(), strict=True) if h]
     if kind == IMPRESSION:
         out.impressions.extend(events)
         out.impression_ids.extend(ids)

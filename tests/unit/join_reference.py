@@ -71,6 +71,11 @@ class ReferenceJoin:
                 self._apply(action)
             elif self._recent(action.impression_id) or action.ts + self.grace <= before:
                 self.counters[f"late_{_kind(action)}"] += 1
+            elif any(
+                a.kind == action.kind and a.action_id == action.action_id
+                for a in self.early.get(action.impression_id, [])
+            ):
+                self.counters[f"duplicate_{_kind(action)}"] += 1  # the same early action resent
             else:
                 self.early.setdefault(action.impression_id, []).append(action)
                 self.counters[f"early_{_kind(action)}"] += 1

@@ -58,7 +58,7 @@ def make_plan(seed: int, n: int):
         for kind in (CLICK, CONVERSION):
             for _ in range(rng.choice([0, 0, 1, 2])):
                 ats = ts + rng.randrange(-5_000, 120_000)
-                events.append((ats + rng.randrange(-40_000, 40_000), Action(kind, iid, ats, f"a{rng.random()}")))
+                events.append((ats + rng.randrange(-40_000, 40_000), Action(kind, iid, ats, f"a{rng.randrange(3)}")))
         if rng.random() < 0.1:  # orphan
             events.append((ts, Action(CLICK, f"orphan{i}", ts, "o")))
     events.sort(key=lambda e: e[0])

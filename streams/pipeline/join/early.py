@@ -4,7 +4,8 @@ Each waits `grace` (event time) from the first one that came; then they are orph
 
 >>> from streams.pipeline.events import CLICK, Action
 >>> early = EarlyActions(grace_ms=10)
->>> early.wait(Action(CLICK, "i", 100, "c1")); early.wait(Action(CLICK, "i", 105, "c2"))
+>>> [early.wait(Action(CLICK, "i", ts, c)) for ts, c in ((100, "c1"), (105, "c2"), (106, "c2"))]
+[True, True, False]
 >>> early.orphans(109), [a.action_id for a in early.orphans(110)], early
 ([], ['c1', 'c2'], {})
 """
@@ -22,11 +23,16 @@ class EarlyActions(dict[str, list[Action]]):
         self.grace_ms = grace_ms
         self._due: list[tuple[int, str]] = []  # heap of (first action's ts + grace, impression id)
 
-    def wait(self, action: Action) -> None:
+    def wait(self, action: Action) -> bool:
+        """Hold `action` for its impression; False if the very same one is already waiting (a resend:
+        the list stays bounded)."""
         waiting = self.setdefault(action.impression_id, [])
+        if any(a.kind == action.kind and a.action_id == action.action_id for a in waiting):
+            return False
         if not waiting:
             heapq.heappush(self._due, (action.ts + self.grace_ms, action.impression_id))
         waiting.append(action)
+        return True
 
     def orphans(self, clock: int) -> list[Action]:
         """The actions whose grace ended by `clock`, removed."""

@@ -193,8 +193,8 @@ class PartitionJoin:
             elif decided or action.ts + self.grace_ms <= clock:
                 self.counters[f"late_{_kind(action)}"] += 1
             else:
-                self.early.wait(action)
-                self.counters[f"early_{_kind(action)}"] += 1
+                waited = self.early.wait(action)
+                self.counters[f"{'early' if waited else 'duplicate'}_{_kind(action)}"] += 1
 
     def _apply(self, action: Action, row: int) -> None:
         """Record a click/conversion against its pending impression (labels wait for the window)."""
