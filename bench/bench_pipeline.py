@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py            # ~2-3 min
     .venv/bin/python bench/bench_pipeline.py --profile  # also py-spy the worker during the backlog run
+    .venv/bin/python bench/bench_pipeline.py --processes 2  # two join processes in the one worker
 
 1. Start a DevStack, create the topics (4 partitions), pre-produce N impressions (one event per message,
    key = impression_id, ~2% clicks, ~10% of those converted; event times spread so windows close).
@@ -29,12 +30,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_join import make_traffic
+from bench_join import join_batch, make_traffic
 
 from streams.dev.devstack import BROKER_IMPLS, DevStack, WorkerProcess
 from streams.dev.simulator import kafka_partition, murmur2, send_batched
 from streams.pipeline.config import load_config
-from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Limits
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.topics import ensure_topics
 
@@ -128,18 +129,17 @@ async def raw_ceiling(broker: str, topics: list[str], partitions: int, total: in
 
 
 def expected_examples(messages, configs, partitions: int) -> int:
-    """What the worker should emit once everything is read: the pure join, per partition, in event order."""
-    from streams.pipeline.events import Limits, decode
-
-    joins = [PartitionJoin(configs, 60_000, 10) for _ in range(partitions)]
+    """What the worker should emit once everything is read: the pure join, per partition, in event
+    order, in batches (labels do not depend on the cuts, only on event times)."""
     kinds = {"ad-impressions": IMPRESSION, "ad-clicks": CLICK, "ad-conversions": CONVERSION}
-    limits = Limits()
-    for topic, partition, _key, value, _ts in messages:
-        join = joins[partition]
-        for event in decode(value, kinds[topic], limits):
-            (join.add_impression if kinds[topic] == IMPRESSION else join.add_action)(event)
+    per_partition: list[list] = [[] for _ in range(partitions)]
+    for topic, partition, key, value, ts in messages:
+        per_partition[partition].append((kinds[topic], key, value, ts))
     total = 0
-    for join in joins:
+    for traffic in per_partition:
+        join = PartitionJoin(configs, 60_000, 10)
+        for lo in range(0, len(traffic), 5_000):
+            join_batch(join, traffic[lo : lo + 5_000], Limits())
         join.expire()
         total += len(join.drain()[0])
     return total
@@ -153,6 +153,7 @@ def main() -> int:
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--live-speed", type=float, default=10.0, help="live mode: event seconds per wall second")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=1, help="join processes of the worker ([worker] processes)")
     parser.add_argument("--broker-impl", choices=BROKER_IMPLS, default="tansu", help="the dev broker to measure on")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during the backlog run")
     args = parser.parse_args()
@@ -169,7 +170,7 @@ def main() -> int:
 
     with DevStack(broker_impl=args.broker_impl) as stack, tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "bench.toml"
-        config_path.write_text(CONFIG_TOML)
+        config_path.write_text(CONFIG_TOML + f"processes = {args.processes}\n")
         config = load_config(
             config_path, env={}, broker=stack.broker_url, redis=stack.redis_url, partitions=args.partitions
         )
@@ -197,7 +198,13 @@ def main() -> int:
         print(rows[-1], flush=True)
 
         ceiling = asyncio.run(raw_ceiling(stack.broker_url, list(topics.sources[:3]), args.partitions, total))
-        rows.append(("raw ceiling: aiokafka getmany + orjson.loads", f"{ceiling:,.0f} rec/s", "group-less, 1 process"))
+        rows.append(
+            (
+                "raw ceiling: aiokafka getmany + orjson.loads",
+                f"{ceiling:,.0f} rec/s",
+                f"group-less, 1 process; the worker runs {args.processes} join process(es)",
+            )
+        )
         print(rows[-1], flush=True)
 
         log_path = Path(tmp) / "worker.log"
@@ -252,14 +259,21 @@ def main() -> int:
             s = worker.stats(timeout_s=1.0)
             got = labeled(s)
             rate = args.impressions / backlog_s
-            rows.append(("worker startup to first event", f"{first - started:.1f} s", "faust + assignment + restore"))
+            startup = first - started
+            rows.append(
+                (
+                    "worker startup to first event",
+                    f"{startup:.1f} s",
+                    f"faust + assignment + restore; target <= 5 s: {'met' if startup <= 5 else 'NOT met'}",
+                )
+            )
             rows.append(
                 (
                     "worker backlog: impressions/s",
                     f"{rate:,.0f} imp/s",
-                    f"{total:,} messages in {backlog_s:.1f} s = {total / backlog_s:,.0f} msg/s; "
-                    f"{total / backlog_s / ceiling:.0%} of the raw ceiling; target 30,000 imp/s: "
-                    f"{'met' if rate >= 30_000 else 'NOT met'}",
+                    f"{total:,} messages in {backlog_s:.1f} s = {total / backlog_s:,.0f} msg/s = "
+                    f"{total / backlog_s / ceiling:.2f} of the raw ceiling "
+                    f"(target >= 0.40: {'met' if total / backlog_s >= 0.40 * ceiling else 'NOT met'})",
                 )
             )
             rows.append(

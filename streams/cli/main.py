@@ -24,6 +24,7 @@ def _worker(args: argparse.Namespace) -> int:
         redis=connect.checked_redis(args.redis),
         web_port=args.web_port,
         web_host=args.web_host,
+        processes=args.processes,
     )
     asyncio.run(ensure_topics(config, create_sources=args.create_topics))
     app = create_app(config)
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind address of the web endpoints (default 127.0.0.1; env RECAL_WEB_HOST; 0.0.0.0 in a container)",
     )
     worker.add_argument("--create-topics", action="store_true", help="create missing source topics (dev)")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        help="join processes in this worker, one consumer group; 0: the CPU count (default: [worker] processes, 1)",
+    )
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
 

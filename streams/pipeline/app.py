@@ -18,10 +18,11 @@ import faust
 import mode
 import redis
 
-from recalibrators.serving.keys import MapField, RedisKeys
+from recalibrators.serving.keys import RedisKeys
 from streams.pipeline import logsafe
-from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
+from streams.pipeline.aggregator import Aggregator, MapState
 from streams.pipeline.config import Config
+from streams.pipeline.join_processes import partial_message
 from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
@@ -89,15 +90,15 @@ def create_app(config: Config) -> faust.App:
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
 
     async def send_partials(partials) -> None:
-        for partition, (model, model_version, segment), calibrator in partials:
-            await partials_topic.send(
-                key=str(MapField(model, model_version, segment)).encode(),
-                value=encode_partial(partition, model, model_version, segment, calibrator),
-            )
+        for partition, key, calibrator in partials:
+            k, v = partial_message(partition, key, calibrator)
+            await partials_topic.send(key=k, value=v)
 
     join = JoinWorker(config, on_partials=send_partials)
     loop_monitor = LoopMonitor()
-    app.service(JoinService(join, loop_monitor, loop=app.loop, beacon=app.beacon))
+    # A dependency, not an app.service: those start after the app's own group join and table
+    # recovery, which serialised two consumer-group joins (~5 s each on the embedded broker).
+    app.add_dependency(JoinService(join, loop_monitor, loop=app.loop, beacon=app.beacon))
 
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):

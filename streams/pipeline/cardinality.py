@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 
 from recalibrators.segments import parse_segment_key, project, segment_key
 from streams.pipeline.config import Config, ModelConfig
+from streams.pipeline.events import segment_of
 
 log = logging.getLogger("recal.cardinality")
 
@@ -69,6 +71,19 @@ class CardinalityGuard:
         for where, key in new_keys:
             self.keys.setdefault(where, set()).add(key)
         return None
+
+    def screen(self, impressions: list) -> list[str | None]:
+        """`admit` for a batch of impression structs (the join's refusal hook): once per distinct
+        (models, segment) of the batch, which gets the same answer (join edit, for the columnar path)."""
+        answers: dict[tuple, str | None] = {}
+        out = []
+        for e in impressions:
+            key = (bytes(e.segment), *[p.model for p in e.predictions])
+            if key not in answers:
+                predictions = [(p.model, p.model_version, p.score) for p in e.predictions]
+                answers[key] = self.admit(SimpleNamespace(predictions=predictions, segment=segment_of(key[0])))
+            out.append(answers[key])
+        return out
 
     def observe(self, calibrator_keys: Iterable[tuple[str, str, str]]) -> None:
         """Learn the (model, model version, segment key) of restored calibrators (never refused: they exist)."""

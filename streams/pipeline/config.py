@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from streams.pipeline.partitioners import check_partitioner
 from streams.pipeline.urls import (
     BROKER_ENV,
     DEFAULT_BROKER,
@@ -230,6 +231,9 @@ class Config:
     max_predictions: int = 64
     max_future_skew_ms: int = 86_400_000  # events further ahead of the wall clock are rejected
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat
+    clock_skew_ms: int = 1_000  # the join clock's allowance ahead of wall time (join/clock.py, #13 item 1)
+    partitioner: str = "murmur2"  # the producers': murmur2 | crc32 | consistent_random (docs/pipeline.md)
+    processes: int = 1  # join processes of one worker (`recal worker --processes`); 0: the CPU count
     max_label_lag: int = 0  # records: while a click/conversion partition lags more, windows stay open
     holdout_percent: int = 10  # examples held back from fitting, for the quality gate
     checkpoint_interval_ms: int = 5_000  # join state snapshots
@@ -244,6 +248,7 @@ class Config:
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
+        check_partitioner(self.partitioner)
         object.__setattr__(self, "broker", parse_brokers(self.broker))
         if not self.rebalance_timeout_ms:
             object.__setattr__(self, "rebalance_timeout_ms", max(60_000, 3 * self.session_timeout_ms))
@@ -286,6 +291,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         "partials_interval",
         "max_future_skew",
         "session_timeout",
+        "clock_skew",
         "rebalance_timeout",
         "snapshot_read_timeout",
     ):

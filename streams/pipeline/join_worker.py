@@ -1,6 +1,7 @@
 """The hot path: a batched aiokafka consumer that validates raw events, joins them per partition,
 folds the labeled examples into per-partition calibrators, and writes one labeled record per
-partition and batch.
+partition and batch. Per batch: `routing.route` (decode, check partitions) -> `PartitionJoin.process`
+-> `expire` -> `PartitionState.fold` (partials, labeled record); state: `partition_state`.
 
 Why not a Faust agent: Faust pushes each record through several asyncio tasks (~5,000 records/s
 per process); here one `getmany` hands over thousands of records that are decoded with orjson and
@@ -17,65 +18,30 @@ twice. Labeled records carry (partition, seq, durable) so a replay can drop the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
-import numpy as np
-import orjson
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from streams.pipeline import deadletters
-from streams.pipeline.broker_caps import start_producer
+from streams.pipeline import deadletters, join_clients
 from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
-from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
-from streams.pipeline.events import decode as decode_events
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
-from streams.pipeline.partials import PartialCalibrators
-from streams.pipeline.records import pack, pack_examples, unpack
+from streams.pipeline.join_processes import JoinProcesses
+from streams.pipeline.join_stats import Stats
+from streams.pipeline.partition_state import PartitionState
+from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
 from streams.pipeline.snapshots import Fenced, SnapshotStore
-from streams.pipeline.topics import partition_of
 from streams.pipeline.versions import ModelVersions
 
+__all__ = ["JoinWorker", "Stats"]
+
 log = logging.getLogger("recal.join")
-
-_KIND_HEADER = "recal-kind"
-
-
-@dataclass
-class Stats:
-    """Counters since process start, read by the metrics endpoint and the demo's progress line."""
-
-    events_in: Counter[str] = field(default_factory=Counter)  # per source topic
-    dead_letters: Counter[str] = field(default_factory=Counter)  # per reason
-    join: Counter[str] = field(default_factory=Counter)  # late, duplicate, early, orphan, ...
-    labeled: Counter[str] = field(default_factory=Counter)  # per model
-    rekeyed: int = 0
-    expiry_deferred: int = 0  # batches that held windows open because label topics lagged
-    snapshots: int = 0
-    snapshots_skipped: int = 0  # revoke snapshots that did not fit before the rebalance deadline
-    fenced: int = 0  # partitions dropped because another worker claimed them
-    batches: int = 0
-    batch_seconds: float = 0.0
-
-
-@dataclass
-class PartitionState:
-    partition: int
-    join: PartitionJoin
-    partials: PartialCalibrators
-    offsets: dict[str, int]  # source topic -> next offset to read
-    seq: int = 0  # labeled records written
-    durable: int = 0  # seq covered by the last snapshot
-
-    def snapshot_blob(self) -> bytes:
-        keys, blobs = self.partials.to_blobs()
-        header = {"partition": self.partition, "seq": self.seq, "offsets": self.offsets, "keys": keys}
-        return pack(header, [self.join.snapshot(), *blobs])
 
 
 class JoinWorker:
@@ -97,14 +63,26 @@ class JoinWorker:
         self._n_partitions = 0
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
-        self.guard = CardinalityGuard(config, self._model_config)
-        self.versions = ModelVersions(self._model_config)  # live model versions: the cap's dead letters
         self.producer: AIOKafkaProducer | None = None
         self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
-        self.consumer: AIOKafkaConsumer | None = None
         self.deadletters: DeadLetterWriter | None = None
+        self.consumer: AIOKafkaConsumer | None = None
         self._snapshots: SnapshotStore | None = None
         self._state_reader: AIOKafkaConsumer | None = None
+        self.partitioner = config.partitioner
+        self.peers: JoinProcesses | None = None  # the other join processes of this worker (the first one's)
+        self.guard = CardinalityGuard(config, self._model_config)
+        self.versions = ModelVersions(self._model_config)  # live model versions per model, capped
+        # refusal hooks for valid impressions (see routing): the cardinality caps, then the version cap
+        self.screens: list[Screen] = [self.guard.screen, self._version_screen]
+
+    def _version_screen(self, impressions: list) -> list[str | None]:
+        """`too_many_versions` for an impression naming a version beyond its model's live-version cap."""
+        admit = self.versions.admit
+        return [
+            None if all(admit(p.model, p.model_version, e.ts) for p in e.predictions) else "too_many_versions"
+            for e in impressions
+        ]
 
     def _model_config(self, name: str) -> ModelConfig:
         if name not in self.config.models and name not in self._reported_default:
@@ -112,33 +90,40 @@ class JoinWorker:
             log.warning("model %r is not in the config: using [defaults]", name)
         return self.config.model(name)
 
+    def report(self) -> dict:
+        """This process's counters and partitions, as plain data (what a join process sends the first)."""
+        report = self.stats.as_dict()
+        report["partitions"] = sorted(self.parts)
+        report["pending"] = sum(len(p.join.pending) for p in self.parts.values())
+        return report
+
+    def total_stats(self) -> tuple[Stats, list[int], int]:
+        """(counters, partitions, pending impressions) over all the join processes of this worker."""
+        return Stats.total([self.report(), *(self.peers.poll().values() if self.peers is not None else ())])
+
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        kafka = self.config.kafka_client_args()
-        self.producer, self.idempotent = await start_producer(
-            **kafka, linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all"
-        )
+        processes = self.config.processes or os.cpu_count() or 1
+        if processes > 1:
+            self.peers = JoinProcesses(self.config, processes - 1)
+            self.peers.start()
+        self.producer, self.idempotent = await join_clients.producer(self.config)
         self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
-        self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
+        self._state_reader = join_clients.state_reader(self.config)
         await self._state_reader.start()
         self._snapshots = SnapshotStore.for_config(self.config, self.producer, self._state_reader)
-        self.consumer = AIOKafkaConsumer(
-            **kafka,
-            group_id=f"{self.config.app_id}-join",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitions the sources
-            max_partition_fetch_bytes=4 << 20,
-            fetch_max_bytes=32 << 20,
-            session_timeout_ms=self.config.session_timeout_ms,
-            rebalance_timeout_ms=self.config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
-            heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
-        )
+        self.consumer = join_clients.consumer(self.config)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
 
+    def request_stop(self) -> None:
+        """`run` returns after the batch in hand."""
+        self._stopping.set()
+
     async def stop(self) -> None:
         self._stopping.set()
+        if self.peers is not None:
+            await asyncio.to_thread(self.peers.stop)
         if self.consumer is not None:
             async with self._lock:
                 await self._checkpoint(list(self.parts.values()))
@@ -150,6 +135,12 @@ class JoinWorker:
     async def run(self) -> None:
         """Consume until stopped: batches in, labeled records and snapshots out."""
         assert self.consumer is not None
+        # A batch allocates ~10^5 short-lived container objects (fetched records, structs' lists and
+        # dicts); with the default thresholds the collector ran every 700 of them and walked the
+        # long-lived app state again and again. What exists now is frozen out of collection.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         last_checkpoint = last_partials = time.monotonic()
         while not self._stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
@@ -167,13 +158,11 @@ class JoinWorker:
     # -- one batch -----------------------------------------------------------------------------
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
         started = time.perf_counter()
-        sends: list[asyncio.Future] = []
+        now_ms = int(time.time() * 1000)
         limits = Limits(
-            self.config.max_message_bytes,
-            self.config.max_predictions,
-            int(time.time() * 1000) + self.config.max_future_skew_ms,
+            self.config.max_message_bytes, self.config.max_predictions, now_ms + self.config.max_future_skew_ms
         )
-        touched: set[int] = set()
+        routed: dict[int, Routed] = {}
         for tp, messages in batch.items():
             state = self.parts.get(tp.partition)
             if state is None:  # revoked while the fetch was in flight
@@ -184,66 +173,34 @@ class JoinWorker:
                 messages = [m for m in messages if m.offset >= expected]
                 if not messages:
                     continue
-            touched.add(tp.partition)
-            for message in messages:
-                kind = self._kinds.get(tp.topic)
-                if kind is None:
-                    kind = _header_kind(message.headers)
-                self.stats.events_in[tp.topic] += 1
-                invalid: list[Invalid] = []
-                for event in (
-                    decode_events(message.value, kind, limits)
-                    if kind is not None
-                    else [Invalid("bad_header:recal-kind", -1)]
-                ):
-                    if type(event) is Invalid:
-                        invalid.append(event)
-                    elif not self._owned_here(message, event, tp.partition):
-                        sends.append(await self._rekey(event, kind))
-                    elif kind == IMPRESSION:
-                        if (capped := self.guard.admit(event)) is not None:  # cardinality caps
-                            invalid.append(Invalid(capped, -1))
-                        elif not all(self.versions.admit(m, v, event.ts) for m, v, _ in event.predictions):
-                            invalid.append(Invalid("too_many_versions", -1))
-                        else:
-                            state.join.add_impression(event)
-                    else:
-                        state.join.add_action(event)
-                if invalid:
-                    sends.append(await self._dead_letter(message, invalid))
+            self.stats.events_in[tp.topic] += len(messages)
+            into = routed.setdefault(tp.partition, Routed())
+            kind = self._kinds.get(tp.topic)
+            route(tp.partition, messages, kind, self._n_partitions, limits, self.partitioner, self.screens, into)
             state.offsets[tp.topic] = messages[-1].offset + 1
-        for partition in sorted(touched):
-            sends.extend(await self._emit(self.parts[partition]))
+        sends: list[asyncio.Future] = []
+        for partition in sorted(routed):
+            r, state = routed[partition], self.parts[partition]
+            state.join.process(r.impressions, r.actions, now_ms, r.impression_ids)
+            for message, invalid in r.refused:
+                sends.append(await self._dead_letter(message, invalid))
+            for kind, owner, event in r.rekeys:
+                sends.append(await self._rekey(kind, owner, event))
+            sends.extend(await self._emit(state))
         if sends:
             await asyncio.gather(*sends)
         self.stats.batches += 1
         self.stats.batch_seconds += time.perf_counter() - started
 
-    def _owned_here(self, message, event: Impression | Action, partition: int) -> bool:
-        """Events are co-partitioned by impression_id; a producer that keyed otherwise (or batched
-        events of several impressions in one message) gets its events re-keyed."""
-        key = event.impression_id.encode()
-        if message.key == key:
-            return True
-        return partition_of(key, self._n_partitions) == partition
-
-    async def _rekey(self, event: Impression | Action, kind: int) -> asyncio.Future:
+    async def _rekey(self, kind: int, partition: int, event) -> asyncio.Future:
+        """To the partition the event belongs to, explicitly: the producer's partitioner may differ."""
         self.stats.rekeyed += 1
-        if kind == IMPRESSION:
-            doc = {
-                "impression_id": event.impression_id,
-                "ts": event.ts,
-                "segment": event.segment,
-                "predictions": [{"model": m, "version": v, "score": s} for m, v, s in event.predictions],
-            }
-        else:
-            id_field = "click_id" if kind == CLICK else "conversion_id"
-            doc = {id_field: event.action_id, "impression_id": event.impression_id, "ts": event.ts}
         return await self.producer.send(
             self.topics.rekeyed,
-            orjson.dumps(doc),
+            msgspec.json.encode(event),
             key=event.impression_id.encode(),
-            headers=[(_KIND_HEADER, KIND_NAMES[kind].encode())],
+            partition=partition,
+            headers=[(KIND_HEADER, KIND_NAMES[kind].encode())],
         )
 
     async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
@@ -277,25 +234,10 @@ class JoinWorker:
             reason = f"orphan_{'click' if action.kind == CLICK else 'conversion'}"
             letter = deadletters.orphan(reason, action.impression_id, action.ts, action.action_id, state.partition)
             sends.append(await self.deadletters.send(letter))
-        if not len(examples):
-            return sends
-        columns = examples.arrays()
-        models, versions, segments = join.models.items, join.versions.items, join.segments.items
-        state.partials.learn(columns, models, versions, segments)
-        for model_idx, count in zip(*np.unique(columns["model"], return_counts=True), strict=True):
-            self.stats.labeled[models[model_idx]] += int(count)
-        state.seq += 1
-        header = {
-            "type": "examples",
-            "partition": state.partition,
-            "seq": state.seq,
-            "durable": state.durable,
-            "models": models,
-            "versions": versions,
-            "segments": segments,
-        }
-        record = pack_examples(header, columns)
-        sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
+        if len(examples):
+            record, per_model = state.fold(examples)
+            self.stats.labeled.update(per_model)
+            sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
         return sends
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
@@ -340,69 +282,52 @@ class JoinWorker:
         if partials and self._on_partials is not None:
             await self._on_partials(partials)
 
-    async def _assigned(self, assigned: set[TopicPartition]) -> None:
-        assert self._snapshots is not None and self.consumer is not None
-        async with self._lock:
-            partitions = sorted({tp.partition for tp in assigned} - set(self.parts))
-            self._n_partitions = (
-                len(self.consumer.partitions_for_topic(self.topics.impressions) or ()) or self._n_partitions
-            )
-            for partition in partitions:
-                state = await self._restore(partition)
-                self.parts[partition] = state
-                for topic in self.topics.sources:
-                    tp = TopicPartition(topic, partition)
-                    if tp not in assigned:
-                        continue
-                    if topic in state.offsets:
-                        self.consumer.seek(tp, state.offsets[topic])
-                    else:
-                        await self.consumer.seek_to_beginning(tp)
-            self.ready.set()
-
-    async def _restore(self, partition: int) -> PartitionState:
-        blob = await self._snapshots.claim(partition)
-        if blob is None:
-            return PartitionState(
-                partition,
-                PartitionJoin(self._model_config, self.config.grace_ms, self.config.holdout_percent),
-                PartialCalibrators(self._model_config),
-                offsets={},
-            )
-        header, blobs = unpack(blob)
-        join = PartitionJoin.restore(
-            bytes(blobs[0]), self._model_config, self.config.grace_ms, self.config.holdout_percent
-        )
-        partials = PartialCalibrators.from_blobs(self._model_config, header["keys"], blobs[1:])
-        self.guard.observe(partials.calibrators)
-        log.info("partition %d restored at seq %d, offsets %s", partition, header["seq"], header["offsets"])
-        return PartitionState(partition, join, partials, header["offsets"], header["seq"], header["seq"])
-
-    async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
-            states = [self.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in self.parts]
-            if states and not self._stopping.is_set():
-                await self._checkpoint(states, deadline=time.monotonic() + self.config.rebalance_timeout_ms / 2000)
-            for state in states:
-                self._snapshots.forget(state.partition)
-
-
-def _header_kind(headers) -> int | None:
-    for name, value in headers or ():
-        if name == _KIND_HEADER:
-            try:
-                return KIND_NAMES.index(value.decode())
-            except ValueError:
-                return None
-    return None
-
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Assignment and revocation: restore a partition from its snapshot and seek to its offsets;
+    checkpoint the ones that leave."""
+
     def __init__(self, worker: JoinWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked) -> None:
-        await self.worker._revoked(set(revoked))
+        w = self.worker
+        async with w._lock:
+            states = [w.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in w.parts]
+            if states and not w._stopping.is_set():
+                await w._checkpoint(states, deadline=time.monotonic() + w.config.rebalance_timeout_ms / 2000)
+            for state in states:
+                w._snapshots.forget(state.partition)
 
     async def on_partitions_assigned(self, assigned) -> None:
-        await self.worker._assigned(set(assigned))
+        w = self.worker
+        assert w._snapshots is not None and w.consumer is not None
+        async with w._lock:
+            partitions = sorted({tp.partition for tp in assigned} - set(w.parts))
+            w._n_partitions = len(w.consumer.partitions_for_topic(w.topics.impressions) or ()) or w._n_partitions
+            for partition in partitions:
+                state = w.parts[partition] = await self._restore(partition)
+                for topic in w.topics.sources:
+                    tp = TopicPartition(topic, partition)
+                    if tp not in assigned:
+                        continue
+                    if topic in state.offsets:
+                        w.consumer.seek(tp, state.offsets[topic])
+                    else:
+                        await w.consumer.seek_to_beginning(tp)
+            w.ready.set()
+
+    def _new_join(self, snapshot: bytes | None = None) -> PartitionJoin:
+        c = self.worker.config
+        args = (self.worker._model_config, c.grace_ms, c.holdout_percent)
+        if snapshot is None:
+            return PartitionJoin(*args, clock_skew_ms=c.clock_skew_ms)
+        return PartitionJoin.restore(snapshot, *args, clock_skew_ms=c.clock_skew_ms)
+
+    async def _restore(self, partition: int) -> PartitionState:
+        blob = await self.worker._snapshots.claim(partition)
+        state = PartitionState.from_blob(partition, blob, self._new_join, self.worker._model_config)
+        self.worker.guard.observe(state.partials.calibrators)
+        if blob is not None:
+            log.info("partition %d restored at seq %d, offsets %s", partition, state.seq, state.offsets)
+        return state

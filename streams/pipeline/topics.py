@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import murmur2
 
 from streams.pipeline.config import Config
+from streams.pipeline.partitioners import partition_of
 
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """Where Kafka's default partitioner (murmur2, as the Java client and aiokafka) puts a keyed record."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+__all__ = ["ensure_topics", "ids_covering_partitions", "partition_of"]
 
 
 def ids_covering_partitions(prefix: str, partitions: int) -> list[str]:

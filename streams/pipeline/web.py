@@ -157,7 +157,7 @@ def register_pages(
 
     @page("/stats")
     async def stats(web, request):
-        s = join.stats
+        s, partitions, pending = join.total_stats()  # every join process of this worker
         return web.json(
             {
                 "events_in": dict(s.events_in),
@@ -170,8 +170,8 @@ def register_pages(
                 "batches": s.batches,
                 "loop_lag_max_ms": round(loop_monitor.max_s * 1000, 1) if loop_monitor else None,
                 "cardinality": join.guard.sizes(),
-                "partitions": sorted(join.parts),
-                "pending": sum(len(p.join.pending) for p in join.parts.values()),
+                "partitions": partitions,
+                "pending": pending,
                 "maps_published": publisher.published,
                 "maps_refused_stale": publisher.refused,
                 "gate_refusals": aggregator.gate_refusals,

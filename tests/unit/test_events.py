@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hypothesis
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.pipeline.events import (
     CLICK,
@@ -16,8 +19,11 @@ from streams.pipeline.events import (
     Impression,
     Invalid,
     Limits,
+    as_action,
     decode,
+    decode_batch,
     max_ts_now,
+    segment_of,
 )
 
 TS = 1_700_000_000_000
@@ -262,3 +268,118 @@ def test_decode_never_raises_on_garbage():
     for value in (b"\x00\x01\x02", b"\xff" * 10, b"[1, [2, [3]]]", b'{"a": {"b": []}}', b"[null, {}]"):
         events = list(decode(value, IMPRESSION, LIMITS))
         assert events and all(type(e) is Invalid for e in events)
+
+
+# -- the fast path (decode_batch) accepts exactly what decode accepts ---------------------------------
+def test_duplicate_model_in_one_impression_is_refused():
+    """#13 item 2: 64 `ctr` predictions plus one click counted 64 positives."""
+    doc = good_impression(predictions=[pred(score=0.1), pred(model="cvr"), pred(score=0.9)])
+    assert one(orjson.dumps(doc)) == Invalid("duplicate_model", -1)
+    batch = decode_batch([orjson.dumps(doc), orjson.dumps(good_impression())], IMPRESSION, LIMITS)
+    assert [e.impression_id for e in batch.events] == ["imp-1"]
+    assert batch.invalid == {0: [Invalid("duplicate_model", -1)]}
+
+
+def _as_tuple(event):
+    if type(event) is Impression or type(event) is Action or type(event) is Invalid:
+        return event
+    if hasattr(event, "predictions"):
+        preds = [(p.model, p.model_version, p.score) for p in event.predictions]
+        return Impression(event.impression_id, event.ts, segment_of(bytes(event.segment)), preds)
+    return event
+
+
+scalars = st.none() | st.booleans() | st.integers(-5, 2**63) | st.floats(allow_nan=False) | st.text(max_size=3)
+numbers = st.sampled_from([0, 1, 0.5, 1.0, -0.1, 1.5, True, False, "0.5", None, TS, 1_700_000_000, 1.7e12, str(TS)])
+prediction = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["ctr", "cvr", "", "a:b", "m" * 65, 3, True]),
+        "version": st.sampled_from(["v1", "", 1, None, "x" * 65]),
+        "score": numbers,
+    },
+)
+impression_doc = st.fixed_dictionaries(
+    {},
+    optional={
+        "impression_id": st.sampled_from(["i", "", 7, True, "x" * 257, None]),
+        "ts": numbers,
+        "segment": st.none() | st.dictionaries(st.sampled_from(["p", "q" * 129]), st.sampled_from(["a", 1, None])),
+        "predictions": st.lists(prediction | scalars, max_size=4) | scalars,
+        "extra": scalars,
+    },
+)
+good_prediction = st.fixed_dictionaries(
+    {"model": st.sampled_from(["ctr", "cvr", "a:b"]), "version": st.sampled_from(["v1", "v2"]), "score": numbers}
+)
+near_valid_impression = st.fixed_dictionaries(  # mostly accepted: segments, scores and models vary
+    {
+        "impression_id": st.sampled_from(["i", "j"]),
+        "ts": st.sampled_from([TS, TS + 1, TS + 11]),
+        "predictions": st.lists(good_prediction, min_size=1, max_size=4),
+    },
+    optional={
+        "segment": st.none()
+        | st.dictionaries(st.sampled_from(["p", "q", "r" * 129]), st.sampled_from(["a", "b", 1]), max_size=3)
+    },
+)
+action_doc = st.fixed_dictionaries(
+    {},
+    optional={
+        "click_id": st.sampled_from(["c", "", 5]),
+        "conversion_id": st.sampled_from(["v", "", 5]),
+        "impression_id": st.sampled_from(["i", "", ["i"]]),
+        "ts": numbers,
+        "value": numbers,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(near_valid_impression, impression_doc, st.lists(near_valid_impression, max_size=3), scalars),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_decode_batch_agrees_with_decode_on_impressions(docs):
+    """Bools, strings and nulls where numbers belong are refused by both paths (#13 item 3)."""
+    _agree([orjson.dumps(d) for d in docs], IMPRESSION, Limits(max_predictions=3, max_ts_ms=TS + 10))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(action_doc, st.lists(action_doc, max_size=2)), min_size=1, max_size=6), st.sampled_from([1, 2])
+)
+def test_decode_batch_agrees_with_decode_on_actions(docs, kind):
+    _agree([orjson.dumps(d) for d in docs], kind, Limits(max_ts_ms=TS + 10))
+
+
+def _agree(values: list[bytes], kind: int, limits: Limits) -> None:
+    batch = decode_batch(values, kind, limits)
+    expected_events, expected_invalid = [], {}
+    for i, value in enumerate(values):
+        for event in decode(value, kind, limits):
+            if type(event) is Invalid:
+                expected_invalid.setdefault(i, []).append(event)
+            else:
+                expected_events.append((i, event))
+    got = [
+        (o, _as_tuple(e) if kind == IMPRESSION else as_action(e, kind))
+        for o, e in zip(batch.origin, batch.events, strict=True)
+    ]
+    assert got == expected_events
+    hypothesis.event(f"accepted events: {min(len(got), 2)}")
+    # the same messages refused, for the same reasons
+    assert batch.invalid == expected_invalid
+
+
+def test_a_segment_the_fast_path_skips_unchecked_is_still_invalid_json():
+    """The segment is kept as raw text: its escapes are checked when the text is validated (a lone
+    surrogate made 2,498 hostile messages `bad_field:segment` instead of `invalid_json`)."""
+    value = orjson.dumps(good_impression()).replace(b'"ios"', b'"\\ud800"')
+    assert one(value) == Invalid("invalid_json", -1)
+    assert decode_batch([value], IMPRESSION, LIMITS).invalid == {0: [Invalid("invalid_json", -1)]}
+    bad_type = orjson.dumps(good_impression(segment={"platform": 1}))
+    assert decode_batch([bad_type], IMPRESSION, LIMITS).invalid == {0: [Invalid("bad_field:segment", -1)]}

@@ -1,0 +1,38 @@
+"""The Kafka clients of a join worker: its producer (labeled records, re-keys, dead letters,
+snapshots), the group-less reader of its snapshots, and its consumer in the `{app_id}-join` group."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from streams.pipeline.broker_caps import start_producer
+from streams.pipeline.config import Config
+
+
+async def producer(config: Config) -> tuple[AIOKafkaProducer, bool]:
+    """A started producer, and whether the broker granted it idempotence (`broker_caps`)."""
+    return await start_producer(
+        **config.kafka_client_args(), linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all"
+    )
+
+
+def state_reader(config: Config) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**config.kafka_client_args(), group_id=None, enable_auto_commit=False)
+
+
+def consumer(config: Config) -> AIOKafkaConsumer:
+    """The broker's group join waits for other members (on the embedded broker: half the session
+    timeout); the range assignor gives one member the same partition of every source topic."""
+    return AIOKafkaConsumer(
+        **config.kafka_client_args(),
+        group_id=f"{config.app_id}-join",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitions the sources
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+        session_timeout_ms=config.session_timeout_ms,
+        rebalance_timeout_ms=config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
+        heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
+    )
