@@ -46,7 +46,7 @@ from streams.pipeline.config import ModelConfig
 from streams.pipeline.partials import calibrator_config
 from streams.pipeline.records import pack, unpack
 
-__all__ = ["DelayedFeedback", "DelayedPartial", "corrected_candidate", "immature_refusal"]
+__all__ = ["DelayedFeedback", "DelayedPartial", "JoinFacts", "corrected_candidate", "immature_refusal"]
 
 CalibratorKey = tuple[str, str, str]  # model, model version, segment key
 DelayKey = tuple[str, str]  # model, segment key
@@ -88,7 +88,7 @@ class DelayedFeedback:
     """Pending exposure and delay models of one join partition; see the module docstring."""
 
     def __init__(self, model_config: Callable[[str], ModelConfig]) -> None:
-        self._model_config = model_config
+        self.model_config = model_config
         self.pending: dict[CalibratorKey, PendingExposure] = {}
         self.delay: dict[DelayKey, DelayModel] = {}
         self.dirty: set[CalibratorKey] = set()
@@ -99,7 +99,7 @@ class DelayedFeedback:
         if not len(columns["score"]):
             return
         for m, v, s, rows in _groups(columns):
-            cfg = self._model_config(models[m])
+            cfg = self.model_config(models[m])
             if cfg.corrected:
                 yield cfg, models[m], versions[v], fallback_chain(segments[s], cfg.segment_by), rows
 
@@ -143,14 +143,14 @@ class DelayedFeedback:
         clock - window - lateness have all been emitted, so their cohorts go (a key that lost one is dirty)."""
         self.clock_ms = max(self.clock_ms, clock_ms)
         for key, pe in self.pending.items():
-            cfg = self._model_config(key[0])
+            cfg = self.model_config(key[0])
             before = pe.cohorts.ids.size
             if before:
                 pe.close_through(self.clock_ms - cfg.window_ms - cfg.allowed_lateness_ms)
                 if pe.cohorts.ids.size != before:
                     self.dirty.add(key)
         for (model, _), dm in self.delay.items():
-            cfg = self._model_config(model)
+            cfg = self.model_config(model)
             dm.close_through(self.clock_ms - cfg.window_ms - cfg.allowed_lateness_ms)
 
     def take_dirty(self) -> list[CalibratorKey]:
@@ -159,7 +159,7 @@ class DelayedFeedback:
 
     def partial(self, key: CalibratorKey) -> DelayedPartial:
         """What the partial record of calibrator `key` carries for the aggregator."""
-        cfg = self._model_config(key[0])
+        cfg = self.model_config(key[0])
         pe = self.pending.get(key) or PendingExposure.for_calibrator(calibrator_config(cfg), cfg.window_ms)
         chain = [self.delay.get((key[0], level)) for level in chain_of(key[2], cfg)]
         return DelayedPartial(self.clock_ms, pe, chain)
@@ -242,3 +242,28 @@ def immature_refusal(candidate: CalibrationMap, current: CalibrationMap | None, 
     if events < min_events:
         return f"corrected map's delay model has {events:.0f} < {min_events:.0f} conversions; keeping the matured map"
     return None
+
+
+class JoinFacts:
+    """The open-window facts of corrected models one join batch produced, as column chunks of the join's
+    slot groups (drained with its examples, so they index the same tables)."""
+
+    def __init__(self) -> None:
+        self.opened: list[dict[str, np.ndarray]] = []
+        self.converted: list[dict[str, np.ndarray]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.opened or self.converted)
+
+    def add(self, group, score, ts, holdout, conversion_ts=None) -> None:
+        """Windows opened (conversion_ts None) or first in-window conversions of open windows."""
+        chunk = {"group": group, "score": score, "ts": ts, "holdout": holdout}
+        if conversion_ts is None:
+            self.opened.append(chunk)
+        else:
+            self.converted.append({**chunk, "conversion_ts": conversion_ts})
+
+    def take(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        out = self.opened, self.converted
+        self.opened, self.converted = [], []
+        return out
