@@ -9,7 +9,7 @@ its inputs from the offsets stored in it, so no label is lost or counted twice. 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,13 +27,9 @@ class PartitionState:
     join: PartitionJoin
     partials: PartialCalibrators
     offsets: dict[str, int]  # source topic -> next offset to read
+    delayed: DelayedFeedback  # open windows and delay models of label_delay = "corrected" models
     seq: int = 0  # labeled records written
     durable: int = 0  # seq covered by the last snapshot
-    delayed: DelayedFeedback | None = field(default=None)  # open windows and delay models (label_delay)
-
-    def __post_init__(self) -> None:
-        if self.delayed is None:
-            self.delayed = DelayedFeedback(self.partials._model_config)
 
     def snapshot_blob(self) -> bytes:
         keys, blobs = self.partials.to_blobs()
@@ -50,13 +46,17 @@ class PartitionState:
     ) -> PartitionState:
         """The state a snapshot holds (`blob`), or a fresh one (None)."""
         if blob is None:
-            return cls(partition, new_join(None), PartialCalibrators(model_config), offsets={})
+            return cls(partition, new_join(None), PartialCalibrators(model_config), {}, DelayedFeedback(model_config))
         header, blobs = unpack(blob)
         n = len(header["keys"])
         partials = PartialCalibrators.from_blobs(model_config, header["keys"], blobs[1 : 1 + n])
-        delayed = DelayedFeedback.from_bytes(model_config, bytes(blobs[-1])) if header.get("delayed") else None
+        delayed = (  # a snapshot from before label_delay has none: windows open then enter only at maturity
+            DelayedFeedback.from_bytes(model_config, bytes(blobs[-1]))
+            if header.get("delayed")
+            else DelayedFeedback(model_config)
+        )
         join = new_join(bytes(blobs[0]))
-        return cls(partition, join, partials, header["offsets"], header["seq"], header["seq"], delayed)
+        return cls(partition, join, partials, header["offsets"], delayed, header["seq"], header["seq"])
 
     def learn_facts(self) -> None:
         """The join's open-window facts of this batch (before its matured examples: `fold`)."""

@@ -85,3 +85,27 @@ def test_stream_through_join_ends_in_the_waited_for_state():
     for key, dm in feedback.delay.items():
         assert dm.cohorts.ids.size == 0 and dm.n_events > 0, key
     assert feedback.pending[("cvr", "v1", "*")].n_seen > n  # opened windows (all but the held back) + conversions
+
+
+def test_partition_snapshot_carries_the_delayed_state_and_old_snapshots_restore():
+    from streams.pipeline.partition_state import PartitionState
+    from streams.pipeline.records import pack, unpack
+
+    def new_join(blob):
+        return (
+            PartitionJoin(MODELS.get, 5_000, 0) if blob is None else PartitionJoin.restore(blob, MODELS.get, 5_000, 0)
+        )
+
+    state = PartitionState.from_blob(0, None, new_join, MODELS.get)
+    state.join.add_impression(_imp("a", T0))
+    state.join.add_action(Action(CONVERSION, "a", T0 + 3_000, "v"))
+    state.learn_facts()
+    ((_, calibrator, delayed),) = [p for p in state.take_partials() if p[0][0] == "cvr" and p[0][2] == "*"]
+    assert calibrator.n_seen == 0 and delayed is not None  # open windows go out before any example matured
+    blob = state.snapshot_blob()
+    back = PartitionState.from_blob(0, blob, new_join, MODELS.get)
+    assert back.delayed.to_bytes() == state.delayed.to_bytes()
+    header, blobs = unpack(blob)
+    del header["delayed"], header["blobs"]
+    old = PartitionState.from_blob(0, pack(header, [bytes(b) for b in blobs[:-1]]), new_join, MODELS.get)
+    assert not old.delayed.pending and old.join.is_pending("a")
