@@ -32,7 +32,7 @@ partition clock as the age of open windows; `immature_refusal` is the gate's ext
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +43,7 @@ from recalibrators.delay import DelayConfig, DelayModel
 from recalibrators.delay_pending import PendingExposure, corrected_map
 from recalibrators.segments import fallback_chain, parse_segment_key
 from streams.pipeline.config import ModelConfig
-from streams.pipeline.partials import calibrator_config
+from streams.pipeline.partials import calibrator_config, row_groups
 from streams.pipeline.records import pack, unpack
 
 __all__ = ["DelayedFeedback", "DelayedPartial", "JoinFacts", "corrected_candidate", "immature_refusal"]
@@ -68,22 +68,6 @@ def chain_of(level: str, model: ModelConfig) -> list[str]:
     return fallback_chain(parse_segment_key(level), model.segment_by)
 
 
-def _groups(columns: Mapping[str, np.ndarray]) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """(model, version, segment index, rows) per distinct triple, rows in record order."""
-    group = (
-        (columns["model"].astype(np.int64) << 48)
-        | (columns["version"].astype(np.int64) << 32)
-        | columns["segment"].astype(np.int64)
-    )
-    order = np.argsort(group, kind="stable")
-    sorted_group = group[order]
-    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
-        rows = order[start:end]
-        first = rows[0]
-        yield int(columns["model"][first]), int(columns["version"][first]), int(columns["segment"][first]), rows
-
-
 class DelayedFeedback:
     """Pending exposure and delay models of one join partition; see the module docstring."""
 
@@ -98,7 +82,7 @@ class DelayedFeedback:
         """Per (model, version, segment) group of a corrected model: its rows and fallback chain."""
         if not len(columns["score"]):
             return
-        for m, v, s, rows in _groups(columns):
+        for m, v, s, rows in row_groups(columns):
             cfg = self.model_config(models[m])
             if cfg.corrected:
                 yield cfg, models[m], versions[v], fallback_chain(segments[s], cfg.segment_by), rows

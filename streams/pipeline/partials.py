@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,23 @@ def calibrator_config(model: ModelConfig) -> CalibratorConfig:
     return CalibratorConfig(**overrides)
 
 
+def row_groups(columns: dict[str, np.ndarray]) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(model, version, segment index, rows) per distinct triple of a batch's columns; stable: each group keeps
+    the record's order."""
+    group = (
+        (columns["model"].astype(np.int64) << 48)
+        | (columns["version"].astype(np.int64) << 32)
+        | columns["segment"].astype(np.int64)
+    )
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[start:end]
+        first = rows[0]
+        yield int(columns["model"][first]), int(columns["version"][first]), int(columns["segment"][first]), rows
+
+
 class PartialCalibrators:
     """The calibrators fed by one partition's labeled examples."""
 
@@ -49,20 +66,8 @@ class PartialCalibrators:
         """Fold a batch of examples in; indices in `columns` point into the three string tables."""
         if not len(columns["label"]):
             return
-        group = (
-            (columns["model"].astype(np.int64) << 48)
-            | (columns["version"].astype(np.int64) << 32)
-            | columns["segment"].astype(np.int64)
-        )
-        order = np.argsort(group, kind="stable")  # stable: each group keeps the record's order
-        sorted_group = group[order]
-        starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        for start, end in zip(starts, ends, strict=True):
-            rows = order[start:end]
-            first = rows[0]
-            model = models[columns["model"][first]]
-            version = versions[columns["version"][first]]
+        for m, v, seg, rows in row_groups(columns):
+            model, version = models[m], versions[v]
             cfg = self._model_config(model)
             config = calibrator_config(cfg)
             # Validated and binned once, then folded into every level of the fallback chain.
@@ -73,7 +78,7 @@ class PartialCalibrators:
                 ts_ms=columns["ts"][rows],
                 holdout=columns["holdout"][rows],
             )
-            for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
+            for segment in fallback_chain(segments[seg], cfg.segment_by):
                 key = (model, version, segment)
                 calibrator = self.calibrators.get(key)
                 if calibrator is None:
