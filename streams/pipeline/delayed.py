@@ -229,25 +229,36 @@ def immature_refusal(candidate: CalibrationMap, current: CalibrationMap | None, 
 
 
 class JoinFacts:
-    """The open-window facts of corrected models one join batch produced, as column chunks of the join's
-    slot groups (drained with its examples, so they index the same tables)."""
+    """The open-window facts of corrected models one join batch produced, in terms of the join's slot groups
+    (drained with its examples, so they index the same tables): column chunks from the vectorised impression
+    path, scalar rows from the per-action path (clicks and conversions)."""
 
     def __init__(self) -> None:
         self.opened: list[dict[str, np.ndarray]] = []
-        self.converted: list[dict[str, np.ndarray]] = []
+        self._one: tuple[list, list] = ([], [])  # (group, score, ts, holdout[, conversion_ts]) rows
 
     def __bool__(self) -> bool:
-        return bool(self.opened or self.converted)
+        return bool(self.opened or self._one[0] or self._one[1])
 
-    def add(self, group, score, ts, holdout, conversion_ts=None) -> None:
-        """Windows opened (conversion_ts None) or first in-window conversions of open windows."""
-        chunk = {"group": group, "score": score, "ts": ts, "holdout": holdout}
+    def add(self, group: np.ndarray, score: np.ndarray, ts: np.ndarray, holdout: np.ndarray) -> None:
+        """Windows opened."""
+        self.opened.append({"group": group, "score": score, "ts": ts, "holdout": holdout})
+
+    def add_one(self, group: int, score: float, ts: int, holdout: bool, conversion_ts: int | None = None) -> None:
+        """One window opened (conversion_ts None) or one first in-window conversion of an open window."""
         if conversion_ts is None:
-            self.opened.append(chunk)
+            self._one[0].append((group, score, ts, holdout))
         else:
-            self.converted.append({**chunk, "conversion_ts": conversion_ts})
+            self._one[1].append((group, score, ts, holdout, conversion_ts))
 
     def take(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-        out = self.opened, self.converted
-        self.opened, self.converted = [], []
-        return out
+        """(opened chunks, converted chunks) since the last take."""
+        names = ("group", "score", "ts", "holdout", "conversion_ts")
+        dtypes = (np.uint32, np.float64, np.int64, bool, np.int64)
+        opened, converted = self.opened, []
+        for out, rows in zip((opened, converted), self._one, strict=True):
+            if rows:
+                cols = list(zip(*rows, strict=True))
+                out.append({n: np.asarray(c, dtype=d) for n, c, d in zip(names, cols, dtypes, strict=False)})
+        self.opened, self._one = [], ([], [])
+        return opened, converted

@@ -224,31 +224,37 @@ class PartitionJoin:
                 if rule.post_click and slots.open[slot]:
                     self.due.push(np.array([rule.due(ts, action.ts)]), np.array([slot]))
 
-    def _fact(self, slots: np.ndarray, conversion_ts: int | None = None) -> None:
+    def _fact(self, slots: np.ndarray) -> None:
+        """Windows opened at their impressions (vectorised)."""
         store = self.pending
         rows = store.slots.row[slots]
-        conv = None if conversion_ts is None else np.full(len(slots), conversion_ts, np.int64)
         self.facts.add(
-            store.slots.group[slots], store.slots.score[slots], store.rows.ts[rows], store.rows.holdout[rows], conv
+            store.slots.group[slots], store.slots.score[slots], store.rows.ts[rows], store.rows.holdout[rows]
         )
 
     def _delay_facts(self, action: Action, ts: int, rules: list, start: int) -> None:
         """Corrected models: a post-click window opens at its click (with a conversion seen before it); a
-        first in-window conversion of an open window (a post-click one: once clicked)."""
+        first in-window conversion of an open window (a post-click one: once clicked). Per action, scalars."""
+        slots = self.pending.slots
         for slot, rule in enumerate(rules, start):
-            if not (rule.config.corrected and self.pending.slots.open[slot]):
+            if not (rule.config.corrected and slots.open[slot]):
                 continue
-            one = np.array([slot])
             if action.kind == CLICK:
                 if rule.post_click and action.ts <= ts + rule.click_window:
-                    self._fact(one)
+                    self._fact_one(slot, ts)
                     conversion_ts = self.converted.get(action.impression_id)
                     if conversion_ts is not None and conversion_ts <= ts + rule.window:
-                        self._fact(one, conversion_ts)
+                        self._fact_one(slot, ts, conversion_ts)
             elif action.ts <= ts + rule.window:
                 click_ts = self.clicked.get(action.impression_id)
                 if not rule.post_click or (click_ts is not None and click_ts <= ts + rule.click_window):
-                    self._fact(one, action.ts)
+                    self._fact_one(slot, ts, action.ts)
+
+    def _fact_one(self, slot: int, ts: int, conversion_ts: int | None = None) -> None:
+        store = self.pending
+        row = int(store.slots.row[slot])
+        group, score = int(store.slots.group[slot]), float(store.slots.score[slot])
+        self.facts.add_one(group, score, ts, bool(store.rows.holdout[row]), conversion_ts)
 
     # -- event-time progress -------------------------------------------------------------------
     def expire(self) -> None:
