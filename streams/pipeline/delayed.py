@@ -77,6 +77,7 @@ class DelayedFeedback:
         self.delay: dict[DelayKey, DelayModel] = {}
         self.dirty: set[CalibratorKey] = set()
         self.clock_ms = 0  # the join's event time at the last close_through: the age of open windows
+        self._closed: dict[str, int] = {}  # model -> cohort index its last close_through cutoff fell in
 
     def _levels(self, columns, models, versions, segments):
         """Per (model, version, segment) group of a corrected model: its rows and fallback chain."""
@@ -124,18 +125,25 @@ class DelayedFeedback:
 
     def close_through(self, clock_ms: int) -> None:
         """The join's clock moved to `clock_ms` (after its expiry ran): windows that started before
-        clock - window - lateness have all been emitted, so their cohorts go (a key that lost one is dirty)."""
+        clock - window - lateness have all been emitted, so their cohorts go (a key that lost one is dirty).
+        Cohorts are window / n_cohorts wide, so the keys of a model are visited only when its cutoff enters
+        a new cohort, not on every batch."""
         self.clock_ms = max(self.clock_ms, clock_ms)
+        cutoffs: dict[str, int | None] = {}
+        for model in {key[0] for key in self.pending} | {key[0] for key in self.delay}:
+            cfg = self.model_config(model)
+            cutoff = self.clock_ms - cfg.window_ms - cfg.allowed_lateness_ms
+            step = cutoff // delay_config(cfg).cohort_ms
+            cutoffs[model] = cutoff if self._closed.get(model) != step else None
+            self._closed[model] = step
         for key, pe in self.pending.items():
-            cfg = self.model_config(key[0])
-            before = pe.cohorts.ids.size
-            if before:
-                pe.close_through(self.clock_ms - cfg.window_ms - cfg.allowed_lateness_ms)
+            if (cutoff := cutoffs[key[0]]) is not None and (before := pe.cohorts.ids.size):
+                pe.close_through(cutoff)
                 if pe.cohorts.ids.size != before:
                     self.dirty.add(key)
         for (model, _), dm in self.delay.items():
-            cfg = self.model_config(model)
-            dm.close_through(self.clock_ms - cfg.window_ms - cfg.allowed_lateness_ms)
+            if (cutoff := cutoffs[model]) is not None:
+                dm.close_through(cutoff)
 
     def take_dirty(self) -> list[CalibratorKey]:
         dirty, self.dirty = self.dirty, set()
