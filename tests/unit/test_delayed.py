@@ -185,3 +185,13 @@ def test_aggregator_publishes_corrected_maps_and_keeps_a_matured_one_over_a_thin
     agg.states["cvr:v1:*"].delayed = {0: thin.partial("*")}
     agg.dirty.add("cvr:v1:*")
     assert agg.take_dirty(0) == [] and "keeping the matured map" in agg.refused["cvr:v1:*"]
+
+
+def test_dashboard_map_page_says_how_mature_a_corrected_map_is():
+    from streams.dashboard.pages import render_map
+
+    partitions = _run(_stream(8, n=20_000), 1, 2 * DAY)
+    m = corrected_candidate(partitions[0].calibrators["*"], {0: partitions[0].partial("*")}, model="cvr")
+    page = render_map(m, [m])
+    assert "matured 0.0% · delay median " in page and "life_table+lognormal" in page
+    assert "matured" not in render_map(_map({"ece_raw": 0.01}), [])
