@@ -77,6 +77,7 @@ class DelayedFeedback:
         self.delay: dict[DelayKey, DelayModel] = {}
         self.dirty: set[CalibratorKey] = set()
         self.clock_ms = 0  # the join's event time at the last close_through: the age of open windows
+        self.opened_from: dict[str, int] = {}  # model -> earliest start of a window this state opened
         self._closed: dict[str, int] = {}  # model -> cohort index its last close_through cutoff fell in
 
     def _levels(self, columns, models, versions, segments):
@@ -101,15 +102,26 @@ class DelayedFeedback:
             dm = self.delay[key] = DelayModel(delay_config(cfg))
         return dm
 
+    def _opened_only(self, columns, models, versions, segments):
+        """`_levels` restricted to windows that started no earlier than the first one this state opened for
+        the model: the windows open when the state began (a switch from "wait", a snapshot from before
+        label_delay) were never added, so their conversions and closes must not be taken out."""
+        for cfg, model, version, chain, rows in self._levels(columns, models, versions, segments):
+            since = self.opened_from.get(model)
+            rows = rows[columns["ts"][rows] >= since] if since is not None else rows[:0]
+            if len(rows):
+                yield cfg, model, version, chain, rows
+
     def opened(self, columns: Mapping[str, np.ndarray], models, versions, segments) -> None:
         for cfg, model, version, chain, rows in self._levels(columns, models, versions, segments):
             ts, fit = columns["ts"][rows], ~columns["holdout"][rows]
+            self.opened_from[model] = min(self.opened_from.get(model, int(ts.min())), int(ts.min()))
             for level in chain:
                 self._pending(cfg, (model, version, level)).add(columns["score"][rows][fit], ts[fit])
                 self._delay(cfg, (model, level)).learn_starts(ts)
 
     def converted(self, columns: Mapping[str, np.ndarray], models, versions, segments) -> None:
-        for cfg, model, version, chain, rows in self._levels(columns, models, versions, segments):
+        for cfg, model, version, chain, rows in self._opened_only(columns, models, versions, segments):
             ts, fit = columns["ts"][rows], ~columns["holdout"][rows]
             for level in chain:
                 self._pending(cfg, (model, version, level)).convert(columns["score"][rows][fit], ts[fit])
@@ -117,7 +129,7 @@ class DelayedFeedback:
 
     def matured(self, columns: Mapping[str, np.ndarray], models, versions, segments) -> None:
         """The join's labeled examples (the calibrators learn them as usual)."""
-        for cfg, model, version, chain, rows in self._levels(columns, models, versions, segments):
+        for cfg, model, version, chain, rows in self._opened_only(columns, models, versions, segments):
             ts, label, fit = columns["ts"][rows], columns["label"][rows], ~columns["holdout"][rows]
             for level in chain:
                 self._pending(cfg, (model, version, level)).mature(columns["score"][rows][fit], label[fit], ts[fit])
@@ -159,7 +171,12 @@ class DelayedFeedback:
     # -- snapshots -------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         pending, delay = sorted(self.pending), sorted(self.delay)
-        header = {"clock_ms": self.clock_ms, "pending": [list(k) for k in pending], "delay": [list(k) for k in delay]}
+        header = {
+            "clock_ms": self.clock_ms,
+            "opened_from": self.opened_from,
+            "pending": [list(k) for k in pending],
+            "delay": [list(k) for k in delay],
+        }
         blobs = [self.pending[k].to_bytes() for k in pending] + [self.delay[k].to_bytes() for k in delay]
         return pack(header, blobs)
 
@@ -169,6 +186,7 @@ class DelayedFeedback:
         header, blobs = unpack(data)
         out = cls(model_config)
         out.clock_ms = int(header["clock_ms"])
+        out.opened_from = {m: int(t) for m, t in header["opened_from"].items()}
         n = len(header["pending"])
         for key, blob in zip(header["pending"], blobs[:n], strict=True):
             out.pending[tuple(key)] = PendingExposure.from_bytes(bytes(blob))

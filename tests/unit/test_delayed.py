@@ -195,3 +195,23 @@ def test_dashboard_map_page_says_how_mature_a_corrected_map_is():
     page = render_map(m, [m])
     assert "matured 0.0% · delay median " in page and "life_table+lognormal" in page
     assert "matured" not in render_map(_map({"ece_raw": 0.01}), [])
+
+
+def test_windows_open_before_the_state_began_are_left_out_exactly():
+    """A switch from "wait" (or a snapshot from before label_delay): the windows opened before it were never
+    added, so their conversions and closes are not taken out; the state is, at every step, the one of a stream
+    that had only the later windows."""
+    cols = _stream(9, n=8_000, span=2 * DAY)
+    later = _rows(cols, cols["ts"] >= DAY + 1)  # the switch at day 1 (+ 1 ms: the first window opened after it)
+    switched, fresh = Partition().feedback, Partition().feedback
+    tables = (MODELS, VERSIONS, SEGMENTS)
+    for t in range(0, 10 * DAY, 6 * HOUR):
+        for feedback, facts in ((switched, cols), (fresh, later)):
+            feedback.opened(_rows(later, (later["ts"] >= t) & (later["ts"] < t + 6 * HOUR)), *tables)
+            conv = (facts["label"] == 1) & (facts["conversion_ts"] >= t) & (facts["conversion_ts"] < t + 6 * HOUR)
+            feedback.converted(_rows(facts, conv), *tables)
+            end = facts["ts"] + CFG.window_ms
+            feedback.matured(_rows(facts, (end >= t) & (end < t + 6 * HOUR)), *tables)
+            feedback.close_through(t + 6 * HOUR)
+        assert switched.to_bytes() == fresh.to_bytes(), t
+    assert switched.pending[("cvr", "v1", "*")].n_seen > 0 and not switched.pending[("cvr", "v1", "*")].weight
