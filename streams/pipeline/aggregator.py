@@ -247,7 +247,6 @@ class Aggregator:
         }
         config = calibrator_config(cfg)
         calibrator = merged(state.partials, None, config)
-        candidate = calibrator.to_map(**meta)
         if state.prior is not None and not prior_contradicted(state.prior, calibrator.histogram, WARM_START_Z):
             calibrator = merged(state.partials, state.prior, config)
             meta["prior"] = {"model_version": state.prior.model_version, "map_version": state.prior.map_version}
