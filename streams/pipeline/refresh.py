@@ -9,6 +9,7 @@ snapshot, which grows with the keys that changed; one thread means builds never 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,8 @@ from streams.pipeline.aggregator import Aggregator
 # ~0.8 ms per key: a slice of 5,000 is ~4 s of building, more than any sane interval's budget, while its
 # snapshot (one dict copy per key) holds the loop for a few ms.
 MAX_KEYS = 5_000
+
+log = logging.getLogger("recal.refresh")
 
 
 class Refresher:
@@ -37,9 +40,14 @@ class Refresher:
             self.carried, self.last_seconds = 0, 0.0
             return []
         started = time.perf_counter()
-        maps, left = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.aggregator.build_slice, snapshot, now_ms, started + self.budget_s
-        )
+        try:
+            maps, left = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.aggregator.build_slice, snapshot, now_ms, started + self.budget_s
+            )
+        except Exception:  # outside any one key's build (the pooling pass): retried next tick, never fatal
+            self.aggregator.build_errors += 1
+            log.exception("refresh slice of %d keys failed; carried to the next tick", len(snapshot))
+            maps, left = [], list(snapshot)
         self.aggregator.carry(left)
         self.carried, self.last_seconds = len(left), time.perf_counter() - started
         return maps

@@ -138,3 +138,28 @@ def test_the_loop_keeps_ticking_while_a_big_refresh_builds():
     # On the loop the stall would be the whole build (`work`); in the thread the loop waits at most a GIL
     # switch interval or a numpy call at a time. Generous: half the work.
     assert monitor.max_s < work / 2, (monitor.max_s, work)
+
+
+def test_a_slice_that_fails_outside_a_key_is_carried_not_lost():
+    agg = Aggregator(lambda name: CFG)
+    for key in keys(3):
+        agg.add(key, partial(key, 200))
+    real, calls = agg.shrinkage.prepare, []
+
+    def prepare(keys, merge):
+        calls.append(list(keys))
+        if len(calls) == 1:
+            raise RuntimeError("pooling failed")
+        return real(keys, merge)
+
+    agg.shrinkage.prepare = prepare
+    refresher = Refresher(agg, budget_s=60.0)
+
+    async def main():
+        failed = await refresher.refresh(T0)
+        assert failed == [] and agg.build_errors == 1 and len(agg.dirty) == 3
+        return await refresher.refresh(T0 + 1000)
+
+    maps = asyncio.run(main())
+    refresher.close()
+    assert sorted(MapField.of(m).segment_key for m in maps) == [MapField.parse(k).segment_key for k in keys(3)]
