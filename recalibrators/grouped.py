@@ -37,20 +37,20 @@ def learn_grouped(
     holdout: np.ndarray,
 ) -> None:
     """Group g holds rows `order[starts[g]:starts[g + 1]]` (the last group runs to the end); `targets` lists
-    (calibrator, group) in the order the groups are learned. All calibrators share one config. Raises
-    ValueError on invalid input (before any calibrator changes)."""
+        (calibrator, group) in the order the groups are learned. All calibrators share one bin layout (their
+    half-lives may differ). Raises
+        ValueError on invalid input (before any calibrator changes)."""
     if not targets:
         return
-    config = targets[0][0].config
-    if any(cal.config != config for cal, _ in targets):
-        raise ValueError("learn_grouped needs calibrators of one config")
+    spec = targets[0][0].config.bins
+    if any(cal.config.bins != spec for cal, _ in targets):
+        raise ValueError("learn_grouped needs calibrators of one bin layout")
     s, y, _ = check_batch(scores, labels)
     t = check_timestamps(ts_ms, s.shape[0])
     t = np.full(s.shape[0], t, np.int64) if isinstance(t, int) else t
     held = np.asarray(holdout, dtype=np.bool_)
     if held.shape != s.shape:
         raise ValueError(f"length mismatch: {s.shape[0]} scores but holdout has shape {held.shape}")
-    spec = config.bins
     s, z = spec.clip_logit(s)
     idx = spec.index(z)
     starts = np.asarray(starts, dtype=np.intp)
@@ -72,16 +72,16 @@ def learn_grouped(
     offsets = np.cumsum(lengths) - lengths
     rows = order[np.repeat(starts[pair_group] - offsets, lengths) + np.arange(lengths.sum())]
     h = held[rows]
-    half_life = np.where(h, config.holdout_half_life_ms, config.half_life_ms)
+    main_half_life = np.fromiter((cal.config.half_life_ms for cal, _ in targets), np.float64, len(targets))
+    held_half_life = np.fromiter((cal.config.holdout_half_life_ms for cal, _ in targets), np.float64, len(targets))
+    half_life = np.where(h, held_half_life[pair], main_half_life[pair])
     decay = np.exp2((t[rows] - pair_ref[pair]) / half_life)
     n_bins, n_pairs = spec.n_bins, len(targets)
     slot = (h * n_pairs + pair) * n_bins + idx[rows]
     size = 2 * n_pairs * n_bins
-    sums = np.stack(
-        [
-            np.bincount(slot, weights=v, minlength=size)
-            for v in (decay, decay * y[rows], decay * s[rows], decay * z[rows])
-        ]
-    ).reshape(4, 2, n_pairs, n_bins)
+    sums = np.empty((4, size))
+    for row, v in enumerate((decay, decay * y[rows], decay * s[rows], decay * z[rows])):
+        sums[row] = np.bincount(slot, weights=v, minlength=size)
+    sums = sums.reshape(4, 2, n_pairs, n_bins)
     for j, (cal, g) in enumerate(targets):
         cal.add_decayed_sums(int(group_t_max[g]), int(sizes[g]), sums[:, 0, j], sums[:3, 1, j])

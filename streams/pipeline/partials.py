@@ -17,6 +17,7 @@ import numpy as np
 
 from recalibrators.calibrator import Calibrator, CalibratorConfig
 from recalibrators.grouped import learn_grouped
+from recalibrators.histogram import BinSpec
 from recalibrators.segments import fallback_chain
 from streams.pipeline.config import ModelConfig
 
@@ -58,14 +59,14 @@ class PartialCalibrators:
         sorted_group = group[order]
         starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
         # One pass over the groups for their fallback chains, then every histogram update of the batch at once
-        # per calibrator config (recalibrators.grouped: bit-identical to learning group by group).
-        targets: dict[CalibratorConfig, list[tuple[Calibrator, int]]] = {}
+        # per bin layout (recalibrators.grouped: bit-identical to learning group by group).
+        targets: dict[BinSpec, list[tuple[Calibrator, int]]] = {}
         for g, first in enumerate(order[starts]):
             model = models[columns["model"][first]]
             version = versions[columns["version"][first]]
             cfg = self._model_config(model)
             config = calibrator_config(cfg)
-            pairs = targets.setdefault(config, [])
+            pairs = targets.setdefault(config.bins, [])
             for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
                 key = (model, version, segment)
                 calibrator = self.calibrators.get(key)

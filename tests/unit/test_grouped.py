@@ -29,8 +29,10 @@ def test_batched_equals_per_group_learning(seed: int) -> None:
     ts = 1_700_000_000_000 + rng.integers(0, 100_000, n)  # unsorted: decay runs backwards and forwards
     holdout = rng.random(n) < 0.2
     holdout[order[starts[0] : starts[1]]] = True  # a group held back entirely
-    # Calibrators shared by several groups (chain levels), some already holding older or newer state.
-    cals = [Calibrator(config) for _ in range(n_groups)] + [Calibrator(config) for _ in range(3)]
+    # Calibrators shared by several groups (chain levels), some already holding older or newer state, and
+    # calibrators of two half-lives.
+    other = CalibratorConfig(method="platt", half_life_ms=9e6, holdout_half_life_ms=3_000.0)  # same bins
+    cals = [Calibrator(config if g % 2 else other) for g in range(n_groups)] + [Calibrator(config) for _ in range(3)]
     cals[-1].learn_batch([0.2, 0.3], [1, 0], ts_ms=1_700_000_200_000)
     cals[-2].learn_batch([0.2], [1], ts_ms=1_600_000_000_000)
     targets = [(cals[g], g) for g in range(n_groups)]
@@ -56,9 +58,9 @@ def test_invalid_input_changes_nothing() -> None:
     assert cal.n_seen == 0 and not cal.histogram.sums.any()
 
 
-def test_calibrators_of_several_configs_are_refused() -> None:
+def test_calibrators_of_several_bin_layouts_are_refused() -> None:
     a, b = Calibrator(), Calibrator(CalibratorConfig(n_bins=40))
-    with pytest.raises(ValueError, match="one config"):
+    with pytest.raises(ValueError, match="one bin layout"):
         learn_grouped(
             np.arange(2),
             np.array([0, 1]),
