@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from recalibrators.batch import prepare_batch
 from recalibrators.calibrator import Calibrator, CalibratorConfig
+from recalibrators.grouped import learn_grouped
+from recalibrators.histogram import BinSpec
 from recalibrators.segments import fallback_chain
 from streams.pipeline.config import ModelConfig
 
@@ -57,29 +58,24 @@ class PartialCalibrators:
         order = np.argsort(group, kind="stable")  # stable: each group keeps the record's order
         sorted_group = group[order]
         starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        for start, end in zip(starts, ends, strict=True):
-            rows = order[start:end]
-            first = rows[0]
+        # One pass over the groups for their fallback chains, then every histogram update of the batch at once
+        # per bin layout (recalibrators.grouped: bit-identical to learning group by group).
+        targets: dict[BinSpec, list[tuple[Calibrator, int]]] = {}
+        for g, first in enumerate(order[starts]):
             model = models[columns["model"][first]]
             version = versions[columns["version"][first]]
             cfg = self._model_config(model)
             config = calibrator_config(cfg)
-            # Validated and binned once, then folded into every level of the fallback chain.
-            batch = prepare_batch(
-                config.bins,
-                columns["score"][rows],
-                columns["label"][rows],
-                ts_ms=columns["ts"][rows],
-                holdout=columns["holdout"][rows],
-            )
+            pairs = targets.setdefault(config.bins, [])
             for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
                 key = (model, version, segment)
                 calibrator = self.calibrators.get(key)
                 if calibrator is None:
                     calibrator = self.calibrators[key] = Calibrator(config)
-                calibrator.learn_prepared(batch)
+                pairs.append((calibrator, g))
                 self.dirty.add(key)
+        for pairs in targets.values():
+            learn_grouped(order, starts, pairs, columns["score"], columns["label"], columns["ts"], columns["holdout"])
 
     def take_dirty(self) -> list[tuple[CalibratorKey, Calibrator]]:
         dirty, self.dirty = self.dirty, set()
