@@ -58,7 +58,7 @@ def register_pages(
         return web.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
-    async def metrics(web, request):
+    async def metrics_page(web, request):  # not `metrics`: that name is the registry
         # In a thread: with many maps, formatting takes ~65 us per map (the collector only copies dicts,
         # atomically under the GIL). aiohttp adds "; charset=utf-8" and refuses a charset in content_type.
         text = await asyncio.to_thread(exposition, metrics)
