@@ -31,7 +31,7 @@ kafka-jars: $(KAFKA_JAR)
 test: $(BIN)/recal $(if $(filter apache,$(BROKERS)),$(KAFKA_JAR))
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q tests/unit tests/deploy tests/serving
+	$(BIN)/pytest -q tests/unit tests/deploy tests/serving recalibrators streams
 	status=0; for broker in $(BROKERS); do \
 	  start=$$(date +%s); \
 	  RECAL_TEST_BROKER=$$broker $(BIN)/pytest -q tests/integration tests/faults || status=1; \

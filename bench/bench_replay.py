@@ -26,15 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streams.dev.demo import DEMO_CONFIG
 from streams.dev.devstack import DevStack, WorkerProcess
-from streams.pipeline.config import load_config
+from streams.pipeline.config import Config, load_config
 from streams.pipeline.records import pack_examples
 from streams.replay import Progress, end_offsets, replay_labeled
+from streams.replay.offsets import replay_consumer
 
 T0 = 1_790_000_000_000
 PARTITIONS = 4
@@ -97,17 +99,12 @@ async def write_topic(broker: str, topic: str, records_per_partition: int, n: in
     return written
 
 
-async def raw_ceiling(broker: str, topic: str) -> tuple[int, int, float]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=broker,
-        group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 << 20,
-        fetch_max_bytes=64 << 20,
-    )
+async def raw_ceiling(config: Config) -> tuple[int, int, float]:
+    """Every record of the labeled topic through the replay's own consumer, nothing decoded."""
+    consumer = replay_consumer(config)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(config.topics.labeled, p) for p in range(PARTITIONS)]
         ends = await end_offsets(consumer, tps)
         consumer.assign(tps)
         for tp in tps:
@@ -132,7 +129,7 @@ def run_worker(stack: DevStack, rate: float, duration: float) -> tuple[str, int]
     import tempfile
 
     cfg = Path(tempfile.mkdtemp()) / "recal.toml"
-    cfg.write_text((Path(__file__).resolve().parents[1] / "streams" / "demo.toml").read_text())
+    cfg.write_text(DEMO_CONFIG.read_text())
     worker = WorkerProcess(cfg, stack.broker_url, stack.redis_url, cfg.parent / "worker.log")
     try:
         subprocess.run(
@@ -199,7 +196,7 @@ def main() -> int:
                 redis=stack.redis_url,
                 topics=load_config(None, env={}).topics.__class__(labeled=topic),
             )
-        records, size, raw_s = asyncio.run(raw_ceiling(stack.broker_url, topic))
+        records, size, raw_s = asyncio.run(raw_ceiling(config))
         progress = Progress(0, stream=open("/dev/null", "w"))  # noqa: SIM115
         result = asyncio.run(replay_labeled(config, progress=progress))
     per_record = result.examples / max(result.records - result.superseded, 1)

@@ -5,9 +5,12 @@
     .venv/bin/python bench/fault_suite.py --soak 600 --skip-tests   # the soak alone
 
 The fault scenarios are the pytest tests in tests/faults (each starts its own broker, Redis and `recal worker`
-processes); this script runs them with a results file (FAULT_RESULTS) and the full fault lengths (Redis down
-30 s, broker frozen 15 s, 100,000 hostile messages), then prints one row per scenario: faults injected, events
-sent, labels expected vs counted, dead letters by reason, max worker RSS, outcome.
+processes): the issue #6 faults (crash, Redis, broker, hostile input) and the producer-side ones of issue #13
+(20,000 distinct segment values against the cardinality cap, a calibrator config change between two restarts,
+duplicated and fenced snapshots, kafka:// broker URLs with a bearer token). This script runs them with a
+results file (FAULT_RESULTS) and the full fault lengths (Redis down 30 s, broker frozen 15 s, 100,000 hostile
+messages), then prints one row per scenario: faults injected, events sent, labels expected vs counted, dead
+letters by reason, max worker RSS, outcome.
 
 The soak drives `streams.dev.simulator.run_simulation` at a steady rate against one worker, samples the worker's
 RSS and /stats every 10 s, and reports the RSS slope after warm-up, the pending join state against

@@ -36,7 +36,8 @@ _REQUIRED = {
     "x": list,
     "y": list,
 }
-_OPTIONAL = {"platt": dict, "metrics": dict}
+_OPTIONAL = {"platt": dict, "metrics": dict, "y_lo": list, "y_hi": list, "ess": list}
+_BAND = ("y_lo", "y_hi", "ess")  # optional per-knot confidence (recalibrators.hierarchy); readers may ignore
 
 
 def _is_int(v: object) -> bool:
@@ -57,6 +58,20 @@ def _knots(name: str, values: object) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     arr.flags.writeable = False
+    return arr
+
+
+def _band(name: str, values: object, y: np.ndarray) -> np.ndarray:
+    """An optional per-knot array: y_lo <= y <= y_hi within [0, 1], ess >= 0."""
+    arr = _knots(name, values)
+    if arr.shape != y.shape:
+        raise ValueError(f"{name} must have one value per knot ({y.size}), got {arr.size}")
+    if name == "ess":
+        ok = bool(np.all(arr >= 0))
+    else:
+        ok = bool(np.all((arr >= 0) & (arr <= 1))) and bool(np.all(arr <= y) if name == "y_lo" else np.all(arr >= y))
+    if not ok:
+        raise ValueError(f"{name} out of range (need y_lo <= y <= y_hi within [0, 1] and ess >= 0)")
     return arr
 
 
@@ -89,6 +104,9 @@ class CalibrationMap:
     updated_at: int = 0
     platt: tuple[float, float] | None = None
     metrics: Any = None
+    y_lo: Any = None
+    y_hi: Any = None
+    ess: Any = None
     _xs: memoryview = dataclasses.field(init=False, repr=False)
     _ys: memoryview = dataclasses.field(init=False, repr=False)
     _grid: tuple | None = dataclasses.field(init=False, repr=False, default=None)
@@ -132,6 +150,9 @@ class CalibrationMap:
             if not all(isinstance(k, str) and (_is_number(v) or isinstance(v, str)) for k, v in metrics):
                 raise ValueError("metrics must map strings to numbers or strings")
         set_ = object.__setattr__
+        for name in _BAND:
+            if getattr(self, name) is not None:
+                set_(self, name, _band(name, getattr(self, name), y))
         set_(self, "x", x)
         set_(self, "y", y)
         set_(self, "n", float(self.n))
@@ -223,6 +244,9 @@ class CalibrationMap:
             doc["platt"] = {"a": self.platt[0], "b": self.platt[1]}
         if self.metrics is not None:
             doc["metrics"] = dict(self.metrics)
+        for name in _BAND:
+            if getattr(self, name) is not None:
+                doc[name] = getattr(self, name)
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
@@ -267,6 +291,7 @@ class CalibrationMap:
             updated_at=doc["updated_at"],
             platt=platt,
             metrics=doc.get("metrics"),
+            **{name: doc[name] for name in _BAND if name in doc},
         )
 
     def _key(self) -> tuple:
@@ -284,14 +309,17 @@ class CalibrationMap:
             self.metrics,
         )
 
+    def _band_key(self) -> tuple:
+        return tuple(None if getattr(self, n) is None else getattr(self, n).tobytes() for n in _BAND)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CalibrationMap):
             return NotImplemented
         same_knots = np.array_equal(self.x, other.x) and np.array_equal(self.y, other.y)
-        return same_knots and self._key() == other._key()
+        return same_knots and self._key() == other._key() and self._band_key() == other._band_key()
 
     def __hash__(self) -> int:
-        return hash((self._key(), self.x.tobytes(), self.y.tobytes()))
+        return hash((self._key(), self.x.tobytes(), self.y.tobytes(), self._band_key()))
 
 
 def identity_map(**meta: Any) -> CalibrationMap:

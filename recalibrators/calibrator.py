@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .batch import PreparedBatch, prepare_batch
 from .calibration_map import CalibrationMap
 from .histogram import BinSpec, Histogram
 from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
 from .logit import logit, sigmoid
 from .platt import fit_platt
-from .validation import check_batch, check_timestamps
 
-__all__ = ["METHODS", "Calibrator", "CalibratorConfig", "PreparedBatch", "prepare_batch"]
+__all__ = ["METHODS", "Calibrator", "CalibratorConfig"]
 
 METHODS = ("isotonic", "platt")
 _FORMAT = 1
@@ -71,55 +71,6 @@ class CalibratorConfig:
         return BinSpec(self.n_bins, self.logit_lo, self.logit_hi, self.clip)
 
 
-_Part = tuple  # (idx, s, z, y, w | None, t): one histogram's share of a batch
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedBatch:
-    """A validated, clipped and binned batch, split into its fitting and held-back parts."""
-
-    n: int
-    t_max: int
-    main: _Part | None
-    held: _Part | None
-
-
-def prepare_batch(
-    spec: BinSpec,
-    scores: Any,
-    labels: Any,
-    weights: Any | None = None,
-    *,
-    ts_ms: int | np.ndarray,
-    holdout: Any | None = None,
-) -> PreparedBatch:
-    """Validate (ValueError on bad input), clip, take logits and bin once."""
-    s, y, w = check_batch(scores, labels, weights)
-    t = check_timestamps(ts_ms, s.shape[0])
-    mask = None
-    if holdout is not None:
-        mask = np.asarray(holdout)
-        if mask.shape != s.shape:
-            raise ValueError(f"length mismatch: {s.shape[0]} scores but holdout has shape {mask.shape}")
-        if mask.dtype != np.bool_:
-            if not np.all((mask == 0) | (mask == 1)):
-                raise ValueError("holdout must be a boolean mask")
-            mask = mask.astype(np.bool_)
-    t_max = t if isinstance(t, int) else int(t.max())
-    s, z = spec.clip_logit(s)
-    idx = spec.index(z)
-    if mask is None or not mask.any():
-        return PreparedBatch(s.shape[0], t_max, (idx, s, z, y, w, t), None)
-    if mask.all():
-        return PreparedBatch(s.shape[0], t_max, None, (idx, s, z, y, w, t))
-    parts = []
-    for m in (~mask, mask):
-        parts.append((idx[m], s[m], z[m], y[m], None if w is None else w[m], t if isinstance(t, int) else t[m]))
-    return PreparedBatch(
-        s.shape[0], t_max, parts[0] if parts[0][0].size else None, parts[1] if parts[1][0].size else None
-    )
-
-
 class Calibrator:
     """Mutable per-(model, segment) state. Not thread-safe; one owner per instance.
 
@@ -133,7 +84,7 @@ class Calibrator:
     >>> cal = Calibrator(CalibratorConfig(half_life_ms=6 * 3600 * 1000))
     >>> cal.learn_batch(scores, labels, ts_ms=1_700_000_000_000)
     >>> m = cal.to_map(model="ctr")
-    >>> m.method, m.version
+    >>> m.method, cal.n_seen
     ('isotonic', 50000)
     >>> m.apply(np.array([0.02, 0.1, 0.18])).round(2)
     array([0.01, 0.05, 0.09])
@@ -256,14 +207,28 @@ class Calibrator:
         if self._fit is None:
             self._fit = self._compute_fit()
         x, y, platt, method = self._fit
-        fields: dict[str, Any] = {
+        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(self.map_meta() | meta))
+
+    def map_meta(self) -> dict[str, Any]:
+        """`to_map`'s default provenance fields, for maps fitted elsewhere (e.g. `recalibrators.hierarchy`)."""
+        return {
             "n": self.n_effective,
             "positives": self.positives,
             "last_event_ms": self.last_event_ms,
             "version": self._n_seen,
             "updated_at": self.last_event_ms,
         }
-        return CalibrationMap(x=x, y=y, method=method, platt=platt, **(fields | meta))
+
+    def forget(self, half_lives: float) -> None:
+        """Down-weight everything learned so far by 2**-half_lives (a detected drift): the fit as if the old
+        examples were `half_lives` fitting half-lives older. The held-back histogram is scaled alike, so the gate
+        does not judge the new map on pre-drift labels. The state stays a valid decayed state (merges, serialises)."""
+        if not half_lives >= 0:
+            raise ValueError(f"half_lives must be >= 0, got {half_lives!r}")
+        factor = 2.0**-half_lives
+        self._main.scale(factor)
+        self._holdout.scale(factor)
+        self._fit = None
 
     def _compute_fit(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str]:
         cfg, h, prior = self.config, self._main, self.prior

@@ -6,7 +6,7 @@ import numpy as np
 
 from .logit import logit, sigmoid
 
-__all__ = ["eb_prior_strength", "match_total", "pav", "shrunk_isotonic"]
+__all__ = ["chi_square_excess", "eb_prior_strength", "logit_shift", "match_total", "pav", "shrunk_isotonic"]
 
 
 def pav(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -75,6 +75,18 @@ def eb_prior_strength(
     prior: Platt wins on small samples); a large excess -> small m (data wins: isotonic on large ones).
     W is used as the count in V, which over-states noise for decayed weights: a conservative bias.
     """
+    excess, info = chi_square_excess(weight, positives, prior_rate, min_expected, z)
+    if excess <= 0.0:
+        return np.full(weight.shape, cap)
+    tau2 = excess / info
+    return np.clip((1.0 - prior_rate) / (tau2 * prior_rate), 1.0, cap)
+
+
+def chi_square_excess(
+    weight: np.ndarray, positives: np.ndarray, prior_rate: np.ndarray, min_expected: float = 20.0, z: float = 0.0
+) -> tuple[float, float]:
+    """(X^2 - G - z*sqrt(2G), sum_g E_g^2 / V_g) of the prior against the data on coarse groups of adjacent
+    bins (see `eb_prior_strength`); tau^2 = excess / info. Summing both over calibrators pools tau^2."""
     ok = weight > 0
     w, p, q = weight[ok], positives[ok], prior_rate[ok]
     e = w * q
@@ -87,10 +99,7 @@ def eb_prior_strength(
     vg = np.bincount(gid, weights=e * (1.0 - q), minlength=n_groups)
     live = vg > 0
     excess = float(np.sum((pg[live] - eg[live]) ** 2 / vg[live])) - n_groups - z * np.sqrt(2.0 * n_groups)
-    if excess <= 0.0:
-        return np.full(weight.shape, cap)
-    tau2 = excess / float(np.sum(eg[live] ** 2 / vg[live]))
-    return np.clip((1.0 - prior_rate) / (tau2 * prior_rate), 1.0, cap)
+    return excess, float(np.sum(eg[live] ** 2 / vg[live]))
 
 
 def match_total(rate: np.ndarray, weight: np.ndarray, positives: np.ndarray, ridge: float) -> np.ndarray:
@@ -101,8 +110,13 @@ def match_total(rate: np.ndarray, weight: np.ndarray, positives: np.ndarray, rid
     the shrunk fit can be biased overall (seen: -1.5% at 1M events). A logit shift keeps the curve monotone
     and inside (0, 1).
     """
-    r = np.clip(rate, 1e-15, 1.0 - 1e-15)
-    z = logit(r)
+    z = logit(np.clip(rate, 1e-15, 1.0 - 1e-15))
+    return sigmoid(z + logit_shift(z, weight, positives, ridge))
+
+
+def logit_shift(z: np.ndarray, weight: np.ndarray, positives: np.ndarray, ridge: float) -> float:
+    """The delta maximising sum_i [P_i log sigmoid(z_i + delta) + (W_i - P_i) log(1 - sigmoid(z_i + delta))]
+    - ridge/2 delta^2 (Newton): the MAP logit offset of the data from the curve z under a N(0, 1/ridge) prior."""
     target = float(positives.sum())
     delta = 0.0
     for _ in range(50):
@@ -111,4 +125,4 @@ def match_total(rate: np.ndarray, weight: np.ndarray, positives: np.ndarray, rid
         delta -= step
         if abs(step) < 1e-12:
             break
-    return sigmoid(z + delta)
+    return delta

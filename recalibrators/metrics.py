@@ -7,7 +7,7 @@ calibration_ratio = sum(w*p) / sum(w*y): > 1 means the model OVER-predicts, < 1 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -21,7 +21,9 @@ __all__ = [
     "field_rce",
     "log_loss",
     "mce",
+    "multi_field_rce",
     "normalized_entropy",
+    "pcoc",
     "reliability",
 ]
 
@@ -134,6 +136,29 @@ def field_rce(p: object, y: object, segment_ids: object, w: object | None = None
     if not ok.any():
         return float("nan")
     return float(np.sum(ws[ok] * np.abs(ps[ok] - ys[ok]) / ys[ok]) / ws[ok].sum())
+
+
+def multi_field_rce(p: object, y: object, fields: Mapping[str, object], w: object | None = None) -> float:
+    """Multi-field RCE: the unweighted mean of `field_rce` over several fields (e.g. {"platform": ids,
+    "placement": ids}), each a per-example array of that field's value; fields whose RCE is nan are skipped."""
+    values = [field_rce(p, y, ids, w) for ids in fields.values()]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def pcoc(p: object, y: object, segment_ids: object, w: object | None = None) -> dict[object, float]:
+    """Predicted over observed per segment: sum_s(w p) / sum_s(w y) (the calibration ratio of each segment;
+    inf for a segment without positives)."""
+    p, y, w = _arrays(p, y, w)
+    seg = np.asarray(segment_ids)
+    if seg.shape != p.shape:
+        raise ValueError("segment_ids must match p in length")
+    values, ids = np.unique(seg, return_inverse=True)
+    ps = np.bincount(ids, weights=w * p, minlength=values.size)
+    ys = np.bincount(ids, weights=w * y, minlength=values.size)
+    with np.errstate(divide="ignore"):
+        ratio = np.where(ys > 0, ps / np.where(ys > 0, ys, 1.0), np.inf)
+    return dict(zip(values.tolist(), ratio.tolist(), strict=True))
 
 
 def binned_log_loss(

@@ -1,7 +1,8 @@
 """`recal dashboard`: the calibration dashboard against any Redis, without a worker.
 
 Serves the same pages as a worker (`/dashboard`, `/dashboard/map?model=..&segment=..`) from a small
-threaded http.server; every request reads Redis afresh.
+threaded http.server; every request reads Redis afresh. Binds 127.0.0.1 unless told otherwise (`--host`);
+with RECAL_WEB_TOKEN set, pages want `Authorization: Bearer <token>` (/healthz does not).
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from urllib.parse import parse_qs, urlparse
 
 import redis
 
+from streams.cli import connect
 from streams.dashboard.pages import DashboardSource
+from streams.pipeline.web import bearer_ok
 
 log = logging.getLogger("recal.dashboard")
-
-DEFAULT_REDIS = "redis://localhost:6379/0"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("dashboard", help="serve the calibration dashboard (HTML) for a Redis")
-    parser.add_argument("--redis", default=None, help=f"Redis URL (default: $RECAL_REDIS or {DEFAULT_REDIS})")
+    connect.add_redis_argument(parser)
     parser.add_argument("--prefix", default="recal", help="key prefix (namespace) to show (default: recal)")
     parser.add_argument("--port", type=int, default=8050, help="HTTP port (default 8050)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -31,10 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def make_server(source: DashboardSource, host: str, port: int) -> ThreadingHTTPServer:
+def make_server(source: DashboardSource, host: str, port: int, token: str = "") -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             url = urlparse(self.path)
+            if url.path != "/healthz" and not bearer_ok(self.headers.get("Authorization"), token):
+                self._send(401, b"unauthorized", content_type="text/plain", extra={"WWW-Authenticate": "Bearer"})
+                return
             try:
                 if url.path in ("/", ""):
                     self._send(302, b"", extra={"Location": "/dashboard"})
@@ -69,9 +73,9 @@ def make_server(source: DashboardSource, host: str, port: int) -> ThreadingHTTPS
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    url = args.redis or os.environ.get("RECAL_REDIS") or DEFAULT_REDIS
-    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    server = make_server(DashboardSource(client, prefix=args.prefix), args.host, args.port)
+    client = redis.Redis.from_url(connect.redis_url(args.redis), socket_timeout=2.0, socket_connect_timeout=2.0)
+    token = os.environ.get("RECAL_WEB_TOKEN", "")
+    server = make_server(DashboardSource(client, prefix=args.prefix), args.host, args.port, token)
     host, port = server.server_address[:2]
     print(f"recal dashboard on http://{host}:{port}/dashboard (prefix {args.prefix!r})", flush=True)
     try:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from streams.cli import dashboard, maps, replay, simulate
+from streams.cli import connect, dashboard, maps, replay, simulate
 from streams.pipeline import logsafe
 
 
@@ -18,7 +18,13 @@ def _worker(args: argparse.Namespace) -> int:
     from streams.pipeline.config import load_config
     from streams.pipeline.topics import ensure_topics
 
-    config = load_config(args.config, broker=args.broker, redis=args.redis, web_port=args.web_port)
+    config = load_config(
+        args.config,
+        broker=args.broker,
+        redis=connect.checked_redis(args.redis),
+        web_port=args.web_port,
+        web_host=args.web_host,
+    )
     asyncio.run(ensure_topics(config, create_sources=args.create_topics))
     app = create_app(config)
     worker = faust.Worker(app, loglevel=args.loglevel)
@@ -38,9 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a stream worker (join, calibrate, publish)")
     worker.add_argument("--config", help="TOML config file (models, topics, worker settings)")
-    worker.add_argument("--broker", help="Kafka bootstrap servers (env RECAL_BROKER)")
-    worker.add_argument("--redis", help="Redis URL (env RECAL_REDIS)")
+    connect.add_broker_argument(worker)
+    connect.add_redis_argument(worker)
     worker.add_argument("--web-port", type=int, help="health/metrics port (default 6066)")
+    worker.add_argument(
+        "--web-host",
+        help="bind address of the web endpoints (default 127.0.0.1; env RECAL_WEB_HOST; 0.0.0.0 in a container)",
+    )
     worker.add_argument("--create-topics", action="store_true", help="create missing source topics (dev)")
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,16 +12,15 @@ import orjson
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
+from streams.cli import connect
 from streams.dashboard.plots import map_png
 from streams.pipeline.publisher import MapPublisher
-
-DEFAULT_REDIS = "redis://localhost:6379/0"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `maps` command; each leaf sets `func(args) -> int` (the exit code)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--redis", default=None, help=f"Redis URL (default: $RECAL_REDIS or {DEFAULT_REDIS})")
+    connect.add_redis_argument(common)
     common.add_argument("--prefix", default="recal", help="key prefix (namespace) to act on (default: recal)")
 
     maps = subparsers.add_parser("maps", help="inspect and manage published calibration maps")
@@ -57,8 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 @contextmanager
 def _publisher(args: argparse.Namespace) -> Iterator[MapPublisher]:
-    url = args.redis or os.environ.get("RECAL_REDIS") or DEFAULT_REDIS
-    with redis.Redis.from_url(url) as client:
+    with redis.Redis.from_url(connect.redis_url(args.redis)) as client:
         yield MapPublisher(client, prefix=args.prefix)
 
 

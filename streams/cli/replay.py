@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from streams.cli import connect
 from streams.pipeline.publisher import MapPublisher
 from streams.replay import Progress, ReplayRange, format_summary, replay_labeled, replay_raw, summarize
 
@@ -27,8 +28,8 @@ def parse_time_ms(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("replay", help="rebuild calibrators from history (labeled or raw topics)")
     p.add_argument("--config", help="TOML config file (models, topics, worker settings)")
-    p.add_argument("--broker", help="Kafka bootstrap servers (env RECAL_BROKER)")
-    p.add_argument("--redis", help="Redis URL (env RECAL_REDIS)")
+    connect.add_broker_argument(p)
+    connect.add_redis_argument(p)
     p.add_argument(
         "--source",
         choices=("labeled", "raw"),
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.pipeline.config import load_config
 
-    config = load_config(args.config, broker=args.broker, redis=args.redis)
+    config = load_config(args.config, broker=args.broker, redis=connect.checked_redis(args.redis))
     rng = ReplayRange(args.start_offset, args.end_offset, args.from_time, args.to_time)
     models = {m.strip() for m in args.models.split(",") if m.strip()} if args.models else None
     partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 
+from streams.cli import connect
 from streams.dev.simulator import Counters, SimulationResult, TrafficScenario, create_missing_topics, run_simulation
 from streams.pipeline.config import Topics
-
-DEFAULT_BROKER = "localhost:9092"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `simulate` command; it sets `func(args) -> int` (the exit code)."""
     defaults, topics = TrafficScenario(), Topics()
     p = subparsers.add_parser("simulate", help="produce synthetic ad traffic with known true probabilities")
-    p.add_argument(
-        "--broker",
-        default=os.environ.get("RECAL_BROKER", DEFAULT_BROKER),
-        help=f"Kafka bootstrap servers (default: $RECAL_BROKER or {DEFAULT_BROKER})",
-    )
+    connect.add_broker_argument(p)
     p.add_argument("--rate", type=float, default=10_000.0, help="impressions per wall second (default 10000)")
     p.add_argument("--duration", type=float, default=60.0, help="wall seconds of traffic (default 60)")
     p.add_argument(
@@ -85,6 +79,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     topics = Topics(impressions=args.impressions_topic, clicks=args.clicks_topic, conversions=args.conversions_topic)
     t0_ms = args.t0_ms if args.t0_ms is not None else int((time.time() - args.duration * args.speed) * 1000)
     try:
+        args.broker = connect.broker(args.broker)
         if args.rate <= 0 or args.duration <= 0:
             raise ValueError("--rate and --duration must be positive")
         scenario = TrafficScenario(

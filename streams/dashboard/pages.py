@@ -27,7 +27,16 @@ from recalibrators.calibration_map import CalibrationMap
 from recalibrators.metrics import parse_reliability
 from recalibrators.serving.store import MapStore
 
-__all__ = ["DashboardSource", "Row", "history_svg", "reliability_svg", "render_index", "render_map", "rows"]
+__all__ = [
+    "DashboardSource",
+    "Row",
+    "history_svg",
+    "map_svg",
+    "reliability_svg",
+    "render_index",
+    "render_map",
+    "rows",
+]
 
 HISTORY = 20  # history entries read for the ratio chart (the publisher keeps its own `history` many)
 
@@ -265,6 +274,44 @@ def history_svg(points: list[tuple[int, float | None, float | None]], width: int
     return "".join(parts)
 
 
+def map_svg(m: CalibrationMap, width: int = 420, height: int = 300) -> str:
+    """The map over its interior knots (log score axis) and, when the map carries one, its 90% band."""
+    pad = 48
+    inner = slice(1, -1) if m.x.size > 3 else slice(None)
+    x, y = m.x[inner], m.y[inner]
+    keep = x > 0
+    x, y = x[keep], y[keep]
+    svg = (
+        f'<svg id="map" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'xmlns="http://www.w3.org/2000/svg" font-size="11">'
+    )
+    if x.size < 2:
+        return svg + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no knots</text></svg>'
+    band = m.y_lo is not None and m.y_hi is not None
+    top = float(max(y.max(), m.y_hi[inner][keep].max() if band else 0.0)) * 1.08 or 1.0
+    lo_x, hi_x = math.log10(x[0]), math.log10(x[-1])
+    sx = lambda v: pad + (width - 2 * pad) * (math.log10(v) - lo_x) / ((hi_x - lo_x) or 1.0)  # noqa: E731
+    sy = lambda v: height - pad - (height - 2 * pad) * v / top  # noqa: E731
+    parts = [svg]
+    for t in _ticks(top):
+        parts.append(f'<text x="{pad - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
+    parts.append(
+        f'<text x="{pad}" y="{height - pad + 14}">{x[0]:.3g}</text>'
+        f'<text x="{width - pad}" y="{height - pad + 14}" text-anchor="end">{x[-1]:.3g}</text>'
+        f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">raw score (log)</text>'
+    )
+    if band:
+        lo, hi = m.y_lo[inner][keep], m.y_hi[inner][keep]
+        edge = [(sx(a), sy(b)) for a, b in zip(x, hi, strict=True)] + [
+            (sx(a), sy(b)) for a, b in zip(x[::-1], lo[::-1], strict=True)
+        ]
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in edge)
+        parts.append(f'<polygon id="band" points="{pts}" fill="{CAL_COLOR}" fill-opacity="0.2" stroke="none"/>')
+    pts = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y, strict=True))
+    parts.append(f'<polyline points="{pts}" fill="none" stroke="{CAL_COLOR}" stroke-width="2"/></svg>')
+    return "".join(parts)
+
+
 def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | None = None) -> str:
     """One map: summary, reliability diagram with its counts, calibration ratio over the history."""
     now_s = time.time() if now_s is None else now_s
@@ -281,6 +328,8 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
         f"positives {m.positives:,.0f} · eval {html.escape(str(metrics.get('eval', '-')))} "
         f"(weight {_f(_num(metrics, 'eval_weight'), ',.0f')})"
     )
+    if "drift_detections" in metrics:  # models with a drift_detector (streams.pipeline.drift)
+        summary += f" · silent-drift detections {_f(_num(metrics, 'drift_detections'), ',.0f')}"
     stats = (
         f"<table><tr><th></th><th>ECE</th><th>ratio</th></tr>"
         f"<tr><td class=l>raw</td><td>{_f(_num(metrics, 'ece_raw'), '.4f')}</td>"
@@ -299,7 +348,8 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
         f'<p><a href="/dashboard">← all maps</a></p><h1>{html.escape(m.model)} · {html.escape(seg)}</h1>'
         f'<div class="sub">{summary}</div>{stats}{legend}<div class="charts"><div><h2>Reliability '
         f"(recent window)</h2>{reliability_svg(rel)}</div><div><h2>Calibration ratio over the last "
-        f"{len(points)} refreshes</h2>{history_svg(points)}</div></div>"
+        f"{len(points)} refreshes</h2>{history_svg(points)}</div><div><h2>Map"
+        f"{' and its 90% band' if m.y_lo is not None else ''}</h2>{map_svg(m)}</div></div>"
         "<h2>Reliability groups</h2><table id=groups><tr><th>predicted raw</th><th>predicted calibrated</th>"
         f"<th>observed</th><th>weight</th></tr>{counts}</table>"
     )

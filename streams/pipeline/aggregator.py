@@ -26,8 +26,10 @@ from recalibrators.gate import QualityGate
 from recalibrators.histogram import Histogram
 from recalibrators.segments import parse_segment_key
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.drift import SilentDrift
 from streams.pipeline.partials import calibrator_config
 from streams.pipeline.records import pack, unpack
+from streams.pipeline.shrinkage import Shrinkage
 
 log = logging.getLogger("recal.aggregate")
 drift_log = logging.getLogger("recal.drift")
@@ -180,6 +182,8 @@ class Aggregator:
         self.drift: dict[MapKey, bool] = {}  # current alert state per evaluated key
         self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
+        self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
+        self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
     def _check_drift(self, key: MapKey, metrics: dict[str, float | str]) -> None:
         model, segment = key.split(":", 1)
@@ -240,23 +244,29 @@ class Aggregator:
             if previous is not None and previous.model_version != newest:
                 prior = previous
         calibrator = merged(state.versions[newest], prior, calibrator_config(cfg))
-        candidate = calibrator.to_map(
-            model=model,
-            model_version=newest,
-            segment=parse_segment_key(segment),
-            version=state.examples(but=newest, merged_examples=calibrator.n_seen),
-            updated_at=now_ms if now_ms is not None else int(time.time() * 1000),
-        )
+        if cfg.drift_detector:
+            calibrator = self.silent_drift.observe(cfg.drift_detector, key, newest, calibrator, self.published.get(key))
+        meta = {
+            "model": model,
+            "model_version": newest,
+            "segment": parse_segment_key(segment),
+            "version": state.examples(but=newest, merged_examples=calibrator.n_seen),
+            "updated_at": now_ms if now_ms is not None else int(time.time() * 1000),
+        }
+        candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
+        self.shrinkage.fitted[key] = candidate
         if self.with_metrics:
             started = time.perf_counter()
             metrics = map_metrics(candidate, calibrator)
+            if cfg.drift_detector:
+                metrics["drift_detections"] = self.silent_drift.detections(key)
             candidate = candidate.with_meta(metrics=metrics)
             self.metrics[key] = metrics
             self._check_drift(key, metrics)
             self.metrics_seconds += time.perf_counter() - started
         current = self.published.get(key)
-        gate = QualityGate(
-            min_effective_samples=cfg.min_samples,
+        gate = QualityGate(  # a shrunk map stands on its parent's data: no min_samples cliff
+            min_effective_samples=0.0 if candidate.method == "hierarchical" else cfg.min_samples,
             max_abs_change=cfg.max_change or None,
             max_rel_change=None,
             max_loss_increase=cfg.max_loss_increase,
@@ -272,10 +282,17 @@ class Aggregator:
         self.published[key] = candidate
         return candidate
 
+    def _merge_newest(self, key: MapKey) -> tuple[str, Calibrator]:
+        """(newest model version, its merged state) of `key`, without a prior: for pooling siblings."""
+        state = self.states[key]
+        newest = state.ordered_versions()[-1]
+        return newest, merged(state.versions[newest], None, calibrator_config(self._model_config(key.split(":")[0])))
+
     def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
         """The maps of the changed keys. A key whose build raises is logged, counted and skipped (its
         previous map stays live; the next partial retries it): one key never stops the refresh timer."""
-        dirty, self.dirty = sorted(self.dirty), set()
+        dirty, self.dirty = self.shrinkage.order(self.dirty), set()
+        self.shrinkage.prepare(dirty, self._merge_newest)
         maps = []
         for key in dirty:
             try:

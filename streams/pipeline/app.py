@@ -23,8 +23,9 @@ from streams.pipeline import logsafe
 from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
 from streams.pipeline.config import Config
 from streams.pipeline.join_worker import JoinWorker
-from streams.pipeline.metrics import MapTracker, RecalCollector, registry
+from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from streams.pipeline.urls import faust_brokers
 from streams.pipeline.web import register_pages
 
 log = logging.getLogger("recal.app")
@@ -33,13 +34,15 @@ log = logging.getLogger("recal.app")
 class JoinService(mode.Service):
     """Runs the JoinWorker inside the Faust worker's lifecycle."""
 
-    def __init__(self, worker: JoinWorker, **kwargs) -> None:
+    def __init__(self, worker: JoinWorker, loop_monitor: LoopMonitor, **kwargs) -> None:
         self.worker = worker
+        self.loop_monitor = loop_monitor
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
         await self.worker.start()
         self.add_future(self._run())
+        self.add_future(self.loop_monitor.run())
 
     async def _run(self) -> None:
         try:
@@ -58,11 +61,12 @@ def create_app(config: Config) -> faust.App:
     logsafe.install()  # producer-controlled strings (segments, ids) never forge a log line
     app = faust.App(
         config.app_id,
-        broker=f"kafka://{config.broker}",
+        broker=faust_brokers(config.broker),
         broker_credentials=config.kafka.faust_credentials(),
         store="memory://",
         web_port=config.web_port,
-        web_host="0.0.0.0",
+        web_bind=config.web_host,  # the interfaces the server listens on (web_host only names it in URLs)
+        web_host=config.web_host,
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
         topic_allow_declare=True,
@@ -91,7 +95,8 @@ def create_app(config: Config) -> faust.App:
             )
 
     join = JoinWorker(config, on_partials=send_partials)
-    app.service(JoinService(join, loop=app.loop, beacon=app.beacon))
+    loop_monitor = LoopMonitor()
+    app.service(JoinService(join, loop_monitor, loop=app.loop, beacon=app.beacon))
 
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):
@@ -127,7 +132,15 @@ def create_app(config: Config) -> faust.App:
         results = await asyncio.to_thread(publisher.flush)
         tracker.record(pending, results)
 
-    metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker))
-    register_pages(app, config, join=join, publisher=publisher, aggregator=aggregator, metrics=metrics_registry)
+    metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker, loop_monitor=loop_monitor))
+    register_pages(
+        app,
+        config,
+        join=join,
+        publisher=publisher,
+        aggregator=aggregator,
+        metrics=metrics_registry,
+        loop_monitor=loop_monitor,
+    )
 
     return app

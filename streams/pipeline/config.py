@@ -14,6 +14,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from streams.pipeline.urls import (
+    BROKER_ENV,
+    DEFAULT_BROKER,
+    DEFAULT_REDIS,
+    REDIS_ENV,
+    parse_brokers,
+    redact,
+    with_password,
+)
+
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
@@ -55,6 +65,9 @@ class ModelConfig:
     drift_ratio_high: float = 1.1
     drift_max_ece: float = 0.01  # ... or its ECE on recent data exceeds this
     drift_min_weight: float = 500.0  # recent (held-back) weight needed before drift is judged
+    max_segments: int = 10_000  # cardinality cap: distinct segment keys per fallback level (0: no cap)
+    shrink_to_parent: bool = False  # fit each segment toward its fallback parent's map (recalibrators.hierarchy)
+    drift_detector: str = ""  # "" | page_hinkley | adwin: forget faster on a silent drift (streams.pipeline.drift)
 
     def __post_init__(self) -> None:
         if self.label not in ("click", "conversion"):
@@ -65,9 +78,15 @@ class ModelConfig:
             raise ValueError("population='click' needs label='conversion' (a clicked impression is clicked)")
         if self.on_new_version not in ("warm_start", "reset"):
             raise ValueError(f"on_new_version must be 'warm_start' or 'reset', not {self.on_new_version!r}")
+        if self.drift_detector not in ("", "page_hinkley", "adwin"):
+            raise ValueError(f"drift_detector must be '', 'page_hinkley' or 'adwin', not {self.drift_detector!r}")
+        if not isinstance(self.shrink_to_parent, bool):
+            raise ValueError(f"shrink_to_parent must be true or false, not {self.shrink_to_parent!r}")
         for name in ("window_ms", "click_window_ms", "half_life_ms", "refresh_interval_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.removesuffix('_ms')} must be positive")
+        if isinstance(self.max_segments, bool) or not isinstance(self.max_segments, int) or self.max_segments < 0:
+            raise ValueError(f"max_segments must be a non-negative integer, not {self.max_segments!r}")
 
     @property
     def horizon_ms(self) -> int:
@@ -174,8 +193,8 @@ class KafkaSecurity:
 
 @dataclass(frozen=True)
 class Config:
-    broker: str = "localhost:9092"
-    redis: str = "redis://localhost:6379/0"
+    broker: str = DEFAULT_BROKER  # normalised: "host:port,host:port" (see streams.pipeline.urls)
+    redis: str = DEFAULT_REDIS  # shown redacted by repr()
     prefix: str = "recal"
     app_id: str = "recal"
     topics: Topics = field(default_factory=Topics)
@@ -183,6 +202,7 @@ class Config:
     replication_factor: int = 1  # of the topics the worker creates: 3 on a production cluster
     defaults: ModelConfig = field(default_factory=ModelConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    max_models: int = 1_000  # cardinality cap: distinct models per worker (0: no cap)
     max_message_bytes: int = 1_000_000
     deadletter_max_bytes: int = 1_000_000  # dead letters are cut to this: at most the topic's max.message.bytes
     max_predictions: int = 64
@@ -193,8 +213,24 @@ class Config:
     checkpoint_interval_ms: int = 5_000  # join state snapshots
     partials_interval_ms: int = 500  # how often changed partial calibrators go to the aggregator
     session_timeout_ms: int = 10_000
+    rebalance_timeout_ms: int = 0  # 0: max(60 s, 3 x session_timeout); revoke snapshots must fit in half of it
+    snapshot_read_timeout_ms: int = 60_000  # bound on reading one partition's snapshot back
+    on_lost_snapshot: str = "fail"  # fail | start_empty: a partition whose snapshots are unreadable
     web_port: int = 6066
+    web_host: str = "127.0.0.1"  # bind address of the web endpoints: 0.0.0.0 in a container (env RECAL_WEB_HOST)
+    web_token: str = field(default="", repr=False)  # bearer token for the web endpoints but probes (RECAL_WEB_TOKEN)
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "broker", parse_brokers(self.broker))
+        if not self.rebalance_timeout_ms:
+            object.__setattr__(self, "rebalance_timeout_ms", max(60_000, 3 * self.session_timeout_ms))
+        if self.on_lost_snapshot not in ("fail", "start_empty"):
+            raise ValueError(f"on_lost_snapshot must be 'fail' or 'start_empty', not {self.on_lost_snapshot!r}")
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr} | {"redis": redact(self.redis)}
+        return f"Config({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     def kafka_client_args(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients: bootstrap servers plus TLS/SASL settings."""
@@ -222,7 +258,15 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
             raise ValueError(f"model name {name!r} must not contain ':'")
     topics = Topics(**data.pop("topics", {}))
     worker = data.pop("worker", {})
-    for key in ("grace", "checkpoint_interval", "partials_interval", "max_future_skew", "session_timeout"):
+    for key in (
+        "grace",
+        "checkpoint_interval",
+        "partials_interval",
+        "max_future_skew",
+        "session_timeout",
+        "rebalance_timeout",
+        "snapshot_read_timeout",
+    ):
         if key in worker:
             worker[f"{key}_ms"] = parse_duration_ms(worker.pop(key))
     if data:
@@ -234,11 +278,22 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         "topics": topics,
         "kafka": KafkaSecurity.from_env(env),
     }
-    for key, var in (("broker", "RECAL_BROKER"), ("redis", "RECAL_REDIS"), ("prefix", "RECAL_PREFIX")):
+    for key, var in ENV.items():
         if env.get(var):
             settings[key] = env[var]
     settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings["redis"] = with_password(settings.get("redis", DEFAULT_REDIS), env)
     return Config(**settings)
+
+
+# Connections and secrets from the environment override the file (command-line values override both).
+ENV = {
+    "broker": BROKER_ENV,
+    "redis": REDIS_ENV,
+    "prefix": "RECAL_PREFIX",
+    "web_host": "RECAL_WEB_HOST",
+    "web_token": "RECAL_WEB_TOKEN",
+}
 
 
 def _asdict(model: ModelConfig) -> dict[str, Any]:

@@ -122,6 +122,10 @@ class DeadLetterWriter:
         self.truncated = 0
         self.send_errors = 0
 
+    @classmethod
+    def for_config(cls, config, producer, counts: Counter[str]) -> DeadLetterWriter:
+        return cls(producer, config.topics.deadletter, config.deadletter_max_bytes, counts)
+
     async def send(self, letter: Letter, reasons: Iterable[str] | None = None) -> asyncio.Future:
         """Queue `letter`, counting each of `reasons` (one per refused event; default: the letter's reason).
         The returned future never fails."""

@@ -226,6 +226,9 @@ class PartitionJoin:
             self.counters[f"late_{_kind(action)}"] += 1
         else:
             waiting = self.early.setdefault(action.impression_id, [])
+            if any(a.kind == action.kind and a.action_id == action.action_id for a in waiting):
+                self.counters[f"duplicate_{_kind(action)}"] += 1  # a resent click: the list stays bounded
+                return
             if not waiting:
                 self._schedule(self._early_buckets, self._early_heap, action.ts + self.grace_ms, action.impression_id)
             waiting.append(action)

@@ -29,6 +29,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from streams.pipeline import deadletters
 from streams.pipeline.broker_caps import start_producer
+from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Action, Impression, Invalid, Limits
@@ -36,7 +37,7 @@ from streams.pipeline.events import decode as decode_events
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.partials import PartialCalibrators
 from streams.pipeline.records import pack, pack_examples, unpack
-from streams.pipeline.snapshots import SnapshotStore
+from streams.pipeline.snapshots import Fenced, SnapshotStore
 from streams.pipeline.topics import partition_of
 
 log = logging.getLogger("recal.join")
@@ -55,6 +56,8 @@ class Stats:
     rekeyed: int = 0
     expiry_deferred: int = 0  # batches that held windows open because label topics lagged
     snapshots: int = 0
+    snapshots_skipped: int = 0  # revoke snapshots that did not fit before the rebalance deadline
+    fenced: int = 0  # partitions dropped because another worker claimed them
     batches: int = 0
     batch_seconds: float = 0.0
 
@@ -93,6 +96,7 @@ class JoinWorker:
         self._n_partitions = 0
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
+        self.guard = CardinalityGuard(config, self._model_config)
         self.producer: AIOKafkaProducer | None = None
         self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
         self.consumer: AIOKafkaConsumer | None = None
@@ -112,12 +116,10 @@ class JoinWorker:
         self.producer, self.idempotent = await start_producer(
             **kafka, linger_ms=5, max_batch_size=1 << 20, max_request_size=4 << 20, acks="all"
         )
-        self.deadletters = DeadLetterWriter(
-            self.producer, self.topics.deadletter, self.config.deadletter_max_bytes, self.stats.dead_letters
-        )
+        self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
         self._state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
         await self._state_reader.start()
-        self._snapshots = SnapshotStore(self.topics.state, self.producer, self._state_reader)
+        self._snapshots = SnapshotStore.for_config(self.config, self.producer, self._state_reader)
         self.consumer = AIOKafkaConsumer(
             **kafka,
             group_id=f"{self.config.app_id}-join",
@@ -127,6 +129,7 @@ class JoinWorker:
             max_partition_fetch_bytes=4 << 20,
             fetch_max_bytes=32 << 20,
             session_timeout_ms=self.config.session_timeout_ms,
+            rebalance_timeout_ms=self.config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
             heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
         )
         await self.consumer.start()
@@ -196,7 +199,10 @@ class JoinWorker:
                     elif not self._owned_here(message, event, tp.partition):
                         sends.append(await self._rekey(event, kind))
                     elif kind == IMPRESSION:
-                        state.join.add_impression(event)
+                        if (capped := self.guard.admit(event)) is not None:  # cardinality caps
+                            invalid.append(Invalid(capped, -1))
+                        else:
+                            state.join.add_impression(event)
                     else:
                         state.join.add_action(event)
                 if invalid:
@@ -289,13 +295,28 @@ class JoinWorker:
         return sends
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
-    async def _checkpoint(self, states: list[PartitionState]) -> None:
-        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics."""
+    async def _checkpoint(self, states: list[PartitionState], deadline: float | None = None) -> None:
+        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics. Before
+        a `deadline` (revoke) only the snapshots that fit (the rest re-read from their last one); a fenced
+        partition (claimed by another worker) is dropped, its snapshot and partials unwritten."""
         assert self._snapshots is not None and self.consumer is not None
+        kept = []
         for state in states:
-            await self._snapshots.write(state.partition, state.snapshot_blob())
+            if deadline is not None and time.monotonic() + self._snapshots.estimate_s(state.partition) > deadline:
+                self.stats.snapshots_skipped += 1
+                log.warning("partition %d: no time left to snapshot before the rebalance deadline", state.partition)
+                continue
+            try:
+                await self._snapshots.write(state.partition, state.snapshot_blob)
+            except Fenced as exc:
+                self.stats.fenced += 1
+                self.parts.pop(state.partition, None)
+                log.warning("partition %d dropped: %s", state.partition, exc)
+                continue
             state.durable = state.seq
             self.stats.snapshots += 1
+            kept.append(state)
+        states = kept
         await self._send_partials(states)
         offsets = {
             TopicPartition(topic, state.partition): offset
@@ -336,7 +357,7 @@ class JoinWorker:
             self.ready.set()
 
     async def _restore(self, partition: int) -> PartitionState:
-        blob = await self._snapshots.read_latest(partition)
+        blob = await self._snapshots.claim(partition)
         if blob is None:
             return PartitionState(
                 partition,
@@ -349,6 +370,7 @@ class JoinWorker:
             bytes(blobs[0]), self._model_config, self.config.grace_ms, self.config.holdout_percent
         )
         partials = PartialCalibrators.from_blobs(self._model_config, header["keys"], blobs[1:])
+        self.guard.observe(partials.calibrators)
         log.info("partition %d restored at seq %d, offsets %s", partition, header["seq"], header["offsets"])
         return PartitionState(partition, join, partials, header["offsets"], header["seq"], header["seq"])
 
@@ -356,7 +378,9 @@ class JoinWorker:
         async with self._lock:
             states = [self.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in self.parts]
             if states and not self._stopping.is_set():
-                await self._checkpoint(states)
+                await self._checkpoint(states, deadline=time.monotonic() + self.config.rebalance_timeout_ms / 2000)
+            for state in states:
+                self._snapshots.forget(state.partition)
 
 
 def _header_kind(headers) -> int | None:

@@ -21,7 +21,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 log = logging.getLogger("recal.metrics")
 
-__all__ = ["BYTES_PER_PENDING", "PROMETHEUS_CONTENT_TYPE", "MapTracker", "Readiness", "RecalCollector", "registry"]
+__all__ = [
+    "BYTES_PER_PENDING",
+    "PROMETHEUS_CONTENT_TYPE",
+    "LoopMonitor",
+    "MapTracker",
+    "Readiness",
+    "RecalCollector",
+    "registry",
+]
 
 # Join state per pending impression, measured by bench/bench_join.py (docs/pipeline.md): an estimate is
 # far cheaper at scrape time than walking millions of dict entries with sys.getsizeof.
@@ -45,6 +53,29 @@ def _segment_label(m) -> str:
     return "|".join(f"{k}={v}" for k, v in m.segment) or "*"
 
 
+class LoopMonitor:
+    """How late the event loop wakes a task that sleeps `interval` seconds: the longest stall of the loop
+    (a batch, an encode, anything that holds it). `max_s` since start, `recent_max_s` since the last scrape."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.max_s = 0.0
+        self.recent_max_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, loop.time() - before - self.interval)
+            self.max_s = max(self.max_s, lag)
+            self.recent_max_s = max(self.recent_max_s, lag)
+
+    def take_recent(self) -> float:
+        recent, self.recent_max_s = self.recent_max_s, 0.0
+        return recent
+
+
 class RecalCollector:
     """Reads the worker's counters at scrape time. `join`, `publisher` and `aggregator` are duck-typed
     (JoinWorker, RetryingPublisher, Aggregator) so unit tests can pass plain objects.
@@ -54,8 +85,15 @@ class RecalCollector:
     iterated, which the GIL makes atomic."""
 
     def __init__(
-        self, join, publisher, aggregator, tracker: MapTracker, clock: Callable[[], float] = time.time
+        self,
+        join,
+        publisher,
+        aggregator,
+        tracker: MapTracker,
+        clock: Callable[[], float] = time.time,
+        loop_monitor: LoopMonitor | None = None,
     ) -> None:
+        self.loop_monitor = loop_monitor
         self.join = join
         self.publisher = publisher
         self.aggregator = aggregator
@@ -91,6 +129,12 @@ class RecalCollector:
             s.expiry_deferred,
         )
 
+        if self.loop_monitor is not None:
+            yield GaugeMetricFamily(
+                "recal_event_loop_lag_max_seconds",
+                "Longest event-loop stall since the previous scrape (a 50 ms sleep woken late by this much).",
+                value=self.loop_monitor.take_recent(),
+            )
         parts = dict(self.join.parts)
         pending = GaugeMetricFamily(
             "recal_join_pending", "Impressions waiting in join state, per partition.", labels=["partition"]
@@ -106,6 +150,16 @@ class RecalCollector:
             pending_bytes.add_metric([str(p)], n * BYTES_PER_PENDING)
         yield pending
         yield pending_bytes
+        guard = getattr(self.join, "guard", None)
+        if guard is not None:
+            tracked = GaugeMetricFamily(
+                "recal_segment_keys",
+                "Segment keys admitted per model, all fallback levels (capped by max_segments per level).",
+                labels=["model"],
+            )
+            for model, n in sorted(guard.sizes().items()):
+                tracked.add_metric([model], n)
+            yield tracked
         yield GaugeMetricFamily("recal_partitions_assigned", "Join partitions owned by this worker.", value=len(parts))
         yield self._lag(parts)
 
@@ -242,6 +296,7 @@ class Readiness:
         self.timeout = timeout
         self.clock = clock
         self._cached: tuple[float, dict[str, str | None]] | None = None
+        self._logged: dict[str, str | None] = {}  # check -> the failure last logged
         self._lock = asyncio.Lock()
 
     async def io_checks(self) -> dict[str, str | None]:
@@ -249,18 +304,28 @@ class Readiness:
             if self._cached is not None and self.clock() - self._cached[0] < self.ttl:
                 return self._cached[1]
             names = list(self.checks)
-            outcomes = await asyncio.gather(*(self._one(self.checks[n]) for n in names))
+            outcomes = await asyncio.gather(*(self._one(n, self.checks[n]) for n in names))
             result = dict(zip(names, outcomes, strict=True))
             self._cached = (self.clock(), result)
             return result
 
-    async def _one(self, check) -> str | None:
+    async def _one(self, name: str, check) -> str | None:
+        """None when fine, else a fixed word for the body: exception text (hostnames, addresses) only goes
+        to the log, once per change."""
         try:
             outcome = await asyncio.wait_for(check(), self.timeout)
         except TimeoutError:
-            return f"timed out after {self.timeout:g}s"
+            outcome, detail = f"timed out after {self.timeout:g}s", None
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
+            outcome, detail = "unreachable", f"{type(exc).__name__}: {exc}"
+        else:
+            detail = outcome
+        if detail != self._logged.get(name):
+            self._logged[name] = detail
+            if detail is not None:
+                log.warning("readiness check %s failing: %s", name, detail)
+            else:
+                log.info("readiness check %s passing again", name)
         return outcome or None
 
     async def report(self, partitions_ready: bool) -> tuple[bool, dict]:

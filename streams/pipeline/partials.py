@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from recalibrators.calibrator import Calibrator, CalibratorConfig, prepare_batch
+from recalibrators.batch import prepare_batch
+from recalibrators.calibrator import Calibrator, CalibratorConfig
 from recalibrators.segments import fallback_chain
 from streams.pipeline.config import ModelConfig
 

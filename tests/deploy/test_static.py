@@ -12,6 +12,9 @@ import dataclasses
 import json
 import re
 import shlex
+import subprocess
+import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from streams.cli.main import build_parser
-from streams.pipeline.config import Config, KafkaSecurity, Topics, load_config
+from streams.dev.devstack import free_port, redis_server_binary
+from streams.pipeline import urls
+from streams.pipeline.config import ENV, Config, KafkaSecurity, Topics, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -33,7 +38,7 @@ EXAMPLE_CONFIG = ROOT / "deploy" / "recal.toml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 WEB_PORT = Config().web_port  # 6066
-CONNECTION_VARS = {"RECAL_BROKER", "RECAL_REDIS", "RECAL_PREFIX"}
+CONNECTION_VARS = set(ENV.values()) | {urls.REDIS_PASSWORD_ENV, urls.REDIS_PASSWORD_FILE_ENV}
 KNOWN_VARS = CONNECTION_VARS | set(KafkaSecurity.ENV.values())
 
 
@@ -74,7 +79,12 @@ def assert_vars_read_by_config(names: set[str], where: str) -> None:
     assert not unknown, f"{where}: RECAL_* variables that streams/pipeline/config.py does not read: {sorted(unknown)}"
     base = load_config(None, env={})
     for name in names:
-        assert load_config(None, env={name: "sentinel-value"}) != base, f"{where}: {name} has no effect on Config"
+        value = "sentinel-value"
+        if name.endswith("_FILE"):  # names a file holding the value (a mounted secret)
+            secret = Path(tempfile.mkdtemp()) / "secret"
+            secret.write_text(value)
+            value = str(secret)
+        assert load_config(None, env={name: value}) != base, f"{where}: {name} has no effect on Config"
 
 
 def image_pinned(image: str) -> bool:
@@ -199,7 +209,52 @@ def test_compose_kafka_is_single_node_kraft_with_a_compose_network_listener(serv
 def test_compose_redis_is_pinned_and_checked(services):
     redis = services["redis"]
     assert redis["image"].startswith("redis:") and image_pinned(redis["image"])
-    assert "redis-cli" in " ".join(as_argv(redis["healthcheck"]["test"]))
+    health = " ".join(as_argv(redis["healthcheck"]["test"]))
+    assert "redis-cli" in health and "REDISCLI_AUTH" in health and "/run/secrets/redis_password" in health
+
+
+def test_compose_redis_requires_the_secret_password_and_keeps_it_out_of_argv(compose, services, tmp_path):
+    """Runs the compose Redis command itself (secret path and binary substituted) against a real redis-server:
+    no password, no access; the secret's password works; the password is never in the process's argv."""
+    import redis as redis_py
+
+    service = services["redis"]
+    assert service["secrets"] == ["redis_password"] and "redis_password" in compose["secrets"]
+    assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), "Redis published on loopback only"
+    secret = tmp_path / "redis_password"
+    secret.write_text("compose-test-pw\n")
+    script = service["command"][0].replace("$$", "$").replace("/run/secrets/redis_password", str(secret))
+    script = script.replace("/tmp/redis.conf", str(tmp_path / "redis.conf"))
+    port = free_port()
+    script = script.replace("exec redis-server", f"exec {redis_server_binary()}") + f" --port {port} --dir {tmp_path}"
+    proc = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        client = redis_py.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                pytest.fail("Redis answered without a password")
+            except redis_py.AuthenticationError:
+                break
+            except redis_py.ConnectionError:
+                assert time.monotonic() < deadline, "the compose Redis command did not start"
+                time.sleep(0.1)
+        assert redis_py.Redis(port=port, password="compose-test-pw", socket_timeout=1).ping()
+        assert "compose-test-pw" not in Path(f"/proc/{proc.pid}/cmdline").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_compose_workers_authenticate_with_the_secret(workers):
+    for name, service in workers.items():
+        env = env_dict(service["environment"])
+        assert "redis_password" in service["secrets"], name
+        assert env["RECAL_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", name
+        assert not urls.has_password(env["RECAL_REDIS"]), f"{name}: the password belongs in the secret"
+        assert env["RECAL_WEB_HOST"] == "0.0.0.0", f"{name}: probes and the published port reach the container"
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), f"{name}: host port on loopback"
 
 
 def test_compose_topic_step_creates_the_co_partitioned_sources(services, workers):
@@ -474,7 +529,7 @@ def test_k8s_pdb_and_service_select_the_workers(manifests, deployment):
     pdb = kind(manifests, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
-    service = kind(manifests, "Service")
+    service = kind(manifests, "Service", "recal-worker")
     assert service["spec"]["selector"].items() <= labels.items()
     assert {p["port"] for p in service["spec"]["ports"]} == {WEB_PORT}
 
@@ -505,3 +560,20 @@ def test_k8s_secret_examples_use_known_variables_and_placeholders(container, dep
     ca_volume = next(v for v in volumes.values() if v.get("secret", {}).get("secretName") == "recal-kafka-ca")
     assert ca_volume["secret"]["optional"] is True
     assert "ca.crt" in secrets["recal-kafka-ca"]["stringData"]
+
+
+def test_k8s_redis_requires_the_secret_and_the_workers_send_it(manifests, container):
+    redis = kind(manifests, "StatefulSet", "redis")
+    pod = redis["spec"]["template"]["spec"]
+    script = " ".join(pod["containers"][0]["command"] + pod["containers"][0]["args"])
+    assert "requirepass" in script and "exec redis-server" in script
+    secret_volumes = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+    assert secret_volumes == ["recal-redis"]
+    assert kind(manifests, "Service", "redis")["spec"]["ports"][0]["port"] == 6379
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["RECAL_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("recal-redis", "password") and not ref.get("optional")
+    recal_env = kind(manifests, "ConfigMap", "recal-env")["data"]
+    assert not urls.has_password(recal_env["RECAL_REDIS"]) and recal_env["RECAL_WEB_HOST"] == "0.0.0.0"
+    example = {d["metadata"]["name"]: d for d in load_yaml_docs(K8S / "secrets.example.yaml")}
+    assert example["recal-redis"]["stringData"]["password"] == "CHANGE_ME"

@@ -153,7 +153,7 @@ def test_platt_method_map_is_a_sampled_sigmoid():
 
 
 def test_learn_prepared_on_several_calibrators_equals_learn_batch_on_each():
-    from recalibrators.calibrator import prepare_batch
+    from recalibrators.batch import prepare_batch
 
     rng = np.random.default_rng(3)
     scores, labels = rng.random(500) * 0.2, (rng.random(500) < 0.05).astype(np.int8)

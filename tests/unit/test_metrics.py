@@ -71,3 +71,25 @@ def test_metric_inputs_validated():
         M.log_loss([0.1, 0.2], [1])
     with pytest.raises(ValueError):
         M.brier([], [])
+
+
+def test_multi_field_rce_is_the_mean_of_field_rces():
+    p = np.array([0.2, 0.2, 0.5, 0.5, 0.1])
+    y = np.array([1, 0, 1, 0, 0])
+    platform = np.array(["a", "a", "b", "b", "c"])  # field RCE 0.3 (see above)
+    placement = np.array(["x", "y", "x", "y", "y"])
+    # x: |0.7 - 2| / 2 = 0.65 (weight 2); y: |0.8 - 0| / 0 -> skipped; field RCE 0.65
+    assert M.field_rce(p, y, placement) == pytest.approx(0.65)
+    assert M.multi_field_rce(p, y, {"platform": platform, "placement": placement}) == pytest.approx((0.3 + 0.65) / 2)
+    assert math.isnan(M.multi_field_rce(p, np.zeros(5), {"platform": platform}))
+
+
+def test_pcoc_is_predicted_over_observed_per_segment():
+    p = np.array([0.2, 0.2, 0.5, 0.5, 0.1])
+    y = np.array([1, 0, 1, 0, 0])
+    seg = np.array(["a", "a", "b", "b", "c"])
+    out = M.pcoc(p, y, seg, w=np.array([1.0, 1.0, 2.0, 2.0, 1.0]))
+    assert out["a"] == pytest.approx(0.4) and out["b"] == pytest.approx(2.0 / 2.0) and out["c"] == math.inf
+    assert out["a"] == pytest.approx(M.calibration_ratio(p[:2], y[:2]))
+    with pytest.raises(ValueError):
+        M.pcoc(p, y, seg[:3])

@@ -1,0 +1,83 @@
+"""Hierarchical maps in the aggregator: parents before children, children shrunk toward their parent's map.
+
+For a model with `shrink_to_parent = true`, a key's parent is the next key of its segment fallback chain
+(`*` has none). `Shrinkage.order` sorts one refresh's keys by depth, so a parent is fitted before its children;
+`prepare` pools the empirical-Bayes `Strength` of every depth of every model over the merged states of that
+depth's keys (`recalibrators.hierarchy.estimate_strength`), and `fit` shrinks one child toward the latest map
+fitted for its parent in the same model version. Pure logic; the aggregator owns the states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from recalibrators.calibration_map import CalibrationMap
+from recalibrators.calibrator import Calibrator
+from recalibrators.hierarchy import Strength, estimate_strength, fit_root, shrink_toward
+from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
+from streams.pipeline.config import ModelConfig
+
+__all__ = ["Shrinkage"]
+
+
+class Shrinkage:
+    def __init__(self, model_config: Callable[[str], ModelConfig]) -> None:
+        self._model_config = model_config
+        self.fitted: dict[str, CalibrationMap] = {}  # key -> latest candidate map (gated or not)
+        self._states: dict[str, Calibrator] = {}  # key -> latest merged state, for pooling siblings
+        self.strengths: dict[tuple[str, str, int], Strength] = {}  # (model, model version, depth) -> pooled
+
+    def enabled(self, key: str) -> bool:
+        return self._model_config(key.split(":", 1)[0]).shrink_to_parent
+
+    def chain(self, key: str) -> list[str]:
+        """The key's fallback chain as map keys, itself first."""
+        model, segment = key.split(":", 1)
+        dims = parse_segment_key(segment)
+        levels = [sorted(dims), *self._model_config(model).segment_by]
+        return [f"{model}:{k}" for k in fallback_chain(dims, levels)] if segment != MODEL_WIDE else [key]
+
+    def parent(self, key: str) -> str | None:
+        chain = self.chain(key)
+        return chain[1] if len(chain) > 1 else None
+
+    def order(self, keys: Iterable[str]) -> list[str]:
+        """Parents before children: by depth (distance to `*`), then by key."""
+        return sorted(keys, key=lambda k: (len(self.chain(k)), k))
+
+    def prepare(self, keys: Iterable[str], merge: Callable[[str], tuple[str, Calibrator]]) -> None:
+        """Before a refresh: merge the changed non-root keys of hierarchical models (`merge(key)` ->
+        (model version, merged calibrator)) and forget the pooled strengths, so `fit` pools fresh states."""
+        for key in keys:
+            if self.enabled(key) and self.parent(key) is not None:
+                self._states[key] = merge(key)
+        self.strengths.clear()
+
+    def _strength(self, model: str, version: str, depth: int) -> Strength:
+        cache = (model, version, depth)
+        if cache not in self.strengths:
+            pairs = []
+            for key, (key_version, calibrator) in self._states.items():
+                parent = self.fitted.get(self.parent(key) or "")
+                same = key.split(":", 1)[0] == model and key_version == version and len(self.chain(key)) == depth
+                if same and parent is not None and parent.model_version == version:
+                    pairs.append((calibrator.histogram, parent))
+            self.strengths[cache] = estimate_strength(pairs)
+        return self.strengths[cache]
+
+    def fit(self, key: str, calibrator: Calibrator, meta: dict[str, Any]) -> CalibrationMap | None:
+        """`key`'s map shrunk toward its parent's (a root: its own map with the band), or None (a model without
+        shrinkage, or no map of the parent in this model version yet: the caller fits the key on its own)."""
+        if not self.enabled(key):
+            return None
+        parent_key = self.parent(key)
+        if parent_key is None:
+            return fit_root(calibrator, **meta)
+        version = meta["model_version"]
+        self._states[key] = (version, calibrator)
+        parent = self.fitted.get(parent_key)
+        if parent is None or parent.model_version != version:
+            return None
+        strength = self._strength(key.split(":", 1)[0], version, len(self.chain(key)))
+        return shrink_toward(calibrator, parent, strength, **meta)
