@@ -26,12 +26,13 @@ $(KAFKA_JAR): deploy/kafka/pom.xml
 
 kafka-jars: $(KAFKA_JAR)
 
-# Unit, deployment and serving tests once (they use no broker); the integration and fault suites once per
-# broker, each timed.
+# Unit, deployment and serving tests once (they use no broker), the JVM and Go ranker clients against the
+# shared vectors and a real Redis (clients/ci.sh); the integration and fault suites once per broker, timed.
 test: $(BIN)/recal $(if $(filter apache,$(BROKERS)),$(KAFKA_JAR))
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q tests/unit tests/deploy tests/serving recalibrators streams
+	bash clients/ci.sh
 	status=0; for broker in $(BROKERS); do \
 	  start=$$(date +%s); \
 	  RECAL_TEST_BROKER=$$broker $(BIN)/pytest -q tests/integration tests/faults || status=1; \

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.bench_serving [--maps 100000] [--knots 98]
 
-Starts its own redis-server (streams.dev.devstack) on a free loopback port and prints one table.
+Starts its own redis-server (streams.dev.devstack) on a free loopback port and prints one table. Lookups are
+versioned (schema 2): every score names its model version; the namespace holds maps of two versions.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from streams.dev import devstack
 from streams.pipeline.publisher import MapPublisher
 
 SEGMENT = {"platform": "ios", "placement": "search"}
+VERSION = "v2"  # the model version the hot path asks for
 
 
-def make_map(knots: int, segment: dict[str, str], version: int = 1) -> CalibrationMap:
+def make_map(knots: int, segment: dict[str, str], map_version: int = 1, model_version: str = VERSION) -> CalibrationMap:
     x = np.linspace(0.0, 1.0, knots)
     return CalibrationMap(
         x=x,
@@ -33,8 +35,9 @@ def make_map(knots: int, segment: dict[str, str], version: int = 1) -> Calibrati
         positives=1e3,
         last_event_ms=0,
         model="ctr",
+        model_version=model_version,
         segment=segment,
-        version=version,
+        map_version=map_version,
         updated_at=int(time.time() * 1000),
     )
 
@@ -47,11 +50,11 @@ def bench_hot_path(reader: MapReader, rows: list[tuple[str, str, str]]) -> None:
     scores = np.random.default_rng(0).random(100_000).tolist()
     calibrate_one, clock = reader.calibrate_one, time.perf_counter_ns
     for s in scores[:10_000]:  # warm the resolution cache and the interpreter
-        calibrate_one("ctr", SEGMENT, s)
+        calibrate_one("ctr", SEGMENT, s, model_version=VERSION)
     lat = []
     for s in scores:
         t0 = clock()
-        calibrate_one("ctr", SEGMENT, s)
+        calibrate_one("ctr", SEGMENT, s, model_version=VERSION)
         lat.append(clock() - t0)
     rows.append(
         (
@@ -62,15 +65,15 @@ def bench_hot_path(reader: MapReader, rows: list[tuple[str, str, str]]) -> None:
     )
     t0 = time.perf_counter()
     for s in scores:
-        calibrate_one("ctr", SEGMENT, s)
+        calibrate_one("ctr", SEGMENT, s, model_version=VERSION)
     rows.append(("calibrate_one throughput", f"{len(scores) / (time.perf_counter() - t0) / 1e6:.2f} M/s", ""))
 
     batch = np.random.default_rng(1).random(10_000)
-    reader.calibrate("ctr", SEGMENT, batch)
+    reader.calibrate("ctr", SEGMENT, batch, model_version=VERSION)
     reps = 2000
     t0 = time.perf_counter()
     for _ in range(reps):
-        reader.calibrate("ctr", SEGMENT, batch)
+        reader.calibrate("ctr", SEGMENT, batch, model_version=VERSION)
     rate = reps * batch.size / (time.perf_counter() - t0)
     rows.append(("calibrate batch of 10,000", f"{rate / 1e6:.1f} M scores/s", ">= 20 M/s"))
 
@@ -80,10 +83,10 @@ def bench_propagation(client: redis.Redis, url: str, knots: int, rows: list[tupl
     pub.publish_many(make_map(knots, {"p": str(i)}) for i in range(1000))
     lat = []
     with MapReader(url, prefix="prop", check_interval=60) as reader:
-        for version in range(2, 302):
+        for map_version in range(2, 302):
             t0 = time.perf_counter()
-            pub.publish(make_map(knots, SEGMENT, version))
-            while (m := reader.lookup("ctr", SEGMENT)) is None or m.version != version:
+            pub.publish(make_map(knots, SEGMENT, map_version))
+            while (m := reader.lookup("ctr", SEGMENT, VERSION)) is None or m.map_version != map_version:
                 time.sleep(0.0001)
             lat.append(time.perf_counter() - t0)
     rows.append(
@@ -127,7 +130,7 @@ def bench_memory(url: str, n: int, rows: list[tuple[str, str, str]]) -> None:
     clock, calibrate_one = time.perf_counter_ns, reader.calibrate_one
     while time.monotonic() < stop:
         t0 = clock()
-        calibrate_one("ctr", SEGMENT, 0.3)
+        calibrate_one("ctr", SEGMENT, 0.3, model_version=VERSION)
         lat.append(clock() - t0)
     rows.append(
         (
@@ -150,7 +153,8 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     try:
         bench_propagation(client, url, args.knots, rows)
-        maps = [make_map(args.knots, {"p": str(i)}) for i in range(args.maps - 1)] + [make_map(args.knots, SEGMENT)]
+        maps = [make_map(args.knots, {"p": str(i)}, model_version=f"v{i % 2 + 1}") for i in range(args.maps - 2)]
+        maps += [make_map(args.knots, SEGMENT, model_version="v1"), make_map(args.knots, SEGMENT)]
         bench_publish(client, maps, rows)
         del maps
         bench_memory(url, args.maps, rows)

@@ -15,7 +15,8 @@ if [ -z "${RECAL_REDIS_SERVER:-}" ]; then
   elif command -v redis-server >/dev/null 2>&1; then
     RECAL_REDIS_SERVER=$(command -v redis-server)
   else
-    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) \
+      >/tmp/recal-clients-apt.log 2>&1
     RECAL_REDIS_SERVER=$(command -v redis-server)
   fi
 fi

@@ -1,7 +1,18 @@
-"""Immutable, validated, JSON-serialisable piecewise-linear calibration map.
+"""Immutable, validated, JSON-serialisable piecewise-linear calibration map (map JSON schema 2).
 
 The map is y = interp(score; x, y), clamped outside [x[0], x[-1]]. Maps built by `Calibrator` always carry end
 knots at x=0 and x=1, so the clamping never triggers for valid scores; hand-made maps may omit them.
+
+>>> m = CalibrationMap(x=[0.0, 0.5, 1.0], y=[0.0, 0.2, 1.0], method="isotonic", n=100.0, positives=5.0,
+...                    last_event_ms=0, model="ctr", model_version="v2", map_version=7)
+>>> m.apply_one(0.25), m.apply([0.25, 0.5]).tolist()
+(0.1, [0.1, 0.2])
+>>> back = CalibrationMap.from_json(m.to_json())
+>>> back == m, back.map_version, back.model_version
+(True, 7, 'v2')
+>>> CalibrationMap.from_json(b'{"schema": 2, "model": "ctr", "model_version": "v2", "segment": {},'
+...                          b' "version": 1, "x": [0, 1], "y": [0, 1], "from_the_future": 1}').method
+''
 """
 
 from __future__ import annotations
@@ -17,26 +28,27 @@ import orjson
 
 __all__ = ["MAX_KNOTS", "SCHEMA_VERSION", "CalibrationMap", "identity_map"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_KNOTS = 4096  # sanity bound: calibrator maps have n_bins + 2 knots
 _GRID = 1024  # cells of the sqrt(score) lookup grid used by `apply` on large batches
 _MAX_WALK = 3  # grid cells holding more knots than this fall back to np.interp
 
-_REQUIRED = {
-    "schema": int,
-    "model": str,
-    "model_version": str,
-    "segment": dict,
-    "version": int,
+# What a reader needs to apply a map; everything else is optional and unknown fields are ignored, so a
+# newer publisher never makes an older reader drop its maps.
+_REQUIRED = {"schema": int, "model": str, "model_version": str, "segment": dict, "version": int, "x": list, "y": list}
+_OPTIONAL = {
     "updated_at": int,
     "method": str,
     "n": float,
     "positives": float,
     "last_event_ms": int,
-    "x": list,
-    "y": list,
+    "platt": dict,
+    "metrics": dict,
+    "prior": dict,
+    "y_lo": list,
+    "y_hi": list,
+    "ess": list,
 }
-_OPTIONAL = {"platt": dict, "metrics": dict, "y_lo": list, "y_hi": list, "ess": list}
 _BAND = ("y_lo", "y_hi", "ess")  # optional per-knot confidence (recalibrators.hierarchy); readers may ignore
 
 
@@ -46,6 +58,31 @@ def _is_int(v: object) -> bool:
 
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_numbers(name: str, values: list) -> None:
+    """JSON booleans and strings are never numbers (numpy would silently convert both)."""
+    if not all(_is_number(v) for v in values):
+        raise ValueError(f"{name} must be an array of numbers")
+
+
+def _meta_items(name: str, value: object) -> tuple | None:
+    """A metadata object (metrics, prior) as sorted (key, value) pairs of finite numbers or strings."""
+    if value is None:
+        return None
+    items = tuple(sorted(value.items() if isinstance(value, Mapping) else value))
+    for k, v in items:
+        if not isinstance(k, str) or not (isinstance(v, str) or (_is_number(v) and math.isfinite(v))):
+            raise ValueError(f"{name} must map strings to finite numbers or strings, got {k!r}: {v!r}")
+    return items
+
+
+def _provenance(prior: dict | None) -> dict | None:
+    """`prior` is provenance only (the contract fixes no type beyond an object): its entries that are
+    not strings or finite numbers are dropped, never a reason to reject a map that applies fine."""
+    if prior is None:
+        return None
+    return {k: v for k, v in prior.items() if isinstance(v, str) or (_is_number(v) and math.isfinite(v))}
 
 
 def _knots(name: str, values: object) -> np.ndarray:
@@ -87,8 +124,10 @@ def _segment_pairs(segment: Mapping[str, str] | tuple[tuple[str, str], ...]) -> 
 class CalibrationMap:
     """Monotone map from raw score to calibrated probability plus provenance metadata.
 
-    `segment` accepts a dict and is stored as a sorted tuple of (key, value) pairs; `metrics` is stored as a
-    sorted tuple of (name, number) pairs. Both stay immutable; use `segment_dict` / `metrics_dict` to read.
+    `segment` accepts a dict and is stored as a sorted tuple of (key, value) pairs; `metrics` and `prior`
+    (a warm start's provenance: the source's model_version and map_version) likewise. All stay immutable;
+    use `segment_dict` / `metrics_dict` / `prior_dict` to read. `map_version` is the publish fence (JSON
+    key ``version``); `model_version` the version of the model whose scores the map calibrates.
     """
 
     x: np.ndarray
@@ -100,10 +139,11 @@ class CalibrationMap:
     model: str = ""
     model_version: str = ""
     segment: Any = ()
-    version: int = 0
+    map_version: int = 0
     updated_at: int = 0
     platt: tuple[float, float] | None = None
     metrics: Any = None
+    prior: Any = None
     y_lo: Any = None
     y_hi: Any = None
     ess: Any = None
@@ -133,22 +173,17 @@ class CalibrationMap:
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
-        for name in ("last_event_ms", "version", "updated_at"):
+        for name in ("last_event_ms", "map_version", "updated_at"):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
-        if self.version < 0:
-            raise ValueError(f"version must be >= 0, got {self.version}")
+        if self.map_version < 0:
+            raise ValueError(f"map_version must be >= 0, got {self.map_version}")
         platt = self.platt
         if platt is not None:
             if len(platt) != 2 or not all(_is_number(v) and math.isfinite(v) for v in platt):
                 raise ValueError(f"platt must be a pair of finite numbers, got {platt!r}")
             platt = (float(platt[0]), float(platt[1]))
-        metrics = self.metrics
-        if metrics is not None:
-            items = metrics.items() if isinstance(metrics, Mapping) else metrics
-            metrics = tuple(sorted((k, v) for k, v in items))
-            if not all(isinstance(k, str) and (_is_number(v) or isinstance(v, str)) for k, v in metrics):
-                raise ValueError("metrics must map strings to numbers or strings")
+        metrics, prior = _meta_items("metrics", self.metrics), _meta_items("prior", self.prior)
         set_ = object.__setattr__
         for name in _BAND:
             if getattr(self, name) is not None:
@@ -160,6 +195,7 @@ class CalibrationMap:
         set_(self, "segment", _segment_pairs(self.segment))
         set_(self, "platt", platt)
         set_(self, "metrics", metrics)
+        set_(self, "prior", prior)
         # Zero-copy sequence views: bisect on them costs ~0.2 us and no per-map Python float lists.
         set_(self, "_xs", memoryview(x))
         set_(self, "_ys", memoryview(y))
@@ -171,6 +207,10 @@ class CalibrationMap:
     @property
     def metrics_dict(self) -> dict[str, float | str] | None:
         return None if self.metrics is None else dict(self.metrics)
+
+    @property
+    def prior_dict(self) -> dict[str, float | str] | None:
+        return None if self.prior is None else dict(self.prior)
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """Vectorised map, bit-identical to np.interp(scores, x, y) (clamped outside the knot range).
@@ -231,7 +271,7 @@ class CalibrationMap:
             "model": self.model,
             "model_version": self.model_version,
             "segment": dict(self.segment),
-            "version": self.version,
+            "version": self.map_version,
             "updated_at": self.updated_at,
             "method": self.method,
             "n": self.n,
@@ -244,6 +284,8 @@ class CalibrationMap:
             doc["platt"] = {"a": self.platt[0], "b": self.platt[1]}
         if self.metrics is not None:
             doc["metrics"] = dict(self.metrics)
+        if self.prior is not None:
+            doc["prior"] = dict(self.prior)
         for name in _BAND:
             if getattr(self, name) is not None:
                 doc[name] = getattr(self, name)
@@ -251,18 +293,18 @@ class CalibrationMap:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> CalibrationMap:
+        """Parse and validate a schema-2 map; ValueError for anything a reader must not apply."""
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"calibration map is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ValueError("calibration map JSON must be an object")
+        if not _is_int(doc.get("schema")) or doc["schema"] != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema {doc.get('schema')!r} (expected {SCHEMA_VERSION})")
         missing = sorted(set(_REQUIRED) - set(doc))
         if missing:
             raise ValueError(f"calibration map JSON is missing fields: {missing}")
-        unknown = sorted(set(doc) - set(_REQUIRED) - set(_OPTIONAL))
-        if unknown:
-            raise ValueError(f"calibration map JSON has unknown fields: {unknown}")
         for key, typ in (_REQUIRED | _OPTIONAL).items():
             if key not in doc:
                 continue
@@ -270,27 +312,29 @@ class CalibrationMap:
             ok = _is_number(v) if typ is float else (_is_int(v) if typ is int else isinstance(v, typ))
             if not ok:
                 raise ValueError(f"field {key!r} must be {typ.__name__}, got {type(v).__name__}")
-        if doc["schema"] != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema version {doc['schema']} (expected {SCHEMA_VERSION})")
+        for name in ("x", "y", *_BAND):
+            if name in doc:
+                _check_numbers(name, doc[name])
         platt = doc.get("platt")
         if platt is not None:
-            if set(platt) != {"a", "b"}:
+            if not ("a" in platt and "b" in platt):
                 raise ValueError("platt must be an object with keys 'a' and 'b'")
             platt = (platt["a"], platt["b"])
         return cls(
             x=doc["x"],
             y=doc["y"],
-            method=doc["method"],
-            n=doc["n"],
-            positives=doc["positives"],
-            last_event_ms=doc["last_event_ms"],
+            method=doc.get("method", ""),
+            n=doc.get("n", 0.0),
+            positives=doc.get("positives", 0.0),
+            last_event_ms=doc.get("last_event_ms", 0),
             model=doc["model"],
             model_version=doc["model_version"],
             segment=doc["segment"],
-            version=doc["version"],
-            updated_at=doc["updated_at"],
+            map_version=doc["version"],
+            updated_at=doc.get("updated_at", 0),
             platt=platt,
             metrics=doc.get("metrics"),
+            prior=_provenance(doc.get("prior")),
             **{name: doc[name] for name in _BAND if name in doc},
         )
 
@@ -303,10 +347,11 @@ class CalibrationMap:
             self.model,
             self.model_version,
             self.segment,
-            self.version,
+            self.map_version,
             self.updated_at,
             self.platt,
             self.metrics,
+            self.prior,
         )
 
     def _band_key(self) -> tuple:

@@ -84,7 +84,7 @@ class Calibrator:
     >>> cal = Calibrator(CalibratorConfig(half_life_ms=6 * 3600 * 1000))
     >>> cal.learn_batch(scores, labels, ts_ms=1_700_000_000_000)
     >>> m = cal.to_map(model="ctr")
-    >>> m.method, cal.n_seen
+    >>> m.method, m.map_version
     ('isotonic', 50000)
     >>> m.apply(np.array([0.02, 0.1, 0.18])).round(2)
     array([0.01, 0.05, 0.09])
@@ -202,7 +202,7 @@ class Calibrator:
 
     # ---- fitting ---------------------------------------------------------------------------------------
     def to_map(self, **meta: Any) -> CalibrationMap:
-        """Publishable map. Defaults: n/positives/last_event_ms from the state, version=n_seen,
+        """Publishable map. Defaults: n/positives/last_event_ms from the state, map_version=n_seen,
         updated_at=last_event_ms (event time, so replays reproduce maps); any field may be overridden."""
         if self._fit is None:
             self._fit = self._compute_fit()
@@ -215,7 +215,7 @@ class Calibrator:
             "n": self.n_effective,
             "positives": self.positives,
             "last_event_ms": self.last_event_ms,
-            "version": self._n_seen,
+            "map_version": self._n_seen,
             "updated_at": self.last_event_ms,
         }
 

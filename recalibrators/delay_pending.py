@@ -281,4 +281,4 @@ def corrected_map(
     metrics |= {"matured_fraction": round(matured, 6), "delay_level": level}
     if curve is not None:
         metrics |= curve.summary()
-    return cal.to_map(**({"version": calibrator.n_seen + pending.n_seen, "metrics": metrics} | meta))
+    return cal.to_map(**({"map_version": calibrator.n_seen + pending.n_seen, "metrics": metrics} | meta))

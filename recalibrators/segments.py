@@ -72,3 +72,13 @@ def fallback_chain(segment: Mapping[str, str], segment_by: Sequence[Sequence[str
                 keys.append(key)
     keys.append(MODEL_WIDE)
     return keys
+
+
+def escape(component: str) -> str:
+    """One key component (a model name, a model version, a dimension or a value) escaped for a key."""
+    return _escape(component)
+
+
+def unescape(component: str) -> str:
+    """The inverse of :func:`escape`."""
+    return _unescape(component)

@@ -125,6 +125,7 @@ func BenchmarkMemory100kMaps(b *testing.B) {
 			b.Fatalf("loaded %d maps", got)
 		}
 		load := time.Since(start)
+		b.ReportMetric(rssMB(b), "rss_before_gc_MB")
 		runtime.GC()
 		debug.FreeOSMemory()
 		var ms runtime.MemStats
@@ -151,4 +152,19 @@ func rssMB(b *testing.B) float64 {
 	}
 	b.Fatal(fmt.Errorf("no VmRSS"))
 	return 0
+}
+
+// BenchmarkParseMap: validating one stored 98-knot map (what a full load does 100,000 times).
+func BenchmarkParseMap(b *testing.B) {
+	for _, c := range loadVectors(b).Apply {
+		if c.Name == "calibrator-sized" {
+			raw := []byte(c.JSON)
+			for b.Loop() {
+				if _, err := ParseStored(c.Field, raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+			return
+		}
+	}
 }

@@ -66,10 +66,86 @@ func ParseMap(raw []byte) (*Map, error) {
 	if m.Version < 0 {
 		return nil, fmt.Errorf("version must be >= 0, got %d", m.Version)
 	}
+	if err := checkOptional(doc); err != nil {
+		return nil, err
+	}
 	if v, ok := doc["updated_at"]; ok {
-		m.UpdatedAtMs, _ = jsonInt(v) // optional and informational: only the age in Stats uses it
+		m.UpdatedAtMs, _ = jsonInt(v)
 	}
 	return m, checkKnots(m.X, m.Y)
+}
+
+// checkOptional validates the optional fields a map may carry, as the Python reader does: unknown
+// fields are ignored, but a known one of the wrong type makes the map invalid.
+func checkOptional(doc map[string]json.RawMessage) error {
+	count := func(v json.RawMessage) error {
+		f, err := jsonNumber(v)
+		if err == nil && f < 0 {
+			err = fmt.Errorf("must be >= 0, got %v", f)
+		}
+		return err
+	}
+	integer := func(v json.RawMessage) error { _, err := jsonInt(v); return err }
+	checks := map[string]func(json.RawMessage) error{
+		"updated_at":    integer,
+		"last_event_ms": integer,
+		"method":        func(v json.RawMessage) error { _, err := jsonString(v); return err },
+		"n":             count,
+		"positives":     count,
+		"platt":         checkPlatt,
+		"metrics":       checkMeta,
+		"prior":         func(v json.RawMessage) error { _, err := jsonObject(v); return err }, // provenance only
+	}
+	for name, check := range checks {
+		if v, ok := doc[name]; ok {
+			if err := check(v); err != nil {
+				return fmt.Errorf("field %q: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func jsonObject(v json.RawMessage) (map[string]json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	if len(v) == 0 || v[0] != '{' {
+		return nil, errors.New("not an object")
+	}
+	return obj, json.Unmarshal(v, &obj)
+}
+
+func checkPlatt(v json.RawMessage) error {
+	obj, err := jsonObject(v)
+	if err != nil {
+		return err
+	}
+	for _, k := range []string{"a", "b"} {
+		p, ok := obj[k]
+		if !ok {
+			return fmt.Errorf("missing %q", k)
+		}
+		if _, err := jsonNumber(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkMeta: an object of finite numbers or strings (metrics, prior).
+func checkMeta(v json.RawMessage) error {
+	obj, err := jsonObject(v)
+	if err != nil {
+		return err
+	}
+	for k, e := range obj {
+		if _, serr := jsonString(e); serr == nil {
+			continue
+		}
+		if _, nerr := jsonNumber(e); nerr != nil {
+			return fmt.Errorf("%q must be a finite number or a string", k)
+		}
+	}
+	return nil
 }
 
 // ParseStored is ParseMap plus the check that the value belongs to the field it is stored under.
@@ -142,25 +218,44 @@ func jsonSegment(v json.RawMessage) (map[string]string, error) {
 }
 
 func jsonNumbers(v json.RawMessage) ([]float64, error) {
-	var raw []json.RawMessage
 	if len(v) == 0 || v[0] != '[' {
 		return nil, errors.New("not an array")
 	}
-	if err := json.Unmarshal(v, &raw); err != nil {
+	var out []knot
+	if err := json.Unmarshal(v, &out); err != nil {
 		return nil, err
 	}
-	out := make([]float64, len(raw))
-	for i, rv := range raw {
-		if len(rv) == 0 || (rv[0] != '-' && (rv[0] < '0' || rv[0] > '9')) {
-			return nil, fmt.Errorf("element %d is not a number: %s", i, rv)
-		}
-		f, err := strconv.ParseFloat(string(rv), 64)
-		if err != nil || math.IsInf(f, 0) {
-			return nil, fmt.Errorf("element %d is not a finite number: %s", i, rv)
-		}
-		out[i] = f
+	return exactFloats(out), nil
+}
+
+// knot decodes one array element in place (no per-element copy); null, strings and booleans fail.
+type knot float64
+
+func (k *knot) UnmarshalJSON(b []byte) error {
+	f, err := jsonNumber(b)
+	*k = knot(f)
+	return err
+}
+
+// exactFloats copies into an exact-size slice: the decoder's grown capacity would stay cached.
+func exactFloats(k []knot) []float64 {
+	out := make([]float64, len(k))
+	for i, v := range k {
+		out[i] = float64(v)
 	}
-	return out, nil
+	return out
+}
+
+// jsonNumber is a finite JSON number (true, "1" and null are not numbers).
+func jsonNumber(v json.RawMessage) (float64, error) {
+	if len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
+		return 0, fmt.Errorf("not a number: %s", v)
+	}
+	f, err := strconv.ParseFloat(string(v), 64)
+	if err != nil || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("not a finite number: %s", v)
+	}
+	return f, nil
 }
 
 // Apply is np.interp(score, X, Y) to the last bit: NaN in gives NaN out, clamped outside [X[0], X[-1]].

@@ -140,7 +140,8 @@ func (p *publisher) send(req map[string]any) published {
 	return r
 }
 
-func (p *publisher) publish(model, version string, segment map[string]string, x, y []float64, mapVersion int64) published {
+func (p *publisher) publish(model, version string, segment map[string]string, x, y []float64,
+	mapVersion int64) published {
 	return p.send(map[string]any{"model": model, "model_version": version, "segment": segment, "x": x, "y": y,
 		"version": mapVersion})
 }

@@ -160,3 +160,25 @@ func TestConcurrentCalibrateDuringUpdates(t *testing.T) {
 		}
 	}
 }
+
+func TestStartsWhileRedisIsDownAndDropsDeletedFields(t *testing.T) {
+	srv := startRedis(t)
+	srv.kill()
+	r := connect(t, srv.url(), WithStartTimeout(300*time.Millisecond), WithCheckInterval(200*time.Millisecond),
+		WithMaxBackoff(200*time.Millisecond), WithSocketTimeout(200*time.Millisecond))
+	if got := r.Calibrate("ctr", "v2", ios, 0.5); got != 0.5 || r.Stats().Misses != 1 || r.Stats().Connected {
+		t.Fatalf("before Redis is up: got %v, stats %+v", got, r.Stats())
+	}
+	srv.start()
+	pub := startPublisher(t, srv.url(), "it")
+	pub.publish("ctr", "v2", ios, xs, ys(0.5), 1)
+	pub.publish("ctr", "v2", map[string]string{}, xs, ys(0.9), 1)
+	eventually(t, 5*time.Second, "the maps once Redis is up", func() bool { return r.Stats().Maps == 2 })
+	// An index check must see both fields: a deletion is a field seen leaving the index.
+	time.Sleep(600 * time.Millisecond)
+	pub.send(map[string]any{"delete": Field("ctr", "v2", SegmentKey(ios))})
+	eventually(t, 3*time.Second, "the deleted field dropped", func() bool { return r.Stats().Maps == 1 })
+	if got := r.Calibrate("ctr", "v2", ios, 1); got != 0.9 {
+		t.Fatalf("after the delete the model-wide map serves: got %v", got)
+	}
+}

@@ -178,7 +178,8 @@ func (r *Reader) Calibrate(model, modelVersion string, segment map[string]string
 
 // CalibrateBatch writes the calibrated scores into dst (allocated when nil or short) and returns it;
 // the raw scores are copied when no map serves the request.
-func (r *Reader) CalibrateBatch(model, modelVersion string, segment map[string]string, scores, dst []float64) []float64 {
+func (r *Reader) CalibrateBatch(model, modelVersion string, segment map[string]string,
+	scores, dst []float64) []float64 {
 	if cap(dst) < len(scores) {
 		dst = make([]float64, len(scores))
 	}

@@ -10,6 +10,7 @@ survive JSON. Expected outputs are what `np.interp` (the formula `CalibrationMap
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ SCHEMA = 2
 
 def esc(text: str) -> str:
     """A key component: the segment escaping, applied to model names and versions too."""
-    return getattr(segments, "escape", segments._escape)(text)
+    return segments.escape(text)
 
 
 def field(model: str, model_version: str, segment: dict[str, str]) -> str:
@@ -54,7 +55,7 @@ def published(model: str, model_version: str, segment: dict[str, str], x: Any, y
         model=model,
         model_version=model_version,
         segment=segment,
-        version=version,
+        map_version=version,
         updated_at=1_764_000_000_000,
         platt=(1.0, -0.25),
         metrics={"ece": 0.0125, "gate": "passed"},
@@ -104,11 +105,36 @@ def _contract_accepts(key: str, raw: bytes) -> bool:
             isinstance(v, int | float) and not isinstance(v, bool) for v in doc[name]
         ):
             return False
+    if not _optional_ok(doc):
+        return False
     try:
         CalibrationMap(x=doc["x"], y=doc["y"], method="isotonic", n=0.0, positives=0.0, last_event_ms=0)
     except ValueError:
         return False
     return field(doc["model"], doc["model_version"], seg) == key
+
+
+def _optional_ok(doc: dict[str, Any]) -> bool:
+    """The contract's optional fields, when present: integers, strings, finite non-negative counts, a Platt
+    pair of finite numbers, metadata objects of finite numbers or strings."""
+
+    def finite(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    def meta(v: object) -> bool:
+        return isinstance(v, dict) and all(isinstance(e, str) or finite(e) for e in v.values())
+
+    checks = {
+        "updated_at": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "last_event_ms": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "method": lambda v: isinstance(v, str),
+        "n": lambda v: finite(v) and v >= 0,
+        "positives": lambda v: finite(v) and v >= 0,
+        "platt": lambda v: isinstance(v, dict) and "a" in v and "b" in v and finite(v["a"]) and finite(v["b"]),
+        "metrics": meta,
+        "prior": lambda v: isinstance(v, dict),  # provenance only: an object, entries of any type
+    }
+    return all(check(doc[name]) for name, check in checks.items() if name in doc)
 
 
 # ---- escaping, segment keys, fallback chains -----------------------------------------------------------
@@ -286,6 +312,26 @@ def invalid_cases() -> list[tuple[str, bytes]]:
         ("not an object", b"[1, 2]"),
         ("empty", b""),
     ]
+    optional = [
+        ("updated_at as float", _text('"updated_at":1764000000000', '"updated_at":1764000000000.0')),
+        ("updated_at as string", _edit(updated_at="1764000000000")),
+        ("last_event_ms as boolean", _edit(last_event_ms=False)),
+        ("method not a string", _edit(method=1)),
+        ("n negative", _edit(n=-1.0)),
+        ("n as string", _edit(n="1234.5")),
+        ("n null", _edit(n=None)),
+        ("positives as boolean", _edit(positives=True)),
+        ("platt missing b", _edit(platt={"a": 1.0})),
+        ("platt as array", _edit(platt=[1.0, 0.0])),
+        ("platt value a string", _edit(platt={"a": "1", "b": 0.0})),
+        ("metrics value a boolean", _edit(metrics={"ece": True})),
+        ("metrics value null", _edit(metrics={"ece": None})),
+        ("metrics value an object", _edit(metrics={"ece": {"v": 1}})),
+        ("metrics not an object", _edit(metrics=[1, 2])),
+        ("prior not an object", _edit(prior=["v1", 3])),
+        ("metrics null", _edit(metrics=None)),
+    ]
+    cases += optional
     for name in ("schema", "model", "model_version", "segment", "version", "x", "y"):
         cases.append((f"missing {name}", _edit(**{name: _DROP})))
     return cases
@@ -304,7 +350,9 @@ def accepted_cases() -> list[tuple[str, str, bytes]]:
     return [
         ("as published", GOOD_KEY, GOOD),
         ("unknown extra fields", GOOD_KEY, _edit(future={"nested": [1, "two", None]}, shard=3, note="hi")),
-        ("prior and other optional fields", GOOD_KEY, _edit(prior={"x": [0, 1], "y": [0, 1]}, method="platt")),
+        ("prior and other optional fields", GOOD_KEY, _edit(prior={"model_version": "v1", "version": 3}, n=0)),
+        ("platt with an extra key, empty metrics", GOOD_KEY, _edit(platt={"a": 1, "b": 0, "c": "x"}, metrics={})),
+        ("prior with entries of other types", GOOD_KEY, _edit(prior={"x": [0, 1], "source": None})),
         ("only the required fields", GOOD_KEY, only_required),
         ("field order and whitespace", GOOD_KEY, orjson.dumps(_reversed(GOOD), option=orjson.OPT_INDENT_2)),
         ("escaped key components", field(*tricky), published(*tricky, [0.0, 1.0], [0.0, 1.0], version=1)),

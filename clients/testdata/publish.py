@@ -26,6 +26,7 @@ import orjson
 import redis
 
 from clients.testdata.generate import field, published
+from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline import publisher
 
 
@@ -49,7 +50,11 @@ def main(url: str, prefix: str) -> None:
         else:
             f = field(req["model"], req["model_version"], req["segment"])
             doc = published(req["model"], req["model_version"], req["segment"], req["x"], req["y"], req["version"])
-            reply = write(client if req.get("silent") else lua, prefix, f, req["version"], doc)
+            if req.get("silent"):
+                reply = write(client, prefix, f, req["version"], doc)
+            else:  # the Python publisher itself
+                result = publisher.MapPublisher(client, prefix).publish(CalibrationMap.from_json(doc))
+                reply = {"field": result.field, "published": result.published, "version": result.map_version}
         sys.stdout.write(orjson.dumps(reply | {"ns": ns}).decode() + "\n")
         sys.stdout.flush()
 

@@ -3,7 +3,20 @@
 The request path (`calibrate`, `calibrate_one`, `lookup`) only reads Python dicts: no locks, no I/O, no
 exceptions. A daemon thread keeps the cache fresh from the `{prefix}:maps:updated` channel plus a periodic
 check of the `{prefix}:maps` index, and keeps the last good maps serving while Redis is down.
-See docs/serving.md for the Redis contract.
+See docs/serving.md for the Redis contract (schema 2: maps keyed by model version).
+
+A score is calibrated with a map of the model version that produced it: the segment fallback chain
+within that version. A version with no map yet gets the raw score (`misses`), or, for a model listed in
+`fallback_version`, that named version's map (`fallbacks`); never silently another version's map.
+
+>>> import socket
+>>> try:
+...     socket.create_connection(("127.0.0.1", 6379), timeout=0.2).close()
+... except OSError:
+...     import pytest; pytest.skip("no Redis on 127.0.0.1:6379")
+>>> with MapReader("redis://127.0.0.1:6379/0", prefix="recal-doctest", segment_by={"ctr": [["placement"]]}) as r:
+...     r.calibrate_one("ctr", {"placement": "feed"}, 0.02, model_version="v2")  # no map: the raw score
+0.02
 """
 
 from __future__ import annotations
@@ -20,9 +33,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.segments import fallback_chain
 from recalibrators.serving.backoff import Backoff
-from recalibrators.serving.keys import RedisKeys, map_field
+from recalibrators.serving.keys import MapField, RedisKeys, lookup_chain, map_field
 from recalibrators.serving.store import mget_chunked
 
 __all__ = ["Age", "MapReader"]
@@ -41,17 +53,29 @@ class Age(NamedTuple):
 class _Entry(NamedTuple):
     field: str
     map: CalibrationMap
+    fallback: bool  # the configured fallback version's map, not the requested version's
 
 
-def _version(raw: bytes) -> int | None:
+def _map_version(raw: bytes) -> int | None:
     try:
         return int(raw)
     except ValueError:
         return None
 
 
+def _is_field(field: str) -> bool:
+    """Schema-2 fields only: a schema-1 key of an older publisher is none of this reader's business."""
+    try:
+        MapField.parse(field)
+    except ValueError:
+        return False
+    return True
+
+
 class MapReader:
-    """Serves `calibrate*` from cache; `segment_by` maps a model to its coarser fallback levels."""
+    """Serves `calibrate*` from cache; `segment_by` maps a model to its coarser fallback levels;
+    `fallback_version` maps a model to the version whose maps serve versions that have none (default:
+    none, the raw score)."""
 
     def __init__(
         self,
@@ -61,6 +85,7 @@ class MapReader:
         check_interval: float = 5.0,
         start: bool = True,
         *,
+        fallback_version: Mapping[str, str] | None = None,
         start_timeout: float = 5.0,
         socket_timeout: float = 2.0,
         max_backoff: float = 5.0,
@@ -69,6 +94,7 @@ class MapReader:
         self._url = redis_url
         self._keys = RedisKeys(prefix)
         self._segment_by = {model: [list(dims) for dims in levels] for model, levels in (segment_by or {}).items()}
+        self._fallback_version = dict(fallback_version or {})
         self._check_interval = check_interval
         self._socket_timeout = socket_timeout
         self._max_backoff = max_backoff
@@ -82,7 +108,8 @@ class MapReader:
         self._unindexed = 0
         self._last_error = ""
         # Plain ints: `+=` from request threads may lose a rare increment; fine for counters.
-        self.misses = 0
+        self.misses = 0  # scores returned raw: no map of their version (nor of the fallback version)
+        self.fallbacks = 0  # scores calibrated with the configured fallback version's map
         self.rejected = 0
         self.reloads = 0
         self.errors = 0
@@ -94,49 +121,62 @@ class MapReader:
 
     # ---- request path -------------------------------------------------------------------------------
 
-    def lookup(self, model: str, segment: Mapping[str, str]) -> CalibrationMap | None:
-        """The map that serves (model, segment) after the fallback chain, or None."""
-        entry = self._entry(model, segment)
+    def lookup(self, model: str, segment: Mapping[str, str], model_version: str) -> CalibrationMap | None:
+        """The map that serves (model, model_version, segment), or None (the raw score is served)."""
+        entry = self._entry(model, model_version, segment)
         return None if entry is None else entry.map
 
-    def calibrate_one(self, model: str, segment: Mapping[str, str], score: float) -> float:
-        entry = self._entry(model, segment)
+    def calibrate_one(self, model: str, segment: Mapping[str, str], score: float, *, model_version: str) -> float:
+        entry = self._entry(model, model_version, segment)
         if entry is None:
             self.misses += 1
             return score
+        if entry.fallback:
+            self.fallbacks += 1
         if score != score:  # NaN stays NaN, as in the batch path (a bisect would map it to y[-1])
             return score
         return entry.map.apply_one(score)
 
-    def calibrate(self, model: str, segment: Mapping[str, str], scores: np.ndarray) -> np.ndarray:
+    def calibrate(
+        self, model: str, segment: Mapping[str, str], scores: np.ndarray, *, model_version: str
+    ) -> np.ndarray:
         """Calibrated scores; the raw `scores` themselves when no map applies."""
-        entry = self._entry(model, segment)
+        entry = self._entry(model, model_version, segment)
         if entry is None:
             self.misses += 1
             return scores
+        if entry.fallback:
+            self.fallbacks += 1
         return entry.map.apply(scores)
 
-    def _entry(self, model: str, segment: Mapping[str, str]) -> _Entry | None:
+    def _entry(self, model: str, model_version: str, segment: Mapping[str, str]) -> _Entry | None:
         resolved = self._resolved  # read before _maps: see _install
-        key = (model, *segment.items())  # insertion order matters only for cache hits, not results
+        key = (model, model_version, *segment.items())  # insertion order matters only for cache hits
         entry = resolved.get(key, _UNRESOLVED)
         if entry is _UNRESOLVED:
-            entry = self._resolve(resolved, key, model, segment)
+            entry = self._resolve(resolved, key, model, model_version, segment)
         return entry  # type: ignore[return-value]
 
-    def _resolve(self, resolved: dict, key: tuple, model: str, segment: Mapping[str, str]) -> _Entry | None:
+    def _resolve(
+        self, resolved: dict, key: tuple, model: str, model_version: str, segment: Mapping[str, str]
+    ) -> _Entry | None:
         maps = self._maps
+        versions = [model_version]
+        if (fallback := self._fallback_version.get(model)) is not None and fallback != model_version:
+            versions.append(fallback)
+        entry = None
         try:
             segment = {str(k): str(v) for k, v in segment.items()}
-            chain = fallback_chain(segment, [list(segment), *self._segment_by.get(model, ())])
-        except Exception:  # a malformed segment must not fail the request: it is a miss
-            log.exception("cannot resolve segment %r of model %r", segment, model)
+            for serving in versions:
+                for field in lookup_chain(model, serving, segment, self._segment_by.get(model, ())):
+                    if (m := maps.get(field)) is not None:
+                        entry = _Entry(field, m, serving != model_version)
+                        break
+                if entry is not None:
+                    break
+        except Exception:  # a malformed model, version or segment must not fail the request: it is a miss
+            log.exception("cannot resolve segment %r of model %r version %r", segment, model, model_version)
             return None
-        entry = None
-        for seg in chain:
-            if (m := maps.get(f"{model}:{seg}")) is not None:
-                entry = _Entry(f"{model}:{seg}", m)
-                break
         if len(resolved) >= self._resolve_cache_size:
             resolved.clear()  # bounded memory under high-cardinality segments; hot keys re-resolve
         resolved[key] = entry
@@ -145,7 +185,7 @@ class MapReader:
     # ---- observability ------------------------------------------------------------------------------
 
     def ages(self) -> dict[str, Age]:
-        """Per `{model}:{segment_key}`: age of the map's data and of the last successful sync."""
+        """Per map field: age of the map's data and of the last successful sync."""
         now = time.time()
         sync_s = now - self._synced_at if self._synced_at else float("inf")
         return {field: Age(now - m.updated_at / 1000, sync_s) for field, m in self._maps.items()}
@@ -158,6 +198,7 @@ class MapReader:
             "unindexed": self._unindexed,  # cached maps the index lacks, e.g. Redis restarted empty
             "maps": len(self._maps),
             "misses": self.misses,
+            "fallbacks": self.fallbacks,
             "rejected": self.rejected,
             "reloads": self.reloads,
             "errors": self.errors,
@@ -246,14 +287,16 @@ class MapReader:
         msg = pubsub.get_message(timeout=wait)
         while msg is not None:
             if msg.get("type") == "message":
-                field, _, version = msg["data"].decode(errors="replace").rpartition(":")
+                field, _, announced = msg["data"].decode(errors="replace").rpartition(":")
                 try:
-                    v = int(version)
+                    v = int(announced)
                 except ValueError:
                     log.warning("map reader: ignoring malformed notification %r", msg["data"])
                 else:
                     cur = self._maps.get(field)
-                    if (cur is None or v > cur.version) and self._rejected_versions.get(field) != v:
+                    if not _is_field(field):
+                        pass  # a schema-1 publisher's notification
+                    elif (cur is None or v > cur.map_version) and self._rejected_versions.get(field) != v:
                         changed[field] = max(v, changed.get(field, v))
             if len(changed) >= _MAX_DRAIN:
                 break  # the rest stays queued for the next round
@@ -267,13 +310,17 @@ class MapReader:
         is simply absent (the first check after a reconnect to a Redis that lost its data) keeps serving
         and is counted as `unindexed`: dropping every calibration at once would be the worse failure.
         """
-        index = {f.decode(errors="replace"): _version(v) for f, v in client.hgetall(self._keys.index).items()}
+        index = {
+            field: _map_version(v)
+            for f, v in client.hgetall(self._keys.index).items()
+            if _is_field(field := f.decode(errors="replace"))
+        }
         maps = self._maps
         stale = {
             f: v
             for f, v in index.items()
             if v is not None  # a foreign, non-numeric index value: keep what we serve for that key
-            and ((cur := maps.get(f)) is None or cur.version != v)
+            and ((cur := maps.get(f)) is None or cur.map_version != v)
             and self._rejected_versions.get(f) != v
         }
         deleted = [f for f in previous or () if f not in index]
@@ -300,7 +347,7 @@ class MapReader:
             if m is None:
                 continue
             cur = self._maps.get(field)
-            if cur is None or m.version > cur.version or (authoritative and m.version == fields[field]):
+            if cur is None or m.map_version > cur.map_version or (authoritative and m.map_version == fields[field]):
                 updates[field] = m
         deleted = [f for f in deleted if f in self._maps]
         if updates or deleted:
@@ -313,7 +360,7 @@ class MapReader:
             if deleted:
                 log.info("map reader: %d maps deleted from the index", len(deleted))
 
-    def _validate(self, field: str, raw: bytes, version: int) -> CalibrationMap | None:
+    def _validate(self, field: str, raw: bytes, map_version: int) -> CalibrationMap | None:
         """The parsed map, or None (counted, logged once per version) for anything we must not apply."""
         try:
             m = CalibrationMap.from_json(raw)
@@ -321,11 +368,11 @@ class MapReader:
                 raise ValueError(f"value under {field!r} belongs to {map_field(m)!r}")
         except ValueError as exc:
             self.rejected += 1
-            self._rejected_versions[field] = version
+            self._rejected_versions[field] = map_version
             log.error(
-                "map reader: rejected map %s (index version %d): %s; keeping the previous one",
+                "map reader: rejected map %r (index version %d): %s; keeping the previous one",
                 field,
-                version,
+                map_version,
                 exc,
             )
             return None

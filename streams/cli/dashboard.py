@@ -46,7 +46,9 @@ def make_server(source: DashboardSource, host: str, port: int, token: str = "") 
                     self._send(200, source.index_html().encode())
                 elif url.path.rstrip("/") == "/dashboard/map":
                     query = parse_qs(url.query)
-                    status, page = source.map_html(query.get("model", [""])[0], query.get("segment", ["*"])[0])
+                    status, page = source.map_html(
+                        query.get("model", [""])[0], query.get("model_version", [""])[0], query.get("segment", ["*"])[0]
+                    )
                     self._send(status, page.encode())
                 elif url.path == "/healthz":
                     self._send(200, b'{"ok": true}', content_type="application/json")

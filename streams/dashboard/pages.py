@@ -1,9 +1,9 @@
 """The calibration dashboard: server-rendered HTML with inline SVG, no front-end build.
 
-Two pages, served by the worker (`/dashboard`, `/dashboard/map?model=..&segment=..`) and by
+Two pages, served by the worker (`/dashboard`, `/dashboard/map?model=..&model_version=..&segment=..`) and by
 `recal dashboard` against any Redis:
 
-- the index: every model and segment with its map version, age, effective samples n, and ECE and
+- the index: every model, model version and segment with its map version, age, effective samples n, and ECE and
   calibration ratio of the raw scores vs the calibrated ones on the most recent window (the map's
   `metrics`, computed by the aggregator on the calibrator's holdout), worst first;
 - a map: its reliability diagram (raw and calibrated vs observed, point area ~ weight, counts in a
@@ -25,6 +25,7 @@ import redis
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.metrics import parse_reliability
+from recalibrators.serving.keys import MapField
 from recalibrators.serving.store import MapStore
 
 __all__ = [
@@ -58,8 +59,9 @@ RAW_COLOR, CAL_COLOR = "#e8710a", "#1a73e8"
 class Row:
     field: str
     model: str
+    model_version: str
     segment: str
-    version: int | None
+    map_version: int | None
     age_s: float | None
     n: float | None
     ece_raw: float | None
@@ -83,13 +85,15 @@ def _num(metrics: dict, name: str) -> float | None:
 
 
 def rows(maps: dict[str, CalibrationMap | None], now_s: float | None = None) -> list[Row]:
-    """One row per map field, worst calibrated first."""
+    """One row per map field, grouped by model and model version, worst calibrated first in a group."""
     now_s = time.time() if now_s is None else now_s
     out = []
     for fld, m in maps.items():
-        model, segment = fld.split(":", 1)
+        model, model_version, segment = MapField.parse(fld)
         if m is None:
-            out.append(Row(fld, model, segment, None, None, None, None, None, None, None, error="unreadable"))
+            out.append(
+                Row(fld, model, model_version, segment, None, None, None, None, None, None, None, error="unreadable")
+            )
             continue
         metrics = m.metrics_dict or {}
         age = max(0.0, now_s - m.updated_at / 1000) if m.updated_at > 0 else None
@@ -97,8 +101,9 @@ def rows(maps: dict[str, CalibrationMap | None], now_s: float | None = None) -> 
             Row(
                 fld,
                 model,
+                model_version,
                 segment,
-                m.version,
+                m.map_version,
                 age,
                 m.n,
                 _num(metrics, "ece_raw"),
@@ -108,7 +113,7 @@ def rows(maps: dict[str, CalibrationMap | None], now_s: float | None = None) -> 
                 str(metrics.get("eval", "")),
             )
         )
-    out.sort(key=lambda r: (-r.badness, -(r.ece_cal or 0.0), r.field))
+    out.sort(key=lambda r: (r.model, r.model_version, -r.badness, -(r.ece_cal or 0.0), r.field))
     return out
 
 
@@ -132,8 +137,8 @@ def _f(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def map_href(model: str, segment: str) -> str:
-    return "/dashboard/map?" + urlencode({"model": model, "segment": segment})
+def map_href(model: str, model_version: str, segment: str) -> str:
+    return "/dashboard/map?" + urlencode({"model": model, "model_version": model_version, "segment": segment})
 
 
 def _page(title: str, body: str, refresh: int | None = None) -> str:
@@ -146,21 +151,22 @@ def _page(title: str, body: str, refresh: int | None = None) -> str:
 
 def render_index(table: list[Row], source: str = "", refresh: int | None = 10) -> str:
     head = (
-        "<tr><th class=l>model</th><th class=l>segment</th><th>version</th><th>age</th><th>n</th>"
+        "<tr><th class=l>model</th><th class=l>model version</th><th class=l>segment</th><th>map version</th>"
+        "<th>age</th><th>n</th>"
         "<th>ECE raw</th><th>ECE calibrated</th><th>ratio raw</th><th>ratio calibrated</th>"
         "<th class=l>eval</th></tr>"
     )
     body_rows = []
     for r in table:
-        link = f'<a href="{html.escape(map_href(r.model, r.segment))}">{html.escape(r.segment)}</a>'
+        link = f'<a href="{html.escape(map_href(r.model, r.model_version, r.segment))}">{html.escape(r.segment)}</a>'
+        who = f"<td class=l>{html.escape(r.model)}</td><td class=l>{html.escape(r.model_version)}</td>"
         if r.error:
             body_rows.append(
-                f"<tr><td class=l>{html.escape(r.model)}</td><td class=l>{link}</td>"
-                f'<td colspan=8 class="bad l">{html.escape(r.error)}</td></tr>'
+                f'<tr>{who}<td class=l>{link}</td><td colspan=8 class="bad l">{html.escape(r.error)}</td></tr>'
             )
             continue
         body_rows.append(
-            f"<tr><td class=l>{html.escape(r.model)}</td><td class=l>{link}</td><td>{r.version}</td>"
+            f"<tr>{who}<td class=l>{link}</td><td>{r.map_version}</td>"
             f"<td>{_age(r.age_s)}</td><td>{_f(r.n, ',.0f')}</td><td>{_f(r.ece_raw, '.4f')}</td>"
             f"<td>{_f(r.ece_cal, '.4f')}</td>{_ratio_cell(r.ratio_raw)}{_ratio_cell(r.ratio_cal)}"
             f"<td class=l>{html.escape(r.eval)}</td></tr>"
@@ -319,11 +325,12 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
     seg = "|".join(f"{k}={v}" for k, v in m.segment) or "*"
     rel = parse_reliability(metrics)
     points = []
-    for h in sorted(history, key=lambda h: h.version):
+    for h in sorted(history, key=lambda h: h.map_version):
         hm = h.metrics_dict or {}
         points.append((h.updated_at, _num(hm, "ratio_raw"), _num(hm, "ratio_cal")))
     summary = (
-        f"version {m.version} · model version {html.escape(m.model_version)} · {html.escape(m.method)} · "
+        f"map version {m.map_version} · model version {html.escape(m.model_version)}{_prior(m)} · "
+        f"{html.escape(m.method)} · "
         f"age {_age(max(0.0, now_s - m.updated_at / 1000) if m.updated_at else None)} · n {m.n:,.0f} · "
         f"positives {m.positives:,.0f} · eval {html.escape(str(metrics.get('eval', '-')))} "
         f"(weight {_f(_num(metrics, 'eval_weight'), ',.0f')})"
@@ -345,7 +352,8 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
         f'<span><i class="dot" style="background:{CAL_COLOR}"></i> calibrated</span></div>'
     )
     body = (
-        f'<p><a href="/dashboard">← all maps</a></p><h1>{html.escape(m.model)} · {html.escape(seg)}</h1>'
+        f'<p><a href="/dashboard">← all maps</a></p><h1>{html.escape(m.model)} · '
+        f"{html.escape(m.model_version)} · {html.escape(seg)}</h1>"
         f'<div class="sub">{summary}</div>{stats}{legend}<div class="charts"><div><h2>Reliability '
         f"(recent window)</h2>{reliability_svg(rel)}</div><div><h2>Calibration ratio over the last "
         f"{len(points)} refreshes</h2>{history_svg(points)}</div><div><h2>Map"
@@ -353,14 +361,19 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
         "<h2>Reliability groups</h2><table id=groups><tr><th>predicted raw</th><th>predicted calibrated</th>"
         f"<th>observed</th><th>weight</th></tr>{counts}</table>"
     )
-    return _page(f"recal {m.model} {seg}", body)
+    return _page(f"recal {m.model} {m.model_version} {seg}", body)
 
 
-def render_missing(model: str, segment: str) -> str:
-    return _page(
-        "recal: no map",
-        f'<p><a href="/dashboard">← all maps</a></p><h1>No map for {html.escape(model)} · {html.escape(segment)}</h1>',
-    )
+def _prior(m: CalibrationMap) -> str:
+    prior = m.prior_dict
+    if not prior:
+        return ""
+    return f" (warm start from {html.escape(str(prior.get('model_version')))} map version {prior.get('map_version')})"
+
+
+def render_missing(model: str, model_version: str, segment: str) -> str:
+    what = " · ".join(html.escape(part) for part in (model, model_version, segment))
+    return _page("recal: no map", f'<p><a href="/dashboard">← all maps</a></p><h1>No map for {what}</h1>')
 
 
 class DashboardSource:
@@ -375,11 +388,13 @@ class DashboardSource:
     def index_html(self) -> str:
         return render_index(rows(self.store.list_maps()), source=f"prefix {self.prefix!r}")
 
-    def map_html(self, model: str, segment: str) -> tuple[int, str]:
+    def map_html(self, model: str, model_version: str, segment: str) -> tuple[int, str]:
         try:
-            m = self.store.get_map(model, segment)
+            field = MapField(model, model_version, segment)
+            str(field)  # validates: non-empty model and model version
+            m = self.store.get_map(field)
         except ValueError:
             m = None
         if m is None:
-            return 404, render_missing(model, segment)
-        return 200, render_map(m, self.store.history(model, segment, self.history))
+            return 404, render_missing(model, model_version, segment)
+        return 200, render_map(m, self.store.history(field, self.history))

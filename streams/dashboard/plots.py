@@ -106,7 +106,9 @@ def map_png(m: CalibrationMap, path: str | Path) -> Path:
     ax_map.set(xscale="log", yscale="log", xlabel="raw score", ylabel="calibrated", title="the map")
     ax_map.set_xlim(max(1e-4, float(m.x[1]) if m.x.size > 2 else 1e-4), 1)
     ax_map.set_ylim(1e-4, 1)
-    fig.suptitle(f"{m.model} · {segment_key(m.segment_dict)} · version {m.version} · n {m.n:,.0f}")
+    fig.suptitle(
+        f"{m.model} {m.model_version} · {segment_key(m.segment_dict)} · map version {m.map_version} · n {m.n:,.0f}"
+    )
     return _save(fig, path)
 
 

@@ -69,7 +69,10 @@ def run_demo(args: argparse.Namespace) -> int:
             time.sleep(2 * config.refresh_interval_ms / 1000 + config.partials_interval_ms / 1000 + 1)
             print(_progress_line(result.counters, result.end_event_ms, result.wall_s, worker, client).strip())
             published = [m for m in MapPublisher(client).list_maps().values() if m is not None]
-            maps = resolve_maps(published, result.truth, lambda model: config.model(model).segment_by)
+            versions = {spec.name: spec.version for spec in scenario.models}
+            maps = resolve_maps(
+                published, result.truth, lambda model: config.model(model).segment_by, versions.__getitem__
+            )
             rows = evaluate(result.truth, maps)
             table = render_table(rows)
             print(table)

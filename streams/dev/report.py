@@ -74,10 +74,12 @@ def resolve_maps(
     published: Iterable[CalibrationMap],
     keys: Iterable[tuple[str, str]],
     segment_by: Callable[[str], Sequence[Sequence[str]]],
+    model_version: Callable[[str], str],
 ) -> dict[tuple[str, str], CalibrationMap]:
-    """Per (model, segment key), the map a ranker would use: the first published level of the segment's
-    fallback chain (the segment itself, then the model's `segment_by` levels, then model-wide)."""
-    by_key = {(m.model, segment_key(m.segment_dict)): m for m in published}
+    """Per (model, segment key), the map a ranker would use for scores of `model_version(model)`: the first
+    published level of the segment's fallback chain (the segment itself, then the model's `segment_by`
+    levels, then model-wide) within that model version."""
+    by_key = {(m.model, segment_key(m.segment_dict)): m for m in published if m.model_version == model_version(m.model)}
     resolved = {}
     for model, key in keys:
         segment = parse_segment_key(key)
@@ -93,7 +95,7 @@ def calibrated(maps: Maps, model: str, segment: str, scores: np.ndarray) -> tupl
     cmap = maps.get((model, segment))
     if cmap is None:
         return scores, "none"
-    return cmap.apply(scores), f"{segment_key(cmap.segment_dict)}@v{cmap.version}"
+    return cmap.apply(scores), f"{segment_key(cmap.segment_dict)}@v{cmap.map_version}"
 
 
 def evaluate(truth: TruthSamples, maps: Maps, bins: int = 10) -> list[SegmentScore]:

@@ -18,7 +18,7 @@ import faust
 import mode
 import redis
 
-from recalibrators.serving.keys import RedisKeys
+from recalibrators.serving.keys import MapField, RedisKeys
 from streams.pipeline import logsafe
 from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
 from streams.pipeline.config import Config
@@ -89,9 +89,10 @@ def create_app(config: Config) -> faust.App:
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
 
     async def send_partials(partials) -> None:
-        for partition, (model, version, segment), calibrator in partials:
+        for partition, (model, model_version, segment), calibrator in partials:
             await partials_topic.send(
-                key=f"{model}:{segment}".encode(), value=encode_partial(partition, model, version, segment, calibrator)
+                key=str(MapField(model, model_version, segment)).encode(),
+                value=encode_partial(partition, model, model_version, segment, calibrator),
             )
 
     join = JoinWorker(config, on_partials=send_partials)
@@ -105,7 +106,8 @@ def create_app(config: Config) -> faust.App:
             try:
                 stored = table.get(event.key)
                 state = aggregator.add(key, event.value, MapState.decode(stored) if stored else None)
-                table[event.key] = state.encode()
+                if state is not None:  # None: a version beyond the model's cap, dropped and counted
+                    table[event.key] = state.encode()
             except ValueError as exc:
                 log.warning("dropping malformed partial for %s: %s", key, exc)
 
@@ -124,10 +126,17 @@ def create_app(config: Config) -> faust.App:
         if await asyncio.to_thread(redis_lost_maps):
             # Rebuild every map this worker owns from the table, not only the changed ones.
             for key, stored in table.items():
-                aggregator.restore(key.decode(), MapState.decode(stored))
+                try:
+                    aggregator.restore(key.decode(), MapState.decode(stored))
+                except ValueError as exc:  # a schema-1 state an older worker left in the table
+                    log.warning("not restoring %r: %s", key, exc)
             log.warning("Redis has no map index: republishing %d maps", len(aggregator.dirty))
         maps = aggregator.take_dirty(int(time.time() * 1000))
         publisher.submit(maps)
+        versions = aggregator.take_versions()
+        publisher.submit_versions(
+            {m: {v: info.as_json() for v, info in infos.items()} for m, infos in versions.items()}
+        )
         pending = dict(publisher.pending)
         results = await asyncio.to_thread(publisher.flush)
         tracker.record(pending, results)

@@ -59,8 +59,13 @@ class ModelConfig:
     prior_strength: float = 0.0  # 0: the calibrator's default
     min_samples: float = 200.0  # quality gate: effective samples before a first publish
     max_change: float = 0.0  # quality gate: max relative change per refresh, 0 = unbounded
-    max_loss_increase: float = 0.01  # quality gate: relative holdout log-loss increase tolerated (noise)
+    max_loss_increase: float = 0.01  # quality gate: relative holdout log-loss increase tolerated
+    gate_min_z: float = 2.0  # quality gate: refuse only a loss increase beyond the tolerance this significant
+    gate_evidence_growth: float = 2.0  # quality gate: this many times the live map's examples waive max_change
     on_new_version: str = "warm_start"  # warm_start | reset
+    warm_start_from: str = ""  # model version a new version's prior comes from; "": the most recently active
+    max_versions: int = 8  # live model versions per model; events of one more are dead-lettered
+    version_idle_ms: int = 0  # a version without events for this event time retires; 0: 2 x window + half-life
     drift_ratio_low: float = 0.9  # drift alert when the raw model's ratio on recent data leaves this band
     drift_ratio_high: float = 1.1
     drift_max_ece: float = 0.01  # ... or its ECE on recent data exceeds this
@@ -87,6 +92,13 @@ class ModelConfig:
                 raise ValueError(f"{name.removesuffix('_ms')} must be positive")
         if isinstance(self.max_segments, bool) or not isinstance(self.max_segments, int) or self.max_segments < 0:
             raise ValueError(f"max_segments must be a non-negative integer, not {self.max_segments!r}")
+        if self.max_versions < 1 or self.version_idle_ms < 0 or self.gate_evidence_growth <= 1.0:
+            raise ValueError("max_versions must be >= 1, version_idle >= 0 and gate_evidence_growth > 1")
+
+    @property
+    def version_idle(self) -> int:
+        """Event time (ms) without an event after which a model version retires."""
+        return self.version_idle_ms or 2 * self.horizon_ms + self.half_life_ms
 
     @property
     def horizon_ms(self) -> int:
@@ -100,6 +112,7 @@ _DURATION_KEYS = {
     "half_life": "half_life_ms",
     "refresh_interval": "refresh_interval_ms",
     "allowed_lateness": "allowed_lateness_ms",
+    "version_idle": "version_idle_ms",
 }
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 

@@ -39,6 +39,7 @@ from streams.pipeline.partials import PartialCalibrators
 from streams.pipeline.records import pack, pack_examples, unpack
 from streams.pipeline.snapshots import Fenced, SnapshotStore
 from streams.pipeline.topics import partition_of
+from streams.pipeline.versions import ModelVersions
 
 log = logging.getLogger("recal.join")
 
@@ -97,6 +98,7 @@ class JoinWorker:
         self.ready = asyncio.Event()
         self._reported_default: set[str] = set()
         self.guard = CardinalityGuard(config, self._model_config)
+        self.versions = ModelVersions(self._model_config)  # live model versions: the cap's dead letters
         self.producer: AIOKafkaProducer | None = None
         self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
         self.consumer: AIOKafkaConsumer | None = None
@@ -201,6 +203,8 @@ class JoinWorker:
                     elif kind == IMPRESSION:
                         if (capped := self.guard.admit(event)) is not None:  # cardinality caps
                             invalid.append(Invalid(capped, -1))
+                        elif not all(self.versions.admit(m, v, event.ts) for m, v, _ in event.predictions):
+                            invalid.append(Invalid("too_many_versions", -1))
                         else:
                             state.join.add_impression(event)
                     else:

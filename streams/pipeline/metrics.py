@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from recalibrators.serving.keys import MapField
+
 log = logging.getLogger("recal.metrics")
 
 __all__ = [
@@ -219,42 +221,50 @@ class RecalCollector:
         age = GaugeMetricFamily(
             "recal_map_age_seconds",
             "Seconds since the last map this worker published (its updated_at), per model and segment.",
-            labels=["model", "segment"],
+            labels=["model", "model_version", "segment"],
         )
         ece = GaugeMetricFamily(
             "recal_map_ece",
             "ECE on the recent window (the map's metrics), raw scores vs calibrated.",
-            labels=["model", "segment", "scores"],
+            labels=["model", "model_version", "segment", "scores"],
         )
         ratio = GaugeMetricFamily(
             "recal_map_calibration_ratio",
             "sum(prediction)/sum(positives) on the recent window, raw vs calibrated (> 1 over-predicts).",
-            labels=["model", "segment", "scores"],
+            labels=["model", "model_version", "segment", "scores"],
         )
         n = GaugeMetricFamily(
-            "recal_map_effective_samples", "Effective (decayed) sample size of the map.", labels=["model", "segment"]
+            "recal_map_effective_samples",
+            "Effective (decayed) sample size of the map.",
+            labels=["model", "model_version", "segment"],
         )
         for m in list(self.tracker.published.values()):
             seg = _segment_label(m)
-            age.add_metric([m.model, seg], max(0.0, now - m.updated_at / 1000))
-            n.add_metric([m.model, seg], m.n)
+            age.add_metric([m.model, m.model_version, seg], max(0.0, now - m.updated_at / 1000))
+            n.add_metric([m.model, m.model_version, seg], m.n)
             metrics = m.metrics_dict or {}
             for scores in ("raw", "cal"):
                 label = "raw" if scores == "raw" else "calibrated"
                 if isinstance(v := metrics.get(f"ece_{scores}"), (int, float)):
-                    ece.add_metric([m.model, seg, label], v)
+                    ece.add_metric([m.model, m.model_version, seg, label], v)
                 if isinstance(v := metrics.get(f"ratio_{scores}"), (int, float)) and math.isfinite(v):
-                    ratio.add_metric([m.model, seg, label], v)
+                    ratio.add_metric([m.model, m.model_version, seg, label], v)
         drift = GaugeMetricFamily(
             "recal_drift_alert",
             "1 while the raw scores drift out of calibration "
             "(ratio or ECE beyond the aggregator's thresholds), else 0.",
-            labels=["model", "segment"],
+            labels=["model", "model_version", "segment"],
         )
         for key, alert in sorted(dict(getattr(self.aggregator, "drift", {})).items()):
-            model, segment = key.split(":", 1)
-            drift.add_metric([model, segment], 1.0 if alert else 0.0)
-        yield from (age, n, ece, ratio, drift)
+            drift.add_metric(list(MapField.parse(key)), 1.0 if alert else 0.0)
+        held = GaugeMetricFamily(
+            "recal_maps_gate_held",
+            "1 while the quality gate holds a key's candidate map back (reason: /stats gate_refused).",
+            labels=["model", "model_version", "segment"],
+        )
+        for key in sorted(dict(getattr(self.aggregator, "refused", {}))):
+            held.add_metric(list(MapField.parse(key)), 1.0)
+        yield from (age, n, ece, ratio, drift, held)
 
 
 def _counter(name: str, doc: str, label: str | None, value) -> CounterMetricFamily:

@@ -3,23 +3,32 @@
 One Lua script writes a map: it compares the map's version with the one in the index and, only if the new
 one is strictly greater, sets the map key, the index field, the history list and publishes the
 notification. A worker that lost its partitions, or a late replay, therefore never overwrites a newer map.
+Keys are schema 2 (`recalibrators.serving.keys.MapField`); schema-1 keys (`{model}:{segment_key}`) of an
+older publisher are never read or written here (docs/serving.md, "Migrating from schema 1").
+
+One key that cannot be written (a WRONGTYPE key, a non-numeric index field) is logged and reported as
+`error` for that map only: it never blocks the maps around it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 import redis
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.serving.backoff import Backoff
-from recalibrators.serving.keys import RedisKeys, check_model, map_field
+from recalibrators.serving.keys import MapField, RedisKeys, map_field
 from recalibrators.serving.store import MGET_CHUNK, MapStore, mget_chunked
 
 __all__ = ["MapPublisher", "PublishResult", "RetryingPublisher"]
+
+log = logging.getLogger("recal.publish")
 
 # KEYS: map, index, history. ARGV: field, version, json, history length, channel.
 # Type checks come first: a Lua script is atomic but not transactional, so a WRONGTYPE after the first
@@ -34,6 +43,9 @@ if not (is(KEYS[1], 'string') and is(KEYS[2], 'hash') and is(KEYS[3], 'list')) t
 end
 local version = tonumber(ARGV[2])
 local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored and not tonumber(stored) then
+  return redis.error_reply('BADINDEX the index field holds a non-numeric map version; nothing written')
+end
 if stored and tonumber(stored) >= version then
   return {0, stored}
 end
@@ -54,9 +66,10 @@ _CAS_ATTEMPTS = 10  # promote --force / rollback re-read and retry when a concur
 
 @dataclass(frozen=True)
 class PublishResult:
-    field: str  # `{model}:{segment_key}`
-    status: Literal["published", "refused_stale"]
-    version: int  # the version now in the index: ours when published, the newer stored one when refused
+    field: str  # str(MapField)
+    status: Literal["published", "refused_stale", "error"]
+    map_version: int  # in the index now: ours when published, the newer stored one when refused; -1 on error
+    error: str = ""
 
     @property
     def published(self) -> bool:
@@ -77,23 +90,26 @@ class MapPublisher(MapStore):
         return self._publish(m, self.keys, self.redis)
 
     def publish_many(self, maps: Iterable[CalibrationMap]) -> list[PublishResult]:
-        """Fenced publish of every map, pipelined: one round trip per 500 maps, each map atomic on its own."""
+        """Fenced publish of every map, pipelined: one round trip per 500 maps, each map atomic on its own
+        and with its own result (a key Redis refuses is an `error` result, the others go on)."""
         return self._publish_many(list(maps), self.keys)
 
     def _call(self, m: CalibrationMap, keys: RedisKeys, client: redis.Redis) -> Any:
         """Run the script for `m` on `client`: its reply, or the pipeline itself when queued."""
         field = map_field(m)
-        if m.version < 0:
-            raise ValueError(f"map version must be non-negative, got {m.version}")
         return self._script(
             keys=[keys.map(field), keys.index, keys.history(field)],
-            args=[field, m.version, m.to_json(), self.history, keys.channel],
+            args=[field, m.map_version, m.to_json(), self.history, keys.channel],
             client=client,
         )
 
     def _publish(self, m: CalibrationMap, keys: RedisKeys, client: redis.Redis) -> PublishResult:
         # Straight EVALSHA: a pipeline would add a SCRIPT EXISTS round trip for a single map.
-        return _result(map_field(m), self._call(m, keys, client))
+        try:
+            reply = self._call(m, keys, client)
+        except redis.ResponseError as exc:
+            reply = exc
+        return _result(map_field(m), reply)
 
     def _publish_many(self, maps: Sequence[CalibrationMap], keys: RedisKeys) -> list[PublishResult]:
         results: list[PublishResult] = []
@@ -102,8 +118,14 @@ class MapPublisher(MapStore):
             chunk = maps[start : start + _CHUNK]
             for m in chunk:
                 self._call(m, keys, pipe)
-            results += [_result(map_field(m), reply) for m, reply in zip(chunk, pipe.execute(), strict=True)]
+            replies = pipe.execute(raise_on_error=False)  # connection errors still raise: the caller retries
+            results += [_result(map_field(m), reply) for m, reply in zip(chunk, replies, strict=True)]
         return results
+
+    def publish_versions(self, model: str, infos: dict[str, dict]) -> None:
+        """`{prefix}:versions:{model}`: model_version -> {first_event_ms, last_event_ms, examples, state}."""
+        if infos:
+            self.redis.hset(self.keys.versions(model), mapping={v: orjson.dumps(i) for v, i in infos.items()})
 
     # ---- promote / rollback -------------------------------------------------------------------------
 
@@ -115,7 +137,7 @@ class MapPublisher(MapStore):
         while readers and fencing still see a strictly newer version.
         """
         src, dst = RedisKeys(from_prefix), RedisKeys(to_prefix)
-        counts = {"published": 0, "refused_stale": 0, "invalid": 0}
+        counts = {"published": 0, "refused_stale": 0, "invalid": 0, "error": 0}
         fields = sorted(f.decode() for f in self.redis.hkeys(src.index))
         for start in range(0, len(fields), MGET_CHUNK):
             maps = []
@@ -132,12 +154,12 @@ class MapPublisher(MapStore):
             for m, result in zip(maps, self._publish_many(maps, dst), strict=True):
                 if force and not result.published:
                     result = self._publish_bumped(
-                        lambda stored, m=m: m.with_meta(version=max(m.version, stored + 1)), result.field, dst
+                        lambda stored, m=m: m.with_meta(map_version=max(m.map_version, stored + 1)), result.field, dst
                     )
                 counts[result.status] += 1
         return counts
 
-    def rollback(self, model: str, segment_key: str, steps: int = 1) -> PublishResult:
+    def rollback(self, model: str, model_version: str, segment_key: str, steps: int = 1) -> PublishResult:
         """Republish the map of `steps` publishes ago (history entry `steps`) as version live + 1.
 
         The rollback is itself a publish, so it enters the history: a second `rollback(steps=1)` undoes
@@ -145,13 +167,13 @@ class MapPublisher(MapStore):
         """
         if steps < 1:
             raise ValueError("steps must be >= 1")
-        field = f"{check_model(model)}:{segment_key}"
+        field = str(MapField(model, model_version, segment_key))
 
         def restored(stored: int) -> CalibrationMap:
             raw = self.redis.lindex(self.keys.history(field), steps)
             if raw is None:
                 raise LookupError(f"no history entry {steps} publishes back for {field}")
-            return CalibrationMap.from_json(raw).with_meta(version=stored + 1)
+            return CalibrationMap.from_json(raw).with_meta(map_version=stored + 1)
 
         return self._publish_bumped(restored, field, self.keys)
 
@@ -159,13 +181,20 @@ class MapPublisher(MapStore):
         """Compare-and-set loop: build the map from the stored version, publish it fenced, retry if beaten."""
         for _ in range(_CAS_ATTEMPTS):
             stored = self.redis.hget(keys.index, field)
-            result = self._publish(build(-1 if stored is None else int(stored)), keys, self.redis)
+            try:
+                version = -1 if stored is None else int(stored)
+            except ValueError:
+                return PublishResult(field, "error", -1, f"non-numeric index field {stored!r}")
+            result = self._publish(build(version), keys, self.redis)
             if result.published:
                 return result
         return result
 
 
-def _result(field: str, reply: list) -> PublishResult:
+def _result(field: str, reply: list | Exception) -> PublishResult:
+    if isinstance(reply, Exception):
+        log.error("cannot publish %r: %s; skipped, the other maps go on", field, reply)
+        return PublishResult(field, "error", -1, str(reply))
     ok, version = reply
     return PublishResult(field, "published" if ok == 1 else "refused_stale", int(version))
 
@@ -188,17 +217,23 @@ class RetryingPublisher:
         self.backoff = backoff or Backoff(base=0.1, cap=30.0)
         self.clock = clock
         self.pending: dict[str, CalibrationMap] = {}
+        self.pending_versions: dict[str, dict[str, dict]] = {}  # model -> model_version -> info
         self.failures = 0
         self.published = 0
         self.refused = 0
+        self.errors = 0  # maps Redis refused (a key of the wrong type, a foreign index value)
         self.last_error = ""
         self._retry_at = 0.0
 
     def submit(self, maps: Iterable[CalibrationMap]) -> None:
         for m in maps:
             field = map_field(m)
-            if (cur := self.pending.get(field)) is None or m.version >= cur.version:
+            if (cur := self.pending.get(field)) is None or m.map_version >= cur.map_version:
                 self.pending[field] = m
+
+    def submit_versions(self, versions: dict[str, dict[str, dict]]) -> None:
+        for model, infos in versions.items():
+            self.pending_versions.setdefault(model, {}).update(infos)
 
     def _answers(self) -> bool:
         """While backing off, one PING per tick: Redis answering again ends the backoff at once, so maps
@@ -212,12 +247,19 @@ class RetryingPublisher:
     def flush(self) -> list[PublishResult]:
         """Publish what is pending unless backing off (a PING that answers ends the backoff); [] when
         nothing was attempted or it failed."""
-        if not self.pending:
+        if not self.pending and not self.pending_versions:
             return []
         if self.clock() < self._retry_at and not self._answers():
             return []
         try:
             results = self.publisher.publish_many(self.pending.values())
+            while self.pending_versions:
+                model, infos = next(iter(self.pending_versions.items()))
+                try:
+                    self.publisher.publish_versions(model, infos)
+                except redis.ResponseError as exc:  # that model's hash has the wrong type: skip it alone
+                    log.error("cannot write the versions of model %r: %s", model, exc)
+                del self.pending_versions[model]
         except redis.RedisError as exc:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -225,6 +267,7 @@ class RetryingPublisher:
             return []
         self.backoff.reset()
         self.pending.clear()  # refused maps are final: a newer version is already live
-        self.published += sum(r.published for r in results)
-        self.refused += sum(not r.published for r in results)
+        self.published += sum(r.status == "published" for r in results)
+        self.refused += sum(r.status == "refused_stale" for r in results)
+        self.errors += sum(r.status == "error" for r in results)
         return results

@@ -16,6 +16,7 @@ from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
 from recalibrators.hierarchy import Strength, estimate_strength, fit_root, shrink_toward
 from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
+from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
 
 __all__ = ["Shrinkage"]
@@ -29,14 +30,15 @@ class Shrinkage:
         self.strengths: dict[tuple[str, str, int], Strength] = {}  # (model, model version, depth) -> pooled
 
     def enabled(self, key: str) -> bool:
-        return self._model_config(key.split(":", 1)[0]).shrink_to_parent
+        return self._model_config(MapField.parse(key).model).shrink_to_parent
 
     def chain(self, key: str) -> list[str]:
-        """The key's fallback chain as map keys, itself first."""
-        model, segment = key.split(":", 1)
+        """The key's fallback chain as map keys within its model version, itself first."""
+        model, model_version, segment = MapField.parse(key)
         dims = parse_segment_key(segment)
         levels = [sorted(dims), *self._model_config(model).segment_by]
-        return [f"{model}:{k}" for k in fallback_chain(dims, levels)] if segment != MODEL_WIDE else [key]
+        chain = fallback_chain(dims, levels)
+        return [str(MapField(model, model_version, k)) for k in chain] if segment != MODEL_WIDE else [key]
 
     def parent(self, key: str) -> str | None:
         chain = self.chain(key)
@@ -60,7 +62,7 @@ class Shrinkage:
             pairs = []
             for key, (key_version, calibrator) in self._states.items():
                 parent = self.fitted.get(self.parent(key) or "")
-                same = key.split(":", 1)[0] == model and key_version == version and len(self.chain(key)) == depth
+                same = MapField.parse(key).model == model and key_version == version and len(self.chain(key)) == depth
                 if same and parent is not None and parent.model_version == version:
                     pairs.append((calibrator.histogram, parent))
             self.strengths[cache] = estimate_strength(pairs)
@@ -79,5 +81,5 @@ class Shrinkage:
         parent = self.fitted.get(parent_key)
         if parent is None or parent.model_version != version:
             return None
-        strength = self._strength(key.split(":", 1)[0], version, len(self.chain(key)))
+        strength = self._strength(MapField.parse(key).model, version, len(self.chain(key)))
         return shrink_toward(calibrator, parent, strength, **meta)

@@ -141,9 +141,16 @@ def register_pages(
 
     @page("/dashboard/map")
     async def dashboard_map(web, request):
-        model, segment = request.query.get("model", ""), request.query.get("segment", "*")
+        query = request.query
+        model, model_version, segment = (
+            query.get("model", ""),
+            query.get("model_version", ""),
+            query.get("segment", "*"),
+        )
         try:
-            status, html = await render(("map", model, segment), lambda: dashboard.map_html(model, segment))
+            status, html = await render(
+                ("map", model, model_version, segment), lambda: dashboard.map_html(model, model_version, segment)
+            )
         except redis.RedisError as exc:
             return web.text(f"Redis unavailable: {type(exc).__name__}", status=503)
         return web.html(html, status=status)
@@ -169,7 +176,10 @@ def register_pages(
                 "maps_refused_stale": publisher.refused,
                 "gate_refusals": aggregator.gate_refusals,
                 "publish_failures": publisher.failures,
-                "gate_refused": dict(aggregator.refused),  # key -> the gate's last refusal reason
+                "gate_refused": dict(aggregator.refused),  # keys held back -> the gate's reason, with numbers
+                "gate_held": len(aggregator.refused),
+                "publish_errors": publisher.errors,
+                "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
                 "drift_alerts": sorted(k for k, alert in aggregator.drift.items() if alert),
             }
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.calibrator import Calibrator
+from recalibrators.serving.keys import MapField
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.partials import PartialCalibrators
@@ -19,18 +19,17 @@ def build_maps(
     version_first_ts: dict[tuple[str, str], int],
     now_ms: int | None = None,
 ) -> tuple[list[CalibrationMap], Aggregator]:
-    """Merge partials in partition order through the live Aggregator (same merge, metrics, gate)."""
+    """Merge partials in partition order through the live Aggregator (same merge, metrics, gate, version
+    cap). Model versions arrive in order of their first event (as they reached the live aggregator)."""
     aggregator = Aggregator(model_config)
-    by_key: dict[str, list[tuple[int, str, int, Calibrator]]] = {}
+    entries = []
     for partition in sorted(partials):
-        for (model, version, segment), calibrator in partials[partition].calibrators.items():
-            order = version_first_ts.get((model, version), 0)
-            by_key.setdefault(f"{model}:{segment}", []).append((order, version, partition, calibrator))
-    for key in sorted(by_key):
-        model, segment = key.split(":", 1)
-        # versions in order of first appearance (the live aggregator's arrival order), partitions ascending
-        for _, version, partition, calibrator in sorted(by_key[key], key=lambda e: (e[0], e[1], e[2])):
-            aggregator.add(key, encode_partial(partition, model, version, segment, calibrator))
+        for (model, model_version, segment), calibrator in partials[partition].calibrators.items():
+            order = version_first_ts.get((model, model_version), 0)
+            key = str(MapField(model, model_version, segment))
+            entries.append((order, key, partition, model, model_version, segment, calibrator))
+    for _, key, partition, model, model_version, segment, calibrator in sorted(entries, key=lambda e: e[:3]):
+        aggregator.add(key, encode_partial(partition, model, model_version, segment, calibrator))
     return aggregator.take_dirty(now_ms), aggregator
 
 

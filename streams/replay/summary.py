@@ -10,12 +10,12 @@ import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
-from recalibrators.serving.keys import map_field
+from recalibrators.serving.keys import MapField, map_field
 from streams.pipeline.aggregator import Aggregator, MapState, merged
 
 
 def _merged_calibrator(state: MapState) -> Calibrator:
-    return merged(state.versions[state.ordered_versions()[-1]], None)
+    return merged(state.partials, state.prior)
 
 
 def _eval_points(calibrator: Calibrator) -> np.ndarray:
@@ -26,6 +26,7 @@ def _eval_points(calibrator: Calibrator) -> np.ndarray:
 @dataclass
 class SummaryRow:
     model: str
+    model_version: str
     segment: str
     samples: float
     ece: float | None
@@ -40,7 +41,7 @@ def summarize(
     rows = []
     built = {map_field(m): m for m in maps}
     for key in sorted(aggregator.states):
-        model, segment = key.split(":", 1)
+        model, model_version, segment = MapField.parse(key)
         calibrator = _merged_calibrator(aggregator.states[key])
         m = built.get(key)
         metrics = aggregator.metrics.get(key, {})
@@ -56,6 +57,7 @@ def summarize(
         rows.append(
             SummaryRow(
                 model,
+                model_version,
                 segment,
                 calibrator.n_effective,
                 None if ece is None else float(ece),
@@ -71,11 +73,12 @@ def format_summary(rows: Iterable[SummaryRow]) -> str:
     def f(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    lines = [f"{'model':<8} {'segment':<40} {'samples':>12} {'ECE':>8} {'ratio':>7} {'max|Δ| live':>12}  status"]
+    head = f"{'model':<8} {'version':<10} {'segment':<40} {'samples':>12} {'ECE':>8} {'ratio':>7} {'max|Δ| live':>12}"
+    lines = [head + "  status"]
     for r in rows:
         lines.append(
-            f"{r.model:<8} {r.segment:<40} {r.samples:>12.1f} {f(r.ece, '.4f'):>8} {f(r.ratio, '.3f'):>7} "
-            f"{f(r.max_delta, '.4f'):>12}  {r.status}"
+            f"{r.model:<8} {r.model_version:<10} {r.segment:<40} {r.samples:>12.1f} {f(r.ece, '.4f'):>8} "
+            f"{f(r.ratio, '.3f'):>7} {f(r.max_delta, '.4f'):>12}  {r.status}"
         )
     return "\n".join(lines)
 

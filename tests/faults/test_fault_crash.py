@@ -63,4 +63,4 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(stack, start_work
     )
     assert counts == {k: list(v) for k, v in scenario.expected.items()}, f"kills at {kills}"
     published = {f for f in index_fields(stack.redis_url, ns)}
-    assert published == {f"{m}:{k}" for m, k in scenario.expected}
+    assert published == {f"{m}:v1:{k}" for m, k in scenario.expected}

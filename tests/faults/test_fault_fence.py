@@ -42,7 +42,7 @@ def redis_client():
 def test_map_with_more_labels_but_same_event_time_is_published(redis_client):
     aggregator = Aggregator(lambda name: CONFIG, with_metrics=False)
     publisher = MapPublisher(redis_client, prefix="fence")
-    key = "ctr:*"
+    key = "ctr:v1:*"
     # Partition 0 is ahead: 800 labels up to E. A refresh publishes n=800 (version E*1000 + 800).
     aggregator.add(key, encode_partial(0, "ctr", "v1", "*", _partial(800, E, 1)))
     first = aggregator.take_dirty(1)
@@ -52,5 +52,5 @@ def test_map_with_more_labels_but_same_event_time_is_published(redis_client):
     second = aggregator.take_dirty(2)
     assert round(second[0].n) == 1100
     results = publisher.publish_many(second)
-    stored = publisher.keys.map("ctr:*")
+    stored = publisher.keys.map("ctr:v1:*")
     assert [r.status for r in results] == ["published"], f"refused; Redis keeps {redis_client.get(stored)[:60]!r}"

@@ -33,7 +33,7 @@ BACKOFF_CAP_S = 30.0  # RetryingPublisher's default cap: today's real bound on t
 def test_redis_outage_and_empty_restart(stack, start_worker, record):
     ns = new_ns()
     scenario = Scenario(ns, n=6_000, step_ms=10)
-    fields = {f"{m}:{k}" for m, k in scenario.expected}
+    fields = {f"{m}:v1:{k}" for m, k in scenario.expected}
     worker = start_worker(config_text(ns))
     worker.wait_ready()
     traffic = PacedProducer(stack.broker_url, scenario.messages, rate=len(scenario.messages) / (OUTAGE_S + 25))
@@ -52,8 +52,8 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
 
     def calibrated_everywhere() -> bool:
         for model, segment, raw in probes:
-            m = reader.lookup(model, segment)
-            got = reader.calibrate(model, segment, np.array([raw]))
+            m = reader.lookup(model, segment, "v1")
+            got = reader.calibrate(model, segment, np.array([raw]), model_version="v1")
             if m is None or got[0] == raw or got[0] != m.apply(np.array([raw]))[0]:
                 return False
         return True
@@ -136,7 +136,7 @@ def test_publisher_retries_within_a_refresh_interval_after_an_outage():
         last_event_ms=1,
         model="ctr",
         model_version="v1",
-        version=1,
+        map_version=1,
         updated_at=1,
     )
     publisher.submit([m])

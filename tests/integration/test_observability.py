@@ -210,13 +210,15 @@ def test_metrics_move_as_events_flow(observed):
     lags = {k: v for k, v in after.items() if k.startswith("recal_consumer_lag{")}
     assert lags and all(v >= 0 for v in lags.values())
     assert sum(v for k, v in after.items() if k.startswith("recal_join_pending{")) >= 0
-    age = after['recal_map_age_seconds{model="ctr",segment="placement=search"}']
+    age = after['recal_map_age_seconds{model="ctr",model_version="v1",segment="placement=search"}']
     assert 0 <= age < 60
     # placement=search over-predicts 2x..1.3x: raw ratio well above 1 and an alert; calibrated nearer 1.
-    raw = after['recal_map_calibration_ratio{model="ctr",scores="raw",segment="placement=search"}']
-    cal = after['recal_map_calibration_ratio{model="ctr",scores="calibrated",segment="placement=search"}']
+    raw = after['recal_map_calibration_ratio{model="ctr",model_version="v1",scores="raw",segment="placement=search"}']
+    cal = after[
+        'recal_map_calibration_ratio{model="ctr",model_version="v1",scores="calibrated",segment="placement=search"}'
+    ]
     assert 1.2 < raw < 2.8 and abs(cal - 1) < abs(raw - 1)
-    assert after['recal_drift_alert{model="ctr",segment="placement=search"}'] == 1.0
+    assert after['recal_drift_alert{model="ctr",model_version="v1",segment="placement=search"}'] == 1.0
     status, body = get(f"http://127.0.0.1:{port}/readyz")
     assert status == 200 and orjson.loads(body) == {"partitions_assigned": True, "broker": True, "redis": True}
 
@@ -254,16 +256,17 @@ def test_dashboard_in_headless_chromium(observed):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     dom = headless(f"{base}/dashboard", ARTIFACTS / "dashboard-index.png", size="1280,420")
     table = dom.split('<table id="maps">', 1)[1]
-    listed = re.findall(r'<td class="l">(\w+)</td><td class="l"><a href="[^"]+">([^<]+)</a>', table)
-    assert {("ctr", "placement=search"), ("ctr", "placement=feed"), ("ctr", "*")} <= set(listed), listed
-    assert listed[0] == ("ctr", "placement=search") or listed[0][1] == "placement=tick"  # worst first
+    cells = r'<td class="l">(\w+)</td><td class="l">([^<]+)</td><td class="l"><a href="[^"]+">([^<]+)</a>'
+    listed = re.findall(cells, table)  # model, model version, segment
+    assert {("ctr", "v1", "placement=search"), ("ctr", "v1", "placement=feed"), ("ctr", "v1", "*")} <= set(listed)
+    assert listed[0][2] in ("placement=search", "placement=tick")  # worst first within (model, version)
 
     shot = ARTIFACTS / "dashboard-map.png"
-    dom = headless(f"{base}/dashboard/map?model=ctr&segment=placement%3Dsearch", shot, size="1000,760")
+    dom = headless(f"{base}/dashboard/map?model=ctr&model_version=v1&segment=placement%3Dsearch", shot, size="1000,760")
     svg = dom.split('<svg id="reliability"', 1)[1].split("</svg>", 1)[0]
     assert svg.count('class="raw"') >= 5 and svg.count('class="calibrated"') >= 5
     history = dom.split('<svg id="history"', 1)[1].split("</svg>", 1)[0]
-    entries = history_len(observed.redis_url, observed.ns, "ctr:placement=search")
+    entries = history_len(observed.redis_url, observed.ns, "ctr:v1:placement=search")
     assert entries >= 1 and history.count("<circle") == 2 * entries  # raw and calibrated per refresh
     assert shot.stat().st_size > 10_000
 
@@ -291,9 +294,9 @@ def test_dashboard_command_and_maps_plot(observed):
         assert "/dashboard" in proc.stdout.readline()
         status, page = get(f"http://127.0.0.1:{port}/dashboard")
         assert status == 200 and "placement=search" in page and page.count("<tr>") >= 4
-        status, page = get(f"http://127.0.0.1:{port}/dashboard/map?model=ctr&segment=placement%3Dfeed")
+        status, page = get(f"http://127.0.0.1:{port}/dashboard/map?model=ctr&model_version=v1&segment=placement%3Dfeed")
         assert status == 200 and '<svg id="reliability"' in page
-        assert get(f"http://127.0.0.1:{port}/dashboard/map?model=ctr&segment=nope")[0] == 404
+        assert get(f"http://127.0.0.1:{port}/dashboard/map?model=ctr&model_version=v1&segment=nope")[0] == 404
     finally:
         proc.terminate()
         proc.wait(10)
@@ -306,6 +309,7 @@ def test_dashboard_command_and_maps_plot(observed):
             "maps",
             "plot",
             "ctr",
+            "v1",
             "placement=search",
             "-o",
             str(out),

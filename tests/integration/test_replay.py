@@ -13,6 +13,7 @@ import redis
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from recalibrators.calibration_map import CalibrationMap
+from recalibrators.serving.keys import map_field
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.replay import Progress, ReplayRange, normalized_json, offset_for_time, replay_labeled, replay_raw
@@ -62,7 +63,7 @@ def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_
     wait_for_map(stack, ns, "ctr", "*", scenario.n, scenario.ctr_positives, worker)
     wait_for_map(stack, ns, "cvr", "*", scenario.cvr_examples, scenario.cvr_positives, worker)
     live = stable_maps(stack.redis_url, ns)
-    assert {"ctr:*", "ctr:placement=search", "cvr:*", "cvr:placement=search"} <= set(live)
+    assert {"ctr:v1:*", "ctr:v1:placement=search", "cvr:v1:*", "cvr:v1:placement=search"} <= set(live)
 
     path = tmp_path / "recal.toml"
     path.write_text(text)
@@ -70,7 +71,7 @@ def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_
 
     # 1. in process, into a namespace of its own
     result = asyncio.run(replay_labeled(config))
-    replayed = {f"{m.model}:{_segment_key(m)}": m for m in result.maps}
+    replayed = {map_field(m): m for m in result.maps}
     assert normalized(replayed) == normalized(live)
     assert result.examples == scenario.n + scenario.cvr_examples
 
@@ -96,7 +97,7 @@ def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_
             timeout=60,
             check=True,
         )
-        assert "ctr      *" in out.stdout and "replay:" in out.stderr
+        assert "ctr      v1         *" in out.stdout and "replay:" in out.stderr
         assert normalized(stable_maps(stack.redis_url, f"{ns}-replay-{run}", 0.1)) == normalized(live)
 
     # 3. interrupted, then resumed from the checkpoint
@@ -119,20 +120,16 @@ def test_replayed_maps_are_byte_identical_to_live_ones(stack, start_worker, tmp_
 
     # 5. from the raw topics: the same labels (counts), batch boundaries of its own
     raw = asyncio.run(replay_raw(config))
-    by_key = {f"{m.model}:{_segment_key(m)}": m for m in raw.maps}
-    for key in ("ctr:*", "ctr:placement=search", "cvr:*"):
+    by_key = {map_field(m): m for m in raw.maps}
+    for key in ("ctr:v1:*", "ctr:v1:placement=search", "cvr:v1:*"):
         assert round(by_key[key].n) == round(live[key].n) and round(by_key[key].positives) == round(live[key].positives)
 
     # 6. an event-time range on the labeled topic (the examples' ts column), one model: impressions
     # i = 0..199 are at T0 + 10 i, so [T0, T0 + 1 s) holds the first 100 of them
     result = asyncio.run(replay_labeled(config, ReplayRange(from_ms=T0, to_ms=T0 + 1_000), models={"ctr"}))
-    maps = {f"{m.model}:{_segment_key(m)}": m for m in result.maps}
-    assert set(maps) == {"ctr:*", "ctr:placement=search"}
-    assert round(maps["ctr:*"].n) == 100 and round(maps["ctr:*"].positives) == 25
-
-
-def _segment_key(m: CalibrationMap) -> str:
-    return "|".join(f"{k}={v}" for k, v in m.segment) or "*"
+    maps = {map_field(m): m for m in result.maps}
+    assert set(maps) == {"ctr:v1:*", "ctr:v1:placement=search"}
+    assert round(maps["ctr:v1:*"].n) == 100 and round(maps["ctr:v1:*"].positives) == 25
 
 
 def test_offsets_for_event_times(stack):

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis
 
+from recalibrators.serving.keys import map_field
 from streams.pipeline.config import load_config
 from streams.pipeline.publisher import MapPublisher
 from streams.pipeline.topics import ids_covering_partitions
@@ -95,8 +96,10 @@ def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tm
     path.write_text(text)
     config = load_config(path, broker=stack.broker_url, redis=stack.redis_url)
     result = asyncio.run(replay_labeled(config))
-    replayed = {m.model + ":" + ("|".join(f"{k}={v}" for k, v in m.segment) or "*"): m for m in result.maps}
-    assert round(replayed["ctr:*"].n) == scenario.n and round(replayed["ctr:*"].positives) == scenario.ctr_positives
-    assert round(replayed["cvr:*"].positives) == scenario.cvr_positives
+    replayed = {map_field(m): m for m in result.maps}
+    assert (
+        round(replayed["ctr:v1:*"].n) == scenario.n and round(replayed["ctr:v1:*"].positives) == scenario.ctr_positives
+    )
+    assert round(replayed["cvr:v1:*"].positives) == scenario.cvr_positives
     live = MapPublisher(redis.Redis.from_url(stack.redis_url), prefix=ns).list_maps()
-    assert normalized_json(replayed["ctr:*"]) == normalized_json(live["ctr:*"])
+    assert normalized_json(replayed["ctr:v1:*"]) == normalized_json(live["ctr:v1:*"])

@@ -34,14 +34,15 @@ def r(redis_url: str) -> Iterator[redis_lib.Redis]:
 
 @pytest.fixture
 def make_map() -> Callable[..., CalibrationMap]:
-    """Factory for small valid maps; `lift` moves the middle knot so versions differ in output."""
+    """Factory for small valid maps; `lift` moves the middle knot so map versions differ in output."""
 
     def make(
         model: str = "ctr",
         segment: dict[str, str] | None = None,
-        version: int = 1,
+        map_version: int = 1,
         lift: float = 0.0,
         updated_at: int = 1_700_000_000_000,
+        model_version: str = "v1",
     ) -> CalibrationMap:
         return CalibrationMap(
             x=np.array([0.0, 0.5, 1.0]),
@@ -51,8 +52,9 @@ def make_map() -> Callable[..., CalibrationMap]:
             positives=100.0,
             last_event_ms=updated_at,
             model=model,
+            model_version=model_version,
             segment=segment or {},
-            version=version,
+            map_version=map_version,
             updated_at=updated_at,
         )
 

@@ -293,7 +293,7 @@ def consume_all(broker: str, topic: str, expect: int, timeout_s: float = 30.0) -
 # -- Redis helpers -------------------------------------------------------------------------------------
 def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMap | None:
     try:
-        raw = redis.Redis.from_url(redis_url, socket_timeout=1).get(f"{ns}:map:{model}:{segment}")
+        raw = redis.Redis.from_url(redis_url, socket_timeout=1).get(f"{ns}:map:{model}:v1:{segment}")
     except redis.RedisError:
         return None
     return CalibrationMap.from_json(raw) if raw else None

@@ -19,7 +19,9 @@ KEYS = {
     "y",
     "platt",
     "metrics",
+    "prior",
 }
+REQUIRED = {"schema", "model", "model_version", "segment", "version", "x", "y"}
 
 
 def make_map(**kw) -> CalibrationMap:
@@ -33,10 +35,11 @@ def make_map(**kw) -> CalibrationMap:
         model="ctr",
         model_version="v7",
         segment={"platform": "ios", "placement": "feed"},
-        version=3,
+        map_version=3,
         updated_at=1_700_000_000_123,
         platt=(0.93, -0.1),
         metrics={"holdout_log_loss": 0.0912},
+        prior={"model_version": "v6", "map_version": 120},
     )
     return CalibrationMap(**(base | kw))
 
@@ -45,7 +48,7 @@ def test_json_round_trip_is_exact_and_has_the_documented_keys():
     m = make_map(x=[0.0, 0.1 + 0.2, 1 / 3, 1.0], y=[0.0, 1e-300, 0.7000000000000001, 1.0])
     doc = orjson.loads(m.to_json())
     assert set(doc) == KEYS
-    assert doc["schema"] == 1 and doc["segment"] == {"placement": "feed", "platform": "ios"}
+    assert doc["schema"] == 2 and doc["version"] == 3 and doc["segment"] == {"placement": "feed", "platform": "ios"}
     assert doc["platt"] == {"a": 0.93, "b": -0.1}
     back = CalibrationMap.from_json(m.to_json())
     assert back == m and hash(back) == hash(m)
@@ -53,19 +56,65 @@ def test_json_round_trip_is_exact_and_has_the_documented_keys():
 
 
 def test_optional_fields_omitted():
-    doc = orjson.loads(make_map(platt=None, metrics=None).to_json())
-    assert "platt" not in doc and "metrics" not in doc
+    doc = orjson.loads(make_map(platt=None, metrics=None, prior=None).to_json())
+    assert "platt" not in doc and "metrics" not in doc and "prior" not in doc
     assert CalibrationMap.from_json(orjson.dumps(doc)).platt is None
+
+
+def test_only_what_applying_needs_is_required_and_unknown_fields_are_ignored():
+    full = orjson.loads(make_map().to_json())
+    minimal = {k: v for k, v in full.items() if k in REQUIRED}
+    m = CalibrationMap.from_json(orjson.dumps(minimal))  # no last_event_ms, n, method, updated_at, ...
+    assert m.apply_one(0.05) == make_map().apply_one(0.05) and m.last_event_ms == 0 and m.method == ""
+    for name in REQUIRED:
+        with pytest.raises(ValueError, match=r"missing fields|schema"):
+            CalibrationMap.from_json(orjson.dumps({k: v for k, v in minimal.items() if k != name}))
+    newer = full | {"calibrated_by": "recal 9", "knots_v3": {"any": ["thing"]}, "platt": {"a": 1.0, "b": 0.0, "c": 2}}
+    assert CalibrationMap.from_json(orjson.dumps(newer)).map_version == 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"x": [0.0, "0.01", 0.1, 1.0]},
+        {"y": [0.0, 0.005, 0.12, True]},
+        {"x": [False, 0.01, 0.1, 1.0]},
+        {"n": True},
+        {"version": True},
+        {"version": "3"},
+        {"schema": True},
+        {"schema": 1},
+        {"schema": 3},
+        {"metrics": {"ratio_raw": None}},
+        {"metrics": {"flag": True}},
+        {"prior": "v1"},
+        {"model_version": 2},
+        {"platt": {"a": "1", "b": 0}},
+    ],
+)
+def test_look_alikes_are_never_numbers(change):
+    with pytest.raises(ValueError):
+        CalibrationMap.from_json(_doc(**change))
+
+
+def test_prior_is_provenance_only():
+    m = CalibrationMap.from_json(_doc(prior={"model_version": "v1", "map_version": 7, "x": [0, 1], "n": None}))
+    assert m.prior_dict == {"model_version": "v1", "map_version": 7}
+
+
+def test_metrics_must_be_finite():
+    with pytest.raises(ValueError, match="finite"):
+        make_map(metrics={"ratio_raw": float("inf")})
 
 
 def test_immutable_and_with_meta():
     m = make_map()
     with pytest.raises(AttributeError):
-        m.version = 4  # type: ignore[misc]
+        m.map_version = 4  # type: ignore[misc]
     with pytest.raises(ValueError):
         m.x[0] = 0.5
-    m2 = m.with_meta(version=4, segment={"platform": "android"})
-    assert m2.version == 4 and m2.segment_dict == {"platform": "android"} and m.version == 3
+    m2 = m.with_meta(map_version=4, segment={"platform": "android"})
+    assert m2.map_version == 4 and m2.segment_dict == {"platform": "android"} and m.map_version == 3
     assert m2 != m
 
 
@@ -102,8 +151,8 @@ def test_large_batch_apply_is_bit_identical_to_interp(n_knots):
         ({"x": [-0.1, 0.01, 0.1, 1.0]}, r"\[0, 1\]"),
         ({"y": [0.0, 0.005, 0.12, 1.5]}, r"\[0, 1\]"),
         ({"n": float("nan")}, "n must be"),
-        ({"version": 1.5}, "version must be an integer"),
-        ({"version": -1}, "version must be >= 0"),
+        ({"map_version": 1.5}, "map_version must be an integer"),
+        ({"map_version": -1}, "map_version must be >= 0"),
         ({"platt": (1.0, float("inf"))}, "platt"),
         ({"segment": {"k": 1}}, "segment"),
     ],
@@ -124,14 +173,13 @@ def _doc(**change):
     [
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "must be an object"),
-        (_doc(schema=2), "schema version"),
+        (_doc(schema=1), "unsupported schema"),
         (_doc(y=[0.0, 0.5, 0.4, 1.0]), "non-decreasing"),
         (_doc(x=[0.0, 0.5, 1.0]), "lengths differ"),
         (_doc(version="3"), "'version' must be int"),
         (_doc(n=True), "'n' must be float"),
-        (_doc(extra=1), "unknown fields"),
         (_doc(platt={"a": 1.0}), "platt"),
-        (orjson.dumps({"schema": 1}), "missing fields"),
+        (orjson.dumps({"schema": 2}), "missing fields"),
         (_doc(x=[0.0, 0.1, "a", 1.0]), "numbers"),
     ],
 )

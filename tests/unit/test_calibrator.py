@@ -97,10 +97,10 @@ def test_map_is_cached_until_state_changes():
     cal = Calibrator(CFG)
     cal.learn_batch(*stream(1000)[:2], ts_ms=0)
     fit = cal._fit if cal.to_map() else None
-    assert cal._fit is fit and cal.to_map(version=9).version == 9
+    assert cal._fit is fit and cal.to_map(map_version=9).map_version == 9
     cal.learn_one(0.1, 1, 0)
     assert cal._fit is None
-    assert cal.to_map().version == cal.n_seen == 1001
+    assert cal.to_map().map_version == cal.n_seen == 1001
 
 
 def test_state_round_trip_and_size():

@@ -53,7 +53,7 @@ def test_any_rebinning_keeps_the_totals_exact(n_bins):
     for a, b in ((old.histogram, moved.histogram), (old.holdout, moved.holdout)):
         np.testing.assert_allclose(a.sums.sum(axis=1), b.sums.sum(axis=1), rtol=1e-12)
     moved.learn_batch([0.5], [1], ts_ms=T0 + 60_000)  # learns under the new bins: no shape error
-    assert moved.to_map(model="m", model_version="v", segment={}, version=1).x.size >= 2
+    assert moved.to_map(model="m", model_version="v", segment={}, map_version=1).x.size >= 2
 
 
 def model_config(settings: dict[str, ModelConfig]):
@@ -123,15 +123,15 @@ def test_partials_of_two_configs_merge_under_the_current_one():
 def test_one_failing_key_does_not_stop_the_others(monkeypatch):
     cfg = ModelConfig(segment_by=(), min_samples=1)
     agg = Aggregator(lambda name: cfg)
-    for key in ("bad:*", "good:*"):
+    for key in ("bad:v1:*", "good:v1:*"):
         state = MapState()
-        state.add("v1", 0, learned(calibrator_config(cfg)).to_bytes())
+        state.partials[0] = learned(calibrator_config(cfg)).to_bytes()
         agg.states[key] = state
         agg.dirty.add(key)
     real = agg.build
 
     def build(key, now_ms=None):
-        if key == "bad:*":
+        if key == "bad:v1:*":
             raise ValueError("cannot merge calibrators with different configs")
         return real(key, now_ms)
 

@@ -13,10 +13,12 @@ import pytest
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.metrics import parse_reliability
+from recalibrators.serving.keys import MapField, map_field
 from streams.dashboard.pages import history_svg, reliability_svg, render_index, render_map, rows
-from streams.pipeline.aggregator import Aggregator, encode_partial, map_metrics
+from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.join_worker import Stats
+from streams.pipeline.map_metrics import map_metrics
 from streams.pipeline.metrics import MapTracker, Readiness, RecalCollector, exposition, registry
 from streams.pipeline.publisher import PublishResult
 
@@ -36,8 +38,8 @@ def calibrator(n: int, bias: float, seed: int = 0, holdout: float = 0.3) -> Cali
 def aggregator_with(keys: dict[str, Calibrator], **config) -> Aggregator:
     agg = Aggregator(lambda name: ModelConfig(min_samples=1, **config))
     for key, cal in keys.items():
-        model, segment = key.split(":", 1)
-        agg.add(key, encode_partial(0, model, "v1", segment, cal))
+        model, model_version, segment = MapField.parse(key)
+        agg.add(key, encode_partial(0, model, model_version, segment, cal))
     return agg
 
 
@@ -68,25 +70,25 @@ def test_map_metrics_fall_back_to_the_fitting_histogram_without_holdout():
 
 def test_aggregator_attaches_metrics_and_alerts_on_drift_once_per_transition(caplog):
     agg = aggregator_with(
-        {"ctr:*": calibrator(100_000, 2.0), "ctr:placement=feed": calibrator(100_000, 1.0)}, drift_min_weight=100
+        {"ctr:v1:*": calibrator(100_000, 2.0), "ctr:v1:placement=feed": calibrator(100_000, 1.0)}, drift_min_weight=100
     )
     with caplog.at_level(logging.WARNING, logger="recal.drift"):
-        maps = {map_field_of(m): m for m in agg.take_dirty(T0)}
-        assert set(maps) == {"ctr:*", "ctr:placement=feed"}
-        assert maps["ctr:*"].metrics_dict["ratio_raw"] > 1.5
-        assert agg.drift == {"ctr:*": True, "ctr:placement=feed": False}
-        agg.add("ctr:*", encode_partial(0, "ctr", "v1", "*", calibrator(100_000, 2.0, seed=1)))
+        maps = {map_field(m): m for m in agg.take_dirty(T0)}
+        assert set(maps) == {"ctr:v1:*", "ctr:v1:placement=feed"}
+        assert maps["ctr:v1:*"].metrics_dict["ratio_raw"] > 1.5
+        assert agg.drift == {"ctr:v1:*": True, "ctr:v1:placement=feed": False}
+        agg.add("ctr:v1:*", encode_partial(0, "ctr", "v1", "*", calibrator(100_000, 2.0, seed=1)))
         agg.take_dirty(T0 + 1000)  # still drifting: no second warning
     records = [r for r in caplog.records if r.name == "recal.drift"]
     assert len(records) == 1
-    assert (records[0].model, records[0].segment) == ("ctr", "*")
+    assert (records[0].model, records[0].model_version, records[0].segment) == ("ctr", "v1", "*")
     assert records[0].ratio > 1.5 and records[0].ece > 0.001
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="recal.drift"):
-        agg.add("ctr:*", encode_partial(0, "ctr", "v1", "*", calibrator(100_000, 1.0, seed=2)))
+        agg.add("ctr:v1:*", encode_partial(0, "ctr", "v1", "*", calibrator(100_000, 1.0, seed=2)))
         agg.take_dirty(T0 + 2000)
-    assert agg.drift["ctr:*"] is False
+    assert agg.drift["ctr:v1:*"] is False
     assert [r.alert for r in caplog.records if r.name == "recal.drift"] == [False]
 
 
@@ -97,24 +99,26 @@ def map_field_of(m: CalibrationMap) -> str:
 def test_rows_sort_worst_first_and_pages_render():
     agg = aggregator_with(
         {
-            "ctr:placement=search": calibrator(50_000, 1.0),
-            "ctr:*": calibrator(50_000, 1.0, seed=3),
-            "cvr:placement=<b>": calibrator(30_000, 1.5, seed=4),
+            "ctr:v1:placement=search": calibrator(50_000, 1.0),
+            "ctr:v1:*": calibrator(50_000, 1.0, seed=3),
+            "cvr:v1:placement=<b>": calibrator(30_000, 1.5, seed=4),
         }
     )
-    maps = {map_field_of(m): m for m in agg.take_dirty(T0)}
-    bad = maps["ctr:*"].with_meta(metrics={**maps["ctr:*"].metrics_dict, "ratio_cal": 1.6})
-    listed = {**maps, "ctr:*": bad, "ctr:broken": None}
+    maps = {map_field(m): m for m in agg.take_dirty(T0)}
+    bad = maps["ctr:v1:*"].with_meta(metrics={**maps["ctr:v1:*"].metrics_dict, "ratio_cal": 1.6})
+    listed = {**maps, "ctr:v1:*": bad, "ctr:v1:broken": None}
     table = rows(listed, now_s=T0 / 1000 + 30)
-    assert [r.field for r in table][:2] == ["ctr:broken", "ctr:*"]
+    assert [r.field for r in table][:2] == ["ctr:v1:broken", "ctr:v1:*"]  # grouped by model, version
+    assert [r.model for r in table][-1] == "cvr"
     page = render_index(table)
     assert page.count("<tr>") == 1 + len(listed)
     assert "placement=&lt;b&gt;" in page and "placement=<b>" not in page  # segment values are escaped
-    assert "/dashboard/map?model=ctr&amp;segment=placement%3Dsearch" in page
+    assert "/dashboard/map?model=ctr&amp;model_version=v1&amp;segment=placement%3Dsearch" in page
 
-    m = maps["ctr:placement=search"]
+    m = maps["ctr:v1:placement=search"]
     history = [
-        m.with_meta(version=m.version - i, metrics={**m.metrics_dict, "ratio_cal": 1 + i / 100}) for i in range(5)
+        m.with_meta(map_version=m.map_version - i, metrics={**m.metrics_dict, "ratio_cal": 1 + i / 100})
+        for i in range(5)
     ]
     page = render_map(m, history, now_s=T0 / 1000 + 5)
     assert page.count("<svg") == 3  # reliability, history, map
@@ -132,10 +136,10 @@ def test_collector_exposes_prometheus_text():
     pending = SimpleNamespace(join=SimpleNamespace(pending={"a": b"", "b": b""}), offsets={"imps": 5})
     join = SimpleNamespace(stats=stats, parts={0: pending}, consumer=None, topics=None)
     publisher = SimpleNamespace(published=7, refused=1, failures=2, pending={})
-    agg = aggregator_with({"ctr:*": calibrator(50_000, 2.0)}, drift_min_weight=10)
+    agg = aggregator_with({"ctr:v1:*": calibrator(50_000, 2.0)}, drift_min_weight=10)
     m = agg.take_dirty(T0)[0]
     tracker = MapTracker()
-    tracker.record({"ctr:*": m}, [PublishResult("ctr:*", "published", m.version)])
+    tracker.record({"ctr:v1:*": m}, [PublishResult("ctr:v1:*", "published", m.map_version)])
     text = exposition(registry(RecalCollector(join, publisher, agg, tracker, clock=lambda: T0 / 1000 + 12))).decode()
     for line in (
         'recal_events_in_total{topic="imps"} 10.0',
@@ -148,12 +152,12 @@ def test_collector_exposes_prometheus_text():
         "recal_maps_published_total 7.0",
         "recal_maps_refused_stale_total 1.0",
         "recal_redis_publish_errors_total 2.0",
-        'recal_map_age_seconds{model="ctr",segment="*"} 12.0',
-        'recal_drift_alert{model="ctr",segment="*"} 1.0',
+        'recal_map_age_seconds{model="ctr",model_version="v1",segment="*"} 12.0',
+        'recal_drift_alert{model="ctr",model_version="v1",segment="*"} 1.0',
     ):
         assert line in text, line
-    assert re.search(r'recal_map_calibration_ratio\{model="ctr",scores="raw",segment="\*"\} 1\.9', text) or re.search(
-        r'recal_map_calibration_ratio\{model="ctr",scores="raw",segment="\*"\} 2\.', text
+    assert re.search(
+        r'recal_map_calibration_ratio\{model="ctr",model_version="v1",scores="raw",segment="\*"\} [12]\.', text
     )
 
 

@@ -283,7 +283,7 @@ def test_corrected_map_metadata_fallback_and_version():
         wide.n_events, rel=1e-6
     )
     assert (
-        m.version == pe.n_seen
+        m.map_version == pe.n_seen
         and m.model == "cvr"
         and m.n == pytest.approx(cal.with_pending(pe.fold(wide.curve(2 * DAY), 2 * DAY), pe.last_event_ms).n_effective)
     )

@@ -75,7 +75,7 @@ def _aggregated(detector: str, after: SBend, switch_hl: float, hours: float):
     for end in range(60_000, int(hours * 3600_000) + 1, 60_000):
         hi = int(np.searchsorted(ts, end))
         partial.learn_batch(s[lo:hi], y[lo:hi], ts_ms=ts[lo:hi])
-        agg.add("ctr:*", encode_partial(0, "ctr", "v1", "*", partial))
+        agg.add("ctr:v1:*", encode_partial(0, "ctr", "v1", "*", partial))
         maps += agg.take_dirty(now_ms=end)
         lo = hi
     return agg, maps
@@ -90,7 +90,7 @@ def test_worker_path_forgets_a_silent_drift_on_cumulative_partials():
     for detector in ("", "page_hinkley"):
         agg, maps = _aggregated(detector, after, switch_hl=4.0, hours=2.5)  # drift at refresh 120 of 150
         errors[detector] = float(np.abs(maps[-1].apply(ev) - after.p_true(ev)).mean())
-        assert agg.silent_drift.detections("ctr:*") == (1 if detector else 0)
+        assert agg.silent_drift.detections("ctr:v1:*") == (1 if detector else 0)
     assert maps[-1].metrics_dict["drift_detections"] == 1
     assert errors["page_hinkley"] < 0.5 * errors[""]  # one half-life after the drift (measured 0.41x)
     # The same stream through the core: forget at the refresh the worker path detected at, then learn it.
@@ -111,7 +111,7 @@ def test_worker_path_forgets_a_silent_drift_on_cumulative_partials():
 
 def test_worker_path_stays_quiet_on_a_stationary_stream():
     agg, maps = _aggregated("page_hinkley", SBend(), switch_hl=100.0, hours=5.0)  # 10 half-lives
-    assert agg.silent_drift.detections("ctr:*") == 0 and maps[-1].metrics_dict["drift_detections"] == 0
+    assert agg.silent_drift.detections("ctr:v1:*") == 0 and maps[-1].metrics_dict["drift_detections"] == 0
 
 
 def test_dashboard_shows_the_detections():

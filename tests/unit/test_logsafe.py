@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 
+from recalibrators.segments import segment_key
 from streams.pipeline import logsafe
 from streams.pipeline.aggregator import Aggregator
 from streams.pipeline.config import ModelConfig
@@ -30,7 +31,9 @@ def test_drift_log_line_with_a_forged_segment_stays_one_line():
     logsafe.install()
     agg = Aggregator(lambda name: ModelConfig(drift_min_weight=1.0))
     metrics = {"eval_weight": 1_000.0, "ece_raw": 0.5, "ratio_raw": 3.0}
-    text = captured("recal.drift", lambda: agg._check_drift(f"ctr:placement={FORGED}", metrics))
+    text = captured(
+        "recal.drift", lambda: agg.drift_alerts.check(f"ctr:v1:{segment_key({'placement': FORGED})}", metrics)
+    )
     assert text.count("\n") == 1 and "\x1b" not in text and "\u2028" not in text
     assert "feed\\n2026-12-01" in text and "\\x1b[2J" in text
 

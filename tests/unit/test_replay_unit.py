@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recalibrators.serving.keys import MapField
 from streams.cli.replay import parse_time_ms
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
@@ -171,7 +172,7 @@ def test_build_maps_equals_the_live_aggregator():
     live = Aggregator(cfg)
     for partition, partials in ((1, b), (0, a)):  # arrival order does not matter within a version
         for (model, version, segment), cal in partials.calibrators.items():
-            live.add(f"{model}:{segment}", encode_partial(partition, model, version, segment, cal))
+            live.add(str(MapField(model, version, segment)), encode_partial(partition, model, version, segment, cal))
     expected = {m.to_json() for m in live.take_dirty(now_ms=1)}
     maps, _ = build_maps({0: a, 1: b}, cfg, {("ctr", "v1"): T0, ("cvr", "v1"): T0}, now_ms=1)
     assert {m.to_json() for m in maps} == expected and len(maps) == 6

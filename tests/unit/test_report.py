@@ -20,7 +20,7 @@ SEG = "placement=search|platform=ios"
 
 
 def _map(x: list[float], y: list[float], segment: dict[str, str]) -> CalibrationMap:
-    return make_map(x=x, y=y, segment=segment, version=3)
+    return make_map(x=x, y=y, segment=segment, map_version=3)
 
 
 def test_metrics_are_the_core_ones_against_p_true():
@@ -37,12 +37,16 @@ def test_resolve_maps_walks_the_fallback_chain():
     coarse = _map([0, 1], [0, 1], {"placement": "feed"})
     wide = _map([0, 1], [0, 1], {})
     keys = [("ctr", SEG), ("ctr", "placement=feed|platform=ios"), ("ctr", "placement=related|platform=web")]
-    resolved = resolve_maps([own, coarse, wide], [*keys, ("cvr", SEG)], lambda model: [["placement"]])
+    resolved = resolve_maps(
+        [own, coarse, wide], [*keys, ("cvr", SEG)], lambda model: [["placement"]], lambda model: "v7"
+    )
     assert resolved[("ctr", SEG)] is own
     assert resolved[("ctr", "placement=feed|platform=ios")] is coarse  # the segment_by level
     assert resolved[("ctr", "placement=related|platform=web")] is wide  # model-wide, the last step
     assert ("cvr", SEG) not in resolved  # no map of that model: raw scores
-    only_wide = resolve_maps([own, wide], [("ctr", "placement=feed|platform=ios")], lambda model: [])
+    only_wide = resolve_maps(
+        [own, wide], [("ctr", "placement=feed|platform=ios")], lambda model: [], lambda model: "v7"
+    )
     assert only_wide[("ctr", "placement=feed|platform=ios")] is wide
 
 

@@ -15,7 +15,7 @@ from streams.dev.synthetic import SBend, make_stream
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 
-ROOT, PARENT, CHILD = "ctr:*", "ctr:placement=feed", "ctr:placement=feed|platform=ios"
+ROOT, PARENT, CHILD = "ctr:v1:*", "ctr:v1:placement=feed", "ctr:v1:placement=feed|platform=ios"
 
 
 def calibrators() -> dict[str, Calibrator]:
@@ -34,13 +34,13 @@ def aggregator(shrink: bool) -> tuple[Aggregator, dict[str, Calibrator]]:
     agg = Aggregator(lambda name: cfg)
     cals = calibrators()
     for key in (CHILD, ROOT, PARENT):  # arrival order must not matter
-        agg.add(key, encode_partial(0, "ctr", "v1", key.split(":", 1)[1], cals[key]))
+        agg.add(key, encode_partial(0, "ctr", "v1", key.split(":", 2)[2], cals[key]))
     return agg, cals
 
 
 def test_sparse_child_is_published_shrunk_toward_its_parent():
     agg, cals = aggregator(shrink=True)
-    maps = {f"ctr:{segment_key(m.segment_dict)}": m for m in agg.take_dirty()}
+    maps = {f"ctr:v1:{segment_key(m.segment_dict)}": m for m in agg.take_dirty()}
     assert set(maps) == {ROOT, PARENT, CHILD}  # the 300-example child passes the gate: no min_samples cliff
     child, parent = maps[CHILD], maps[PARENT]
     assert child.method == "hierarchical" and parent.method == "hierarchical" and maps[ROOT].method == "isotonic"

@@ -7,6 +7,7 @@ import com.fasterxml.jackson.databind.json.JsonMapper;
 import java.io.IOException;
 import java.util.HashMap;
 import java.util.Iterator;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -90,8 +91,8 @@ public final class CalibrationMap {
     double[] x = numbers(doc, "x");
     double[] y = numbers(doc, "y");
     checkKnots(x, y);
-    JsonNode updated = doc.get("updated_at"); // optional, informational: only the age in stats uses it
-    long updatedAtMs = updated != null && (updated.isInt() || updated.isLong()) ? updated.asLong() : 0;
+    checkOptional(doc);
+    long updatedAtMs = doc.has("updated_at") ? doc.get("updated_at").asLong() : 0;
     return new CalibrationMap(model, modelVersion, Map.copyOf(segment), version, updatedAtMs, x, y);
   }
 
@@ -152,12 +153,53 @@ public final class CalibrationMap {
     double[] out = new double[v.size()];
     for (int i = 0; i < out.length; i++) {
       JsonNode e = v.get(i);
-      if (!e.isNumber() || !Double.isFinite(e.doubleValue())) {
+      if (!finite(e)) {
         throw new InvalidMapException(name + "[" + i + "] must be a finite number");
       }
       out[i] = e.doubleValue();
     }
     return out;
+  }
+
+  /**
+   * The optional fields a map may carry, validated as the Python reader does: unknown fields are ignored,
+   * but a known one of the wrong type makes the map invalid.
+   */
+  private static void checkOptional(JsonNode doc) throws InvalidMapException {
+    for (String name : new String[] {"updated_at", "last_event_ms"}) {
+      if (doc.has(name)) {
+        integer(doc, name);
+      }
+    }
+    if (doc.has("method")) {
+      text(doc, "method");
+    }
+    for (String name : new String[] {"n", "positives"}) {
+      if (doc.has(name) && !(finite(doc.get(name)) && doc.get(name).doubleValue() >= 0)) {
+        throw new InvalidMapException(name + " must be a finite number >= 0");
+      }
+    }
+    JsonNode platt = doc.get("platt");
+    if (platt != null && !(platt.isObject() && finite(platt.get("a")) && finite(platt.get("b")))) {
+      throw new InvalidMapException("platt must be an object of finite numbers a and b");
+    }
+    JsonNode prior = doc.get("prior"); // provenance only: an object, entries of any type
+    if (prior != null && !prior.isObject()) {
+      throw new InvalidMapException("prior must be an object");
+    }
+    JsonNode metrics = doc.get("metrics");
+    if (metrics != null && !metrics.isObject()) {
+      throw new InvalidMapException("metrics must be an object");
+    }
+    for (JsonNode v : metrics == null ? List.<JsonNode>of() : metrics) {
+      if (!(v.isTextual() || finite(v))) {
+        throw new InvalidMapException("metrics values must be finite numbers or strings");
+      }
+    }
+  }
+
+  private static boolean finite(JsonNode v) {
+    return v != null && v.isNumber() && Double.isFinite(v.doubleValue());
   }
 
   private static void checkKnots(double[] x, double[] y) throws InvalidMapException {

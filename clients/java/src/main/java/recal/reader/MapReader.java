@@ -58,7 +58,7 @@ public final class MapReader implements AutoCloseable {
   private final Thread thread;
 
   private MapReader(URI url, String prefix, Options options, boolean start) {
-    this.options = options;
+    this.options = options.copy();
     if (start) {
       syncer = new Syncer(this, url, prefix);
       thread = new Thread(syncer, "recal-map-reader");

@@ -15,6 +15,19 @@ public final class Options {
   Duration maxBackoff = Duration.ofSeconds(5);
   int resolveCacheSize = 100_000;
 
+  /** A snapshot of these settings: a reader keeps its own, so later changes to this object do not reach it. */
+  Options copy() {
+    Options o = new Options();
+    o.segmentBy.putAll(segmentBy);
+    o.fallbackVersion.putAll(fallbackVersion);
+    o.checkInterval = checkInterval;
+    o.startTimeout = startTimeout;
+    o.socketTimeout = socketTimeout;
+    o.maxBackoff = maxBackoff;
+    o.resolveCacheSize = resolveCacheSize;
+    return o;
+  }
+
   /** A model's coarser fallback levels, tried after the request's own segment. */
   public Options segmentBy(String model, List<List<String>> levels) {
     segmentBy.put(model, levels.stream().map(List::copyOf).toList());

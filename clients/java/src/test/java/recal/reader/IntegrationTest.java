@@ -82,7 +82,8 @@ class IntegrationTest {
         assertEquals(2, r.stats().rejected());
         assertEquals(1, version(r, "ctr", "v2", IOS));
         pub.publish("ctr", "v2", IOS, 0.9, 4);
-        Harness.eventually(Duration.ofSeconds(2), "a valid map after corrupt ones", () -> version(r, "ctr", "v2", IOS) == 4);
+        Harness.eventually(
+            Duration.ofSeconds(2), "a valid map after corrupt ones", () -> version(r, "ctr", "v2", IOS) == 4);
       }
     }
   }
@@ -146,6 +147,30 @@ class IntegrationTest {
           th.join();
         }
         assertEquals(null, bad.get(), "a concurrent calibrate returned the raw score or a torn map");
+      }
+    }
+  }
+
+  @Test
+  void startsWhileRedisIsDownAndDropsDeletedFields() throws Exception {
+    try (RedisServer srv = new RedisServer()) {
+      srv.kill();
+      Options o = new Options().startTimeout(Duration.ofMillis(300)).checkInterval(Duration.ofMillis(200))
+          .socketTimeout(Duration.ofMillis(200)).maxBackoff(Duration.ofMillis(200));
+      try (MapReader r = MapReader.connect(srv.url(), "it", o)) {
+        assertEquals(0.5, r.calibrate("ctr", "v2", IOS, 0.5), "raw score before Redis is up");
+        assertEquals(1, r.stats().misses());
+        assertFalse(r.stats().connected());
+        srv.start();
+        try (Publisher pub = new Publisher(srv.url(), "it")) {
+          pub.publish("ctr", "v2", IOS, 0.5, 1);
+          pub.publish("ctr", "v2", Map.of(), 0.9, 1);
+          Harness.eventually(Duration.ofSeconds(5), "the maps once Redis is up", () -> r.stats().maps() == 2);
+          Thread.sleep(600); // an index check sees both fields: a deletion is a field seen leaving the index
+          pub.send(Map.of("delete", Keys.field("ctr", "v2", Keys.segmentKey(IOS))));
+          Harness.eventually(Duration.ofSeconds(3), "the deleted field dropped", () -> r.stats().maps() == 1);
+          assertEquals(0.9, r.calibrate("ctr", "v2", IOS, 1.0), "after the delete the model-wide map serves");
+        }
       }
     }
   }

@@ -83,11 +83,14 @@ class VectorsTest {
     JsonNode v = V.get("lookup");
     Map<String, CalibrationMap> maps = new HashMap<>();
     for (JsonNode m : v.get("maps")) {
-      maps.put(m.get("field").asText(), CalibrationMap.parseStored(m.get("field").asText(), Vectors.utf8(m.get("json"))));
+      String field = m.get("field").asText();
+      maps.put(field, CalibrationMap.parseStored(field, Vectors.utf8(m.get("json"))));
     }
     Options options = new Options();
     v.get("segment_by").fields().forEachRemaining(e -> options.segmentBy(e.getKey(), Vectors.levels(e.getValue())));
-    v.get("fallback_version").fields().forEachRemaining(e -> options.fallbackVersion(e.getKey(), e.getValue().asText()));
+    v.get("fallback_version")
+        .fields()
+        .forEachRemaining(e -> options.fallbackVersion(e.getKey(), e.getValue().asText()));
     MapReader r = MapReader.offline(maps, options);
     for (JsonNode q : v.get("queries")) {
       for (int round = 0; round < 2; round++) { // the second time from the resolution memo
