@@ -168,6 +168,15 @@ class Calibrator:
         self._n_seen += batch.n
         self._fit = None
 
+    def add_decayed_sums(self, t_max: int, n: int, main: np.ndarray, held: np.ndarray) -> None:
+        """Add n examples' per-bin sums ((4, n_bins) fitting, (3, n_bins) held back), already decayed to
+        max(last_event_ms, t_max) (`recalibrators.grouped`); the same update `learn_prepared` makes."""
+        self._advance(t_max)
+        self._main.sums += main
+        self._holdout.sums += held
+        self._n_seen += n
+        self._fit = None
+
     def learn_one(self, score: float, label: int, ts_ms: int, weight: float = 1.0, holdout: bool = False) -> None:
         self.learn_batch(
             np.array([score]), np.array([label]), np.array([weight]), ts_ms=ts_ms, holdout=np.array([holdout])

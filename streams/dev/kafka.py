@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +174,9 @@ def _wait_for_metadata(broker: KafkaBroker, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if not broker.running:
             raise RuntimeError(f"kafka exited with code {broker.proc.returncode}, see {broker.log_path}")
-        if asyncio.run(serves()):
+        with ThreadPoolExecutor(1) as pool:  # its own event loop: callers may be inside one (the benches)
+            ready = pool.submit(asyncio.run, serves()).result()
+        if ready:
             return
         time.sleep(0.2)
     broker.kill()

@@ -20,6 +20,13 @@ own data does not contradict the prior (`recalibrators.gate.prior_contradicted`,
 of fit, `WARM_START_Z`); once it does, the key's own fit (no prior) serves. The prior is chosen when the
 key's first partial arrives, so it is in the state the table stores (a restart or a move keeps it).
 
+Refresh off the event loop, in slices (`streams.pipeline.app`'s timer): `take_slice` runs on the loop and
+takes the oldest changed keys (at most `max_keys`) with a copy of their partials, so the agent's `add` never
+races the build; `build_slice` runs in one refresh thread and builds them until its deadline; `carry` puts
+the keys it did not reach back at the front (oldest first: no key starves). A refresh costs what the changed
+keys cost, never all keys. Build-side state (`published`, `refused`, `metrics`, shrinkage, drift) is written
+only by that one thread; the loop reads it with single `get`s or C-level copies (atomic under the GIL).
+
 Map version (fencing): the number of labeled examples ever folded into the key (`n_seen` summed over
 the partitions' partials). It grows with every label, late ones included, so a worker that lost its
 partitions, or a replay running behind, holds fewer and cannot overwrite a newer map.
@@ -28,6 +35,7 @@ partitions, or a replay running behind, holds fewer and cannot overwrite a newer
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -137,7 +145,8 @@ class Aggregator:
     def __init__(self, model_config: Callable[[str], ModelConfig], *, with_metrics: bool = True) -> None:
         self._model_config = model_config
         self.states: dict[MapKey, MapState] = {}
-        self.dirty: set[MapKey] = set()
+        self.dirty: dict[MapKey, None] = {}  # changed keys, oldest first (an ordered set)
+        self.carried: set[MapKey] = set()  # keys the last refresh slice left unbuilt (see `carry`)
         self.published: dict[MapKey, CalibrationMap] = {}  # what this process last handed out
         self.refused: dict[MapKey, str] = {}  # keys the gate holds back -> its reason (with the numbers)
         self.gate_refusals = 0
@@ -176,7 +185,7 @@ class Aggregator:
         if len(blobs) > 1:
             current.delayed[header["partition"]] = bytes(blobs[1])
         self.states[key] = current
-        self.dirty.add(key)
+        self.dirty.setdefault(key)  # an already changed key keeps its place in the queue
         if field.segment_key == MODEL_WIDE:
             self._track_version(field, current, calibrator.last_event_ms)
         return current
@@ -184,7 +193,7 @@ class Aggregator:
     def restore(self, key: MapKey, state: MapState) -> None:
         """Adopt the stored state (Redis lost its maps) and mark the key for a rebuild."""
         self.states[key] = state
-        self.dirty.add(key)
+        self.dirty.setdefault(key)
         self.published.pop(key, None)  # the map is gone from Redis: publish without a change bound
 
     def _track_version(self, field: MapField, state: MapState, event_ms: int) -> None:
@@ -236,9 +245,10 @@ class Aggregator:
             evidence_growth=cfg.gate_evidence_growth,
         )
 
-    def build(self, key: MapKey, now_ms: int | None = None) -> CalibrationMap | None:
-        """The map to publish for `key`, or None when the quality gate holds it back."""
-        state = self.states[key]
+    def build(self, key: MapKey, now_ms: int | None = None, state: MapState | None = None) -> CalibrationMap | None:
+        """The map to publish for `key` (from `state`, default the key's current one), or None when the
+        quality gate holds it back."""
+        state = state if state is not None else self.states[key]
         field = MapField.parse(key)
         cfg = self._model_config(field.model)
         meta = {
@@ -249,7 +259,6 @@ class Aggregator:
         }
         config = calibrator_config(cfg)
         calibrator = merged(state.partials, None, config)
-        candidate = calibrator.to_map(**meta)
         if state.prior is not None and not prior_contradicted(state.prior, calibrator.histogram, WARM_START_Z):
             calibrator = merged(state.partials, state.prior, config)
             meta["prior"] = {"model_version": state.prior.model_version, "map_version": state.prior.map_version}
@@ -288,26 +297,57 @@ class Aggregator:
         self.published[key] = candidate
         return candidate
 
-    def _merge_own(self, key: MapKey) -> tuple[str, Calibrator]:
+    def _merge_own(self, key: MapKey, state: MapState) -> tuple[str, Calibrator]:
         """(model version, merged state without a prior) of `key`: for pooling siblings."""
         field = MapField.parse(key)
-        return field.model_version, merged(
-            self.states[key].partials, None, calibrator_config(self._model_config(field.model))
-        )
+        return field.model_version, merged(state.partials, None, calibrator_config(self._model_config(field.model)))
 
-    def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
-        """The maps of the changed keys. A key whose build raises is logged, counted and skipped (its
-        previous map stays live; the next partial retries it): one key never stops the refresh timer."""
-        dirty, self.dirty = self.shrinkage.order(self.dirty), set()
-        self.shrinkage.prepare(dirty, self._merge_own)
+    def take_slice(self, max_keys: int | None = None) -> dict[MapKey, MapState]:
+        """On the event loop: the oldest `max_keys` changed keys (all when None), each with a snapshot of its
+        state (the partials dict copied; its bytes and the prior are never mutated), off the changed set."""
+        keys = list(itertools.islice(self.dirty, max_keys))
+        snapshot = {}
+        for key in keys:
+            del self.dirty[key]
+            state = self.states[key]
+            copy = MapState()
+            copy.partials, copy.prior, copy.prior_chosen = dict(state.partials), state.prior, state.prior_chosen
+            copy.delayed = dict(state.delayed)
+            snapshot[key] = copy
+        return snapshot
+
+    def carry(self, keys: list[MapKey]) -> None:
+        """On the event loop: keys a slice did not reach go back in front of the ones changed since."""
+        if keys:
+            self.dirty = dict.fromkeys(keys) | self.dirty
+        self.carried = set(keys)
+
+    def build_slice(
+        self, snapshot: dict[MapKey, MapState], now_ms: int | None = None, deadline: float | None = None
+    ) -> tuple[list[CalibrationMap], list[MapKey]]:
+        """In the refresh thread: (the maps of the snapshot's keys built before `deadline`, a
+        `time.perf_counter()` value; the keys left for `carry`). A key whose build raises is logged, counted
+        and skipped (its previous map stays live; the next partial retries it): one key never stops the
+        refresh. Order: the keys the last slice carried first, then the rest, each part parents before
+        children (by depth) and oldest first: at least one key is built per slice, so every carried key
+        is built before any newer one, however often a hot key changes."""
+        keys = self.shrinkage.order(snapshot, first=self.carried)
+        self.shrinkage.prepare(keys, lambda key: self._merge_own(key, snapshot[key]))
         maps = []
-        for key in dirty:
+        for done, key in enumerate(keys):
+            if deadline is not None and done and time.perf_counter() >= deadline:
+                return maps, keys[done:]
             try:
-                candidate = self.build(key, now_ms)
+                candidate = self.build(key, now_ms, snapshot[key])
             except Exception:
                 self.build_errors += 1
                 log.exception("map %s not built (skipped until its next partial)", key)
                 continue
             if candidate is not None:
                 maps.append(candidate)
+        return maps, []
+
+    def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
+        """The maps of all changed keys, in one call (replay, tests): `build_slice` of everything."""
+        maps, _ = self.build_slice(self.take_slice(), now_ms)
         return maps

@@ -2,7 +2,7 @@
 
     raw topics --(JoinWorker: batched consume, validate, join, partial calibrators)--> recal-labeled
                                                   \\--> recal-partials --(agent: aggregate)--> table
-    timer(refresh) --> merge partials, quality gate --> fenced publish to Redis
+    timer(refresh) --(thread: merge partials, quality gate, a slice per tick)--> fenced publish to Redis
 
 Faust supplies the worker process, the aggregation agent and its changelogged table, the refresh
 timer, the web server (health, metrics) and graceful shutdown; the hot path is `JoinWorker`.
@@ -26,6 +26,7 @@ from streams.pipeline.join_processes import partial_message
 from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
+from streams.pipeline.refresh import Refresher
 from streams.pipeline.urls import faust_brokers
 from streams.pipeline.web import register_pages
 
@@ -122,6 +123,9 @@ def create_app(config: Config) -> faust.App:
         except redis.RedisError:
             return False  # unreachable: RetryingPublisher already counts and backs off
 
+    # Map building runs in the refresher's thread, half an interval per tick at most, the rest carried.
+    refresher = Refresher(aggregator, budget_s=config.refresh_interval_ms / 2000)
+
     @app.timer(config.refresh_interval_ms / 1000)
     async def refresh() -> None:
         if await asyncio.to_thread(redis_lost_maps):
@@ -132,7 +136,7 @@ def create_app(config: Config) -> faust.App:
                 except ValueError as exc:  # a schema-1 state an older worker left in the table
                     log.warning("not restoring %r: %s", key, exc)
             log.warning("Redis has no map index: republishing %d maps", len(aggregator.dirty))
-        maps = aggregator.take_dirty(int(time.time() * 1000))
+        maps = await refresher.refresh(int(time.time() * 1000))
         publisher.submit(maps)
         versions = aggregator.take_versions()
         publisher.submit_versions(

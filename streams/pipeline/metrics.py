@@ -192,6 +192,11 @@ class RecalCollector:
             None,
             getattr(self.aggregator, "metrics_seconds", 0.0),
         )
+        yield GaugeMetricFamily(
+            "recal_refresh_backlog_keys",
+            "Changed keys whose maps are not built yet (a refresh builds a time-bounded slice, the rest waits).",
+            value=len(getattr(self.aggregator, "dirty", ())),
+        )
         yield from self._maps()
 
     def _lag(self, parts: dict) -> GaugeMetricFamily:

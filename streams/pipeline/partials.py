@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from recalibrators.batch import prepare_batch
 from recalibrators.calibrator import Calibrator, CalibratorConfig
+from recalibrators.grouped import learn_grouped
+from recalibrators.histogram import BinSpec
 from recalibrators.segments import fallback_chain
 from streams.pipeline.config import ModelConfig
 
@@ -35,9 +36,9 @@ def calibrator_config(model: ModelConfig) -> CalibratorConfig:
     return CalibratorConfig(**overrides)
 
 
-def row_groups(columns: dict[str, np.ndarray]) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """(model, version, segment index, rows) per distinct triple of a batch's columns; stable: each group keeps
-    the record's order."""
+def batch_groups(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the batch's rows sorted by (model, version, segment), stably (each group keeps the
+    record's order), and the position in `order` where each group starts."""
     group = (
         (columns["model"].astype(np.int64) << 48)
         | (columns["version"].astype(np.int64) << 32)
@@ -45,7 +46,12 @@ def row_groups(columns: dict[str, np.ndarray]) -> Iterator[tuple[int, int, int, 
     )
     order = np.argsort(group, kind="stable")
     sorted_group = group[order]
-    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    return order, np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+
+
+def row_groups(columns: dict[str, np.ndarray]) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(model, version, segment index, rows) per distinct triple of the batch (`batch_groups`)."""
+    order, starts = batch_groups(columns)
     for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
         rows = order[start:end]
         first = rows[0]
@@ -66,25 +72,25 @@ class PartialCalibrators:
         """Fold a batch of examples in; indices in `columns` point into the three string tables."""
         if not len(columns["label"]):
             return
-        for m, v, seg, rows in row_groups(columns):
-            model, version = models[m], versions[v]
+        order, starts = batch_groups(columns)
+        # One pass over the groups for their fallback chains, then every histogram update of the batch at once
+        # per bin layout (recalibrators.grouped: bit-identical to learning group by group).
+        targets: dict[BinSpec, list[tuple[Calibrator, int]]] = {}
+        for g, first in enumerate(order[starts]):
+            model = models[columns["model"][first]]
+            version = versions[columns["version"][first]]
             cfg = self._model_config(model)
             config = calibrator_config(cfg)
-            # Validated and binned once, then folded into every level of the fallback chain.
-            batch = prepare_batch(
-                config.bins,
-                columns["score"][rows],
-                columns["label"][rows],
-                ts_ms=columns["ts"][rows],
-                holdout=columns["holdout"][rows],
-            )
-            for segment in fallback_chain(segments[seg], cfg.segment_by):
+            pairs = targets.setdefault(config.bins, [])
+            for segment in fallback_chain(segments[columns["segment"][first]], cfg.segment_by):
                 key = (model, version, segment)
                 calibrator = self.calibrators.get(key)
                 if calibrator is None:
                     calibrator = self.calibrators[key] = Calibrator(config)
-                calibrator.learn_prepared(batch)
+                pairs.append((calibrator, g))
                 self.dirty.add(key)
+        for pairs in targets.values():
+            learn_grouped(order, starts, pairs, columns["score"], columns["label"], columns["ts"], columns["holdout"])
 
     def take_dirty(self) -> list[tuple[CalibratorKey, Calibrator]]:
         dirty, self.dirty = self.dirty, set()

@@ -1,7 +1,7 @@
 """Hierarchical maps in the aggregator: parents before children, children shrunk toward their parent's map.
 
 For a model with `shrink_to_parent = true`, a key's parent is the next key of its segment fallback chain
-(`*` has none). `Shrinkage.order` sorts one refresh's keys by depth, so a parent is fitted before its children;
+(`*` has none). `Shrinkage.order` sorts one refresh slice's keys by depth, so a parent is fitted before its children;
 `prepare` pools the empirical-Bayes `Strength` of every depth of every model over the merged states of that
 depth's keys (`recalibrators.hierarchy.estimate_strength`), and `fit` shrinks one child toward the latest map
 fitted for its parent in the same model version. Pure logic; the aggregator owns the states.
@@ -9,7 +9,7 @@ fitted for its parent in the same model version. Pure logic; the aggregator owns
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from recalibrators.calibration_map import CalibrationMap
@@ -44,9 +44,10 @@ class Shrinkage:
         chain = self.chain(key)
         return chain[1] if len(chain) > 1 else None
 
-    def order(self, keys: Iterable[str]) -> list[str]:
-        """Parents before children: by depth (distance to `*`), then by key."""
-        return sorted(keys, key=lambda k: (len(self.chain(k)), k))
+    def order(self, keys: Iterable[str], first: Collection[str] = ()) -> list[str]:
+        """Parents before children: by depth (distance to `*`), else in the given order (a stable sort);
+        the keys in `first` before all others."""
+        return sorted(keys, key=lambda k: (k not in first, len(self.chain(k))))
 
     def prepare(self, keys: Iterable[str], merge: Callable[[str], tuple[str, Calibrator]]) -> None:
         """Before a refresh: merge the changed non-root keys of hierarchical models (`merge(key)` ->

@@ -180,6 +180,6 @@ def register_pages(
                 "gate_held": len(aggregator.refused),
                 "publish_errors": publisher.errors,
                 "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
-                "drift_alerts": sorted(k for k, alert in aggregator.drift.items() if alert),
+                "drift_alerts": sorted(k for k, alert in dict(aggregator.drift).items() if alert),
             }
         )

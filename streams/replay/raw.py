@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.pipeline.broker_caps import partitions_for
 from streams.pipeline.config import Config
-from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Impression, Invalid, Limits
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Action, ImpressionEvent, Invalid, Limits
 from streams.pipeline.events import decode as decode_events
 from streams.pipeline.join import PartitionJoin
+from streams.pipeline.join.partition import impression_event
 from streams.pipeline.topics import partition_of
 from streams.replay.merge import merge_partitions
 from streams.replay.offsets import end_offsets, offset_for_time, replay_consumer
@@ -143,13 +145,13 @@ def _rejoin(p: int, routed: list[tuple], config: Config, filt: RowFilter | None)
     part = LabeledPartition(p, config.model, filt)
     join = PartitionJoin(config.model, config.grace_ms, config.holdout_percent)
     events = sorted(routed, key=lambda e: (e[0], e[1]))
+    late_after = min(
+        [m.horizon_ms + m.allowed_lateness_ms for m in config.models.values()]
+        + [config.defaults.horizon_ms + config.defaults.allowed_lateness_ms]
+    )
     for start in range(0, len(events), JOIN_CHUNK):
-        for _, _, kind, event in events[start : start + JOIN_CHUNK]:
-            if kind == IMPRESSION:
-                assert isinstance(event, Impression)
-                join.add_impression(event)
-            else:
-                join.add_action(event)
+        for impressions, actions in _batches(join, events[start : start + JOIN_CHUNK], late_after):
+            join.process(impressions, actions)
         join.expire()
         batch, _ = join.drain()
         if len(batch):
@@ -167,3 +169,30 @@ def _rejoin(p: int, routed: list[tuple], config: Config, filt: RowFilter | None)
                 part.partials.learn(columns, join.models.items, join.versions.items, join.segments.items)
                 part.examples += len(columns["label"])
     return part
+
+
+def _batches(
+    join: PartitionJoin, events: list[tuple], late_after: int
+) -> Iterator[tuple[list[ImpressionEvent], list[Action]]]:
+    """The events as `PartitionJoin.process` batches (impressions, then the actions after them) that join
+    exactly as one event at a time would. A batch judges its late actions and impressions by the clock before
+    it, so a batch ends before an impression that follows its actions, before an impression an earlier one of
+    the batch would make late (`late_after`: the smallest horizon + lateness of any model), and before an
+    action the batch's impressions would make late. Read lazily: `join.clock` is the clock before the batch."""
+    impressions: list[ImpressionEvent] = []
+    actions: list[Action] = []
+    newest = 0  # newest impression time of the batch
+    for _, _, kind, event in events:
+        if kind == IMPRESSION:
+            if actions or (impressions and event.ts + late_after <= newest):
+                yield impressions, actions
+                impressions, actions = [], []
+            newest = max(newest, event.ts) if impressions else event.ts
+            impressions.append(impression_event(event))
+        else:
+            if impressions and join.clock < event.ts + join.grace_ms <= newest:
+                yield impressions, actions
+                impressions, actions = [], []
+            actions.append(event)
+    if impressions or actions:
+        yield impressions, actions

@@ -24,7 +24,7 @@ from tests.support.kit import (
     config_text,
     map_counts,
     new_ns,
-    produce,
+    produce_then_ticks,
     wait_for_counts,
 )
 
@@ -189,11 +189,11 @@ def test_worker_keeps_forged_segments_apart_and_never_logs_the_secret(stack, sta
             n_pos[0] += 1
             n_pos[1] += clicked
     tick = {"segment": {"placement": "tick"}, "predictions": [{"model": "ctr", "version": "v1", "score": 0.1}]}
-    messages += [
+    ticks = [
         (f"{ns}-impressions", iid, orjson.dumps({"impression_id": iid, "ts": T0 + 60_000, **tick}))
         for iid in ids_covering_partitions(f"{ns}-tick", PARTITIONS)
     ]
-    produce(stack.broker_url, messages)
+    produce_then_ticks(stack.broker_url, messages, ticks)
     counts = wait_for_counts(stack.redis_url, ns, expected, worker, timeout_s=60)
     assert set(expected) == {
         ("ctr", "placement=a%7Cz%3Dc"),

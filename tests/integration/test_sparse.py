@@ -17,7 +17,7 @@ from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
 from streams.dev.devstack import namespace_toml
 from streams.pipeline.topics import ids_covering_partitions
-from tests.support.kit import produce
+from tests.support.kit import produce_then_ticks
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
@@ -91,7 +91,7 @@ def test_sparse_child_is_published_shrunk_toward_its_parent(stack, start_worker)
     messages, examples = traffic(ns)
     worker = start_worker(config_text(ns))
     worker.wait_ready()
-    produce(stack.broker_url, messages)
+    produce_then_ticks(stack.broker_url, messages[:-PARTITIONS], messages[-PARTITIONS:])  # ticks are last
     child_id, parent_id = ("ctr", "placement=feed,platform=ios"), ("ctr", "placement=feed")
 
     def published(_stats) -> bool:

@@ -127,13 +127,13 @@ def test_one_failing_key_does_not_stop_the_others(monkeypatch):
         state = MapState()
         state.partials[0] = learned(calibrator_config(cfg)).to_bytes()
         agg.states[key] = state
-        agg.dirty.add(key)
+        agg.dirty[key] = None
     real = agg.build
 
-    def build(key, now_ms=None):
+    def build(key, now_ms=None, state=None):
         if key == "bad:v1:*":
             raise ValueError("cannot merge calibrators with different configs")
-        return real(key, now_ms)
+        return real(key, now_ms, state)
 
     monkeypatch.setattr(agg, "build", build)
     maps = agg.take_dirty(T0)

@@ -183,7 +183,7 @@ def test_aggregator_publishes_corrected_maps_and_keeps_a_matured_one_over_a_thin
     agg.published["cvr:v1:*"] = matured.to_map(model="cvr", model_version="v1", segment={}, map_version=1)
     thin = _run(_stream(7, n=2_000), 1, DAY)[0]  # a day of 2,000 clicks: too little to rest a correction on
     agg.states["cvr:v1:*"].delayed = {0: thin.partial("*")}
-    agg.dirty.add("cvr:v1:*")
+    agg.dirty["cvr:v1:*"] = None
     assert agg.take_dirty(0) == [] and "keeping the matured map" in agg.refused["cvr:v1:*"]
 
 

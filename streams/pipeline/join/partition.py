@@ -70,6 +70,12 @@ def _kind(action: Action) -> str:
     return "click" if action.kind == CLICK else "conversion"
 
 
+def impression_event(event: Impression) -> ImpressionEvent:
+    """A decoded `Impression` as the batch path's `ImpressionEvent` (segment re-encoded as JSON text)."""
+    predictions = [Prediction(m, v, s) for m, v, s in event.predictions]
+    return ImpressionEvent(event.impression_id, event.ts, predictions, msgspec.Raw(orjson.dumps(event.segment)))
+
+
 class PartitionJoin:
     """Join state and logic for one partition. Feed batches; drain examples, orphans and `counters`."""
 
@@ -352,9 +358,7 @@ class PartitionJoin:
 
     # -- one event at a time (tests, raw replay): each its own batch -----------------------------
     def add_impression(self, event: Impression) -> None:
-        predictions = [Prediction(m, v, s) for m, v, s in event.predictions]
-        segment = msgspec.Raw(orjson.dumps(event.segment))
-        self.process([ImpressionEvent(event.impression_id, event.ts, predictions, segment)], [])
+        self.process([impression_event(event)], [])
 
     def add_action(self, action: Action) -> None:
         self.process([], [action])
