@@ -51,6 +51,17 @@ def align(t_a: int | None, t_b: int | None, half_life_ms: float) -> tuple[int | 
     return t, f  # type: ignore[return-value]
 
 
+def advance_reference(t_ref: int | None, t: np.ndarray, half_life_ms: float) -> tuple[int | None, float]:
+    """(new reference time, factor that decays sums kept at the old one): the reference moves forward to the
+    newest of `t`, never back; the factor is 1.0 when it does not move (or is first set)."""
+    if not t.size:
+        return t_ref, 1.0
+    t_max = int(t.max())
+    if t_ref is None or t_max <= t_ref:
+        return (t_max if t_ref is None else t_ref), 1.0
+    return t_max, 2.0 ** (-(t_max - t_ref) / half_life_ms)
+
+
 @dataclasses.dataclass(frozen=True)
 class DelayConfig:
     """window_ms: attribution window W. half_life_ms: event-time decay (the calibrators' mechanism).
@@ -253,16 +264,11 @@ class DelayModel:
     def _weights(self, start_ms: Any) -> tuple[np.ndarray, np.ndarray]:
         raw = np.asarray(start_ms).reshape(-1)
         t = np.asarray(check_timestamps(raw, raw.size), dtype=np.int64)
-        if t.size:
-            t_max = int(t.max())
-            if self._t_ref is None:
-                self._t_ref = t_max
-            elif t_max > self._t_ref:
-                factor = 2.0 ** (-(t_max - self._t_ref) / self.config.half_life_ms)
-                self.events *= factor
-                self.survivors *= factor
-                self.cohorts.rows *= factor
-                self._t_ref = t_max
+        self._t_ref, factor = advance_reference(self._t_ref, t, self.config.half_life_ms)
+        if factor != 1.0:
+            self.events *= factor
+            self.survivors *= factor
+            self.cohorts.rows *= factor
         self._cache = None
         ref = 0 if self._t_ref is None else self._t_ref
         return t, np.exp2((t - ref) / self.config.half_life_ms)

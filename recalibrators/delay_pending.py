@@ -39,7 +39,7 @@ import orjson
 
 from .calibration_map import CalibrationMap
 from .calibrator import Calibrator, CalibratorConfig
-from .delay import CohortTable, DelayCurve, DelayModel, align, select_curve
+from .delay import CohortTable, DelayCurve, DelayModel, advance_reference, align, select_curve
 from .histogram import BinSpec
 from .logit import logit
 from .validation import check_batch, check_timestamps
@@ -110,15 +110,10 @@ class PendingExposure:
         s, y, _ = check_batch(scores, np.zeros(np.shape(scores), np.uint8) if labels is None else labels)
         t = check_timestamps(start_ms, s.shape[0])
         t = np.full(s.shape[0], t, dtype=np.int64) if isinstance(t, int) else t
-        if t.size:
-            t_max = int(t.max())
-            if self._t_ref is None:
-                self._t_ref = t_max
-            elif t_max > self._t_ref:
-                factor = 2.0 ** (-(t_max - self._t_ref) / self.config.half_life_ms)
-                self.sums *= factor
-                self.cohorts.rows[:, :-1] *= factor
-                self._t_ref = t_max
+        self._t_ref, factor = advance_reference(self._t_ref, t, self.config.half_life_ms)
+        if factor != 1.0:
+            self.sums *= factor
+            self.cohorts.rows[:, :-1] *= factor
         s, z = self.config.bins.clip_logit(s)
         w = np.exp2((t - self.last_event_ms) / self.config.half_life_ms)
         return self.config.bins.index(z), s, y, t, w

@@ -290,7 +290,8 @@ def _prediction(p: object) -> tuple[str, str, float] | str:
     return model, version, score
 
 
-def _impression(event: dict, limits: Limits) -> Impression | str:
+def _id_and_ts(event: dict, limits: Limits) -> tuple[str, int] | str:
+    """The event's impression id and event time, or the reason one of them is refused."""
     impression_id = _id(event, "impression_id")
     if impression_id is None:
         return "bad_field:impression_id"
@@ -299,6 +300,14 @@ def _impression(event: dict, limits: Limits) -> Impression | str:
         return ts
     if ts > limits.max_ts_ms:
         return "bad_timestamp:future"
+    return impression_id, ts
+
+
+def _impression(event: dict, limits: Limits) -> Impression | str:
+    ref = _id_and_ts(event, limits)
+    if type(ref) is str:
+        return ref
+    impression_id, ts = ref
     segment = _segment(event.get("segment"))
     if segment is None:
         return "bad_field:segment"
@@ -325,14 +334,10 @@ def _action(event: dict, kind: int, limits: Limits) -> Action | str:
     action_id = _id(event, id_field)
     if action_id is None:
         return f"bad_field:{id_field}"
-    impression_id = _id(event, "impression_id")
-    if impression_id is None:
-        return "bad_field:impression_id"
-    ts = _ts(event.get("ts"))
-    if type(ts) is str:
-        return ts
-    if ts > limits.max_ts_ms:
-        return "bad_timestamp:future"
+    ref = _id_and_ts(event, limits)
+    if type(ref) is str:
+        return ref
+    impression_id, ts = ref
     if kind == CONVERSION and "value" in event:
         value = event["value"]
         if type(value) not in (int, float) or not math.isfinite(value):

@@ -23,7 +23,7 @@ from recalibrators.serving.reader import MapReader
 from streams.dev.devstack import namespace_toml
 from streams.pipeline.join import is_holdout
 from streams.pipeline.topics import ids_covering_partitions
-from tests.support.kit import WorkerProcess, consume_all, produce
+from tests.support.kit import WorkerProcess, consume_all, produce_then_ticks
 
 PARTITIONS = 2
 HOLDOUT = 20
@@ -71,6 +71,7 @@ class Traffic:
     def __init__(self, ns: str, model: str) -> None:
         self.ns, self.model = ns, model
         self.messages: list[tuple[str, str | None, bytes]] = []
+        self.tick_messages: list[tuple[str, str | None, bytes]] = []  # sent after the traffic is acknowledged
         self.labels: dict[tuple[str, str], int] = {}  # (model_version, segment key) -> examples
         self._ids = itertools.count()
 
@@ -104,11 +105,11 @@ class Traffic:
                 "segment": {},
                 "predictions": [{"model": "tick", "version": "t", "score": 0.1}],
             }
-            self.messages.append((f"{self.ns}-impressions", iid, orjson.dumps(imp)))
+            self.tick_messages.append((f"{self.ns}-impressions", iid, orjson.dumps(imp)))
 
     def send(self, broker: str) -> None:
-        produce(broker, self.messages)
-        self.messages = []
+        produce_then_ticks(broker, self.messages, self.tick_messages)
+        self.messages, self.tick_messages = [], []
 
 
 @pytest.fixture(scope="module")
