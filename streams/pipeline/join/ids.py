@@ -19,6 +19,9 @@ never mixed up (the second is counted as `id_key_collision`, ~n^2/2^64: once in 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
 import numpy as np
 
 from streams.pipeline.partitioners import by_length
@@ -168,3 +171,29 @@ class RecentIds:
         self.generation = generation
         self.current = [current] if len(current) else []
         self.previous = [previous] if len(previous) else []
+
+
+def unseen(
+    keys: np.ndarray,
+    ids: list[bytes],
+    table: IdTable,
+    id_of: Callable[[int], bytes],
+    recent: RecentIds,
+    counters: Counter[str],
+) -> np.ndarray:
+    """Which of a batch's impressions (`keys` of `ids`) are new: first in the batch, not pending in `table`
+    (rows whose id is `id_of(row)`), not decided `recent`ly. Counts the others in `counters`."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    fresh = np.zeros(len(keys), bool)
+    fresh[first] = True
+    for i in np.flatnonzero(~fresh).tolist():
+        same = ids[i] == ids[first[inverse[i]]]
+        counters["duplicate_impression" if same else "id_key_collision"] += 1
+    rows = table.lookup(keys)
+    for i in np.flatnonzero(fresh & (rows >= 0)).tolist():
+        same = id_of(int(rows[i])) == ids[i]
+        counters["duplicate_impression" if same else "id_key_collision"] += 1
+        fresh[i] = False
+    decided = fresh & recent.contains(keys)
+    counters["duplicate_impression"] += int(decided.sum())
+    return fresh & ~decided

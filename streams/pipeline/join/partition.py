@@ -47,15 +47,16 @@ import numpy as np
 import orjson
 
 from streams.pipeline.config import ModelConfig
-from streams.pipeline.delayed import JoinFacts
 from streams.pipeline.events import CLICK, Action, Impression, ImpressionEvent, Prediction
 from streams.pipeline.join.clock import JoinClock
 from streams.pipeline.join.due import DueQueue
 from streams.pipeline.join.early import EarlyActions
-from streams.pipeline.join.ids import IdTable, RecentIds, id_keys
+from streams.pipeline.join.facts import DelayFacts
+from streams.pipeline.join.ids import IdTable, RecentIds, id_keys, unseen
 from streams.pipeline.join.rules import RuleBook
 from streams.pipeline.join.store import PendingStore
 from streams.pipeline.join.tables import Labeled, Tables
+from streams.pipeline.join.touches import Touches
 
 _COMPACT_MIN = 4_096
 _predictions, _score, _segment = attrgetter("predictions"), attrgetter("score"), attrgetter("segment")
@@ -94,19 +95,20 @@ class PartitionJoin:
         self.ids = IdTable()
         self.recent = RecentIds(grace_ms)
         self.due = DueQueue()
-        self.clicked: dict[str, int] = {}  # touched impressions only: id -> action time
-        self.converted: dict[str, int] = {}
         self.early = EarlyActions(grace_ms)
         self.counters: Counter[str] = Counter()
         self.orphans: list[Action] = []
         self._out: list[dict[str, np.ndarray]] = []
-        self.facts = JoinFacts()  # open windows of label_delay = "corrected" models (streams.pipeline.delayed)
+        self.facts = DelayFacts(self.pending)  # open windows of label_delay = "corrected" models
+        self.touches = Touches(self.pending, self.tables, self.due, self.facts)  # clicks, conversions, rules
 
     # the interned tables, for readers of drained examples
     models = property(lambda self: self.tables.models)
     versions = property(lambda self: self.tables.versions)
     segments = property(lambda self: self.tables.segments)
     clock = property(lambda self: self._clock.value)  # the join's event time (see join.clock)
+    clicked = property(lambda self: self.touches.clicked)  # touched impressions only: id -> action time
+    converted = property(lambda self: self.touches.converted)
     high_mark = clock
 
     # -- one batch -----------------------------------------------------------------------------
@@ -132,7 +134,7 @@ class PartitionJoin:
         n_slots = np.fromiter(map(len, map(_predictions, impressions)), np.int64, n)
         groups = self.tables.groups_of(impressions, n_slots)
         scores = np.fromiter((p.score for e in impressions for p in e.predictions), np.float64, int(n_slots.sum()))
-        fresh = self._fresh(keys, ids)
+        fresh = unseen(keys, ids, self.ids, self.pending.id_of, self.recent, self.counters)
         slot_imp = np.repeat(np.arange(n), n_slots)
         late_slot = ts[slot_imp] + self.tables.rules.late_after[self.tables.group_model[groups]] <= self.clock
         n_late = np.bincount(slot_imp, weights=late_slot, minlength=n).astype(np.int64)
@@ -164,33 +166,13 @@ class PartitionJoin:
         model = self.tables.group_model[groups[in_slots][open_slots]]
         due = ts[slot_imp[in_slots][open_slots]] + self.tables.rules.untouched_due[model]
         self.due.push(due, slot_index)
-        rules = self.tables.rules.rules
-        opens = np.array([r.config.corrected and not r.post_click for r in rules], bool)[model]
-        if opens.any():  # a conversion model's window opens at the impression (post-click ones: at the click)
-            self._fact(slot_index[opens])
+        self.facts.impressions(slot_index, model, self.tables.rules.rules)
         if self.early:
             for i, row in zip(chosen.tolist(), range(first_row, first_row + len(chosen)), strict=True):
                 waiting = self.early.pop(impressions[i].impression_id, None)
                 for action in waiting or ():
                     self._apply(action, row)
         return ts
-
-    def _fresh(self, keys: np.ndarray, ids: list[bytes]) -> np.ndarray:
-        """Which impressions of the batch are new: not pending, not decided recently, first in the batch."""
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        fresh = np.zeros(len(keys), bool)
-        fresh[first] = True
-        for i in np.flatnonzero(~fresh).tolist():
-            same = ids[i] == ids[first[inverse[i]]]
-            self.counters["duplicate_impression" if same else "id_key_collision"] += 1
-        rows = self.ids.lookup(keys)
-        for i in np.flatnonzero(fresh & (rows >= 0)).tolist():
-            same = self.pending.id_of(int(rows[i])) == ids[i]
-            self.counters["duplicate_impression" if same else "id_key_collision"] += 1
-            fresh[i] = False
-        decided = fresh & self.recent.contains(keys)
-        self.counters["duplicate_impression"] += int(decided.sum())
-        return fresh & ~decided
 
     def _add_actions(self, actions: list[Action], clock: int) -> None:
         if not actions:
@@ -209,58 +191,9 @@ class PartitionJoin:
                 self.counters[f"{'early' if waited else 'duplicate'}_{_kind(action)}"] += 1
 
     def _apply(self, action: Action, row: int) -> None:
-        """Record a click/conversion against its pending impression (labels wait for the window)."""
-        seen = self.clicked if action.kind == CLICK else self.converted
-        if action.impression_id in seen:
-            self.counters[f"duplicate_{_kind(action)}"] += 1
-            return
-        rows, slots = self.pending.rows, self.pending.slots
-        ts = int(rows.ts[row])
-        start, end = int(rows.slot_start[row]), int(rows.slot_start[row]) + int(rows.n_slots[row])
-        rules = [self.tables.rule_of(g) for g in slots.group[start:end].tolist()]
-        windows = [rule.action_window(action.kind) for rule in rules]
-        if not any(w is not None and ts <= action.ts <= ts + w for w in windows):
-            self.counters[f"late_{_kind(action)}"] += 1
-            return
-        seen[action.impression_id] = action.ts
-        rows.touched[row] = True
-        self._delay_facts(action, ts, rules, start)
-        if action.kind == CLICK:  # a post-click model's slot now waits for its conversion window
-            for slot, rule in enumerate(rules, start):
-                if rule.post_click and slots.open[slot]:
-                    self.due.push(np.array([rule.due(ts, action.ts)]), np.array([slot]))
-
-    def _fact(self, slots: np.ndarray) -> None:
-        """Windows opened at their impressions (vectorised)."""
-        store = self.pending
-        rows = store.slots.row[slots]
-        self.facts.add(
-            store.slots.group[slots], store.slots.score[slots], store.rows.ts[rows], store.rows.holdout[rows]
-        )
-
-    def _delay_facts(self, action: Action, ts: int, rules: list, start: int) -> None:
-        """Corrected models: a post-click window opens at its click (with a conversion seen before it); a
-        first in-window conversion of an open window (a post-click one: once clicked). Per action, scalars."""
-        slots = self.pending.slots
-        for slot, rule in enumerate(rules, start):
-            if not (rule.config.corrected and slots.open[slot]):
-                continue
-            if action.kind == CLICK:
-                if rule.post_click and action.ts <= ts + rule.click_window:
-                    self._fact_one(slot, ts)
-                    conversion_ts = self.converted.get(action.impression_id)
-                    if conversion_ts is not None and conversion_ts <= ts + rule.window:
-                        self._fact_one(slot, ts, conversion_ts)
-            elif action.ts <= ts + rule.window:
-                click_ts = self.clicked.get(action.impression_id)
-                if not rule.post_click or (click_ts is not None and click_ts <= ts + rule.click_window):
-                    self._fact_one(slot, ts, action.ts)
-
-    def _fact_one(self, slot: int, ts: int, conversion_ts: int | None = None) -> None:
-        store = self.pending
-        row = int(store.slots.row[slot])
-        group, score = int(store.slots.group[slot]), float(store.slots.score[slot])
-        self.facts.add_one(group, score, ts, bool(store.rows.holdout[row]), conversion_ts)
+        refused = self.touches.apply(action, row)
+        if refused is not None:
+            self.counters[f"{refused}_{_kind(action)}"] += 1
 
     # -- event-time progress -------------------------------------------------------------------
     def expire(self) -> None:
@@ -283,33 +216,11 @@ class PartitionJoin:
         rows = store.slots.row[slots]
         groups = store.slots.group[slots]
         model = self.tables.group_model[groups]
-        label = np.zeros(len(slots), np.uint8)
-        example = self.tables.rules.untouched_label[model].copy()
-        final = np.ones(len(slots), bool)
-        for i in np.flatnonzero(store.rows.touched[rows]).tolist():
-            row = int(rows[i])
-            rule = self.tables.rules[int(model[i])]
-            impression_id = store.id_of(row).decode()
-            ts, click_ts = int(store.rows.ts[row]), self.clicked.get(impression_id)
-            if rule.due(ts, click_ts) > self.clock:
-                final[i] = False  # rescheduled by its click: the later entry decides it
-                continue
-            decided = rule.label(ts, click_ts, self.converted.get(impression_id))
-            example[i] = decided is not None
-            label[i] = decided or 0
+        label, example, final = self.touches.decide(rows, model, self.clock)
         closing = slots[final]
         keep = example & final
         if keep.any():
-            kept_rows = rows[keep]
-            self._out.append(
-                {
-                    "group": groups[keep],
-                    "score": store.slots.score[slots[keep]],
-                    "label": label[keep],
-                    "ts": store.rows.ts[kept_rows],
-                    "holdout": store.rows.holdout[kept_rows],
-                }
-            )
+            self._out.append(store.columns(slots[keep], label[keep]))
         self._forget(store.close(closing))
 
     def _forget(self, rows: np.ndarray) -> None:
@@ -318,10 +229,7 @@ class PartitionJoin:
         keys = self.pending.rows.key[rows]
         self.ids.delete(keys)
         self.recent.add(keys)
-        for row in rows[self.pending.rows.touched[rows]].tolist():
-            impression_id = self.pending.id_of(row).decode()
-            self.clicked.pop(impression_id, None)
-            self.converted.pop(impression_id, None)
+        self.touches.forget(rows)
 
     def _compact(self) -> None:
         new_row, new_slot = self.pending.compact()

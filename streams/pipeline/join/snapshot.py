@@ -75,7 +75,7 @@ def load(
     join._clock.value = header["clock"]
     join.ids.insert(store.rows.key.copy(), np.arange(store.rows.size))
     join.recent.load(header["recent_generation"], current, previous)
-    join.clicked, join.converted = header["clicked"], header["converted"]
+    join.touches.clicked, join.touches.converted = header["clicked"], header["converted"]
     # due times: an open slot is due when it would be were nobody to click; a clicked post-click
     # slot again when its conversion window closes (the expiry keeps whichever applies)
     open_slots = np.flatnonzero(store.slots.open)

@@ -122,6 +122,15 @@ class PendingStore:
         start = int(self.rows.id_start[row])
         return self.id_bytes[start : start + int(self.rows.id_len[row])].tobytes()
 
+    def columns(self, slots: np.ndarray, label: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """A labeled chunk of `slots`: group, score, (label,) and their impressions' time and holdout."""
+        rows = self.slots.row[slots]
+        out = {"group": self.slots.group[slots], "score": self.slots.score[slots]}
+        if label is not None:
+            out["label"] = label
+        out.update(ts=self.rows.ts[rows], holdout=self.rows.holdout[rows])
+        return out
+
     def close(self, slots: np.ndarray) -> np.ndarray:
         """Mark `slots` decided; return the rows this left without open slots (now dead)."""
         self.slots.open[slots] = False
