@@ -48,6 +48,7 @@ import orjson
 
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.events import CLICK, Action, Impression, ImpressionEvent, Prediction
+from streams.pipeline.join import snapshot as snapshot_format
 from streams.pipeline.join.clock import JoinClock
 from streams.pipeline.join.due import DueQueue
 from streams.pipeline.join.early import EarlyActions
@@ -252,17 +253,13 @@ class PartitionJoin:
 
     # -- snapshots (format: streams.pipeline.join.snapshot) --------------------------------------
     def snapshot(self) -> bytes:
-        from streams.pipeline.join.snapshot import dump
-
-        return dump(self)
+        return snapshot_format.dump(self)
 
     @classmethod
     def restore(
         cls, data: bytes, model_config: Callable[[str], ModelConfig], grace_ms: int, holdout_percent: int, **kwargs
     ) -> PartitionJoin:
-        from streams.pipeline.join.snapshot import load
-
-        return load(data, model_config, grace_ms, holdout_percent, **kwargs)
+        return snapshot_format.load(data, cls(model_config, grace_ms, holdout_percent, **kwargs))
 
     # -- one event at a time (tests, raw replay): each its own batch -----------------------------
     def add_impression(self, event: Impression) -> None:

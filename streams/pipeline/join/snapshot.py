@@ -7,14 +7,15 @@ and the id table are rebuilt on restore; ids keep their keys (`id_keys` is the s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streams.pipeline.config import ModelConfig
-from streams.pipeline.join.partition import PartitionJoin
 from streams.pipeline.join.tables import Interner
 from streams.pipeline.records import pack, unpack
+
+if TYPE_CHECKING:
+    from streams.pipeline.join.partition import PartitionJoin
 
 FORMAT = 2  # 1: the row-per-bytes-object layout before the columnar join
 
@@ -46,13 +47,11 @@ def dump(join: PartitionJoin) -> bytes:
     return pack(header, blobs)
 
 
-def load(
-    data: bytes, model_config: Callable[[str], ModelConfig], grace_ms: int, holdout_percent: int, **kwargs
-) -> PartitionJoin:
+def load(data: bytes, join: PartitionJoin) -> PartitionJoin:
+    """`join`, new and empty, with the state of `data`."""
     header, blobs = unpack(data)
     if header.get("format") != FORMAT:
         raise ValueError(f"join snapshot format {header.get('format')!r}, this worker reads {FORMAT}")
-    join = PartitionJoin(model_config, grace_ms, holdout_percent, **kwargs)
     tables = join.tables
     for name in header["models"]:
         tables._model(name)
