@@ -1,7 +1,8 @@
 """The hot path: a batched aiokafka consumer that validates raw events, joins them per partition,
 folds the labeled examples into per-partition calibrators, and writes one labeled record per
 partition and batch. Per batch: `routing.route` (decode, check partitions) -> `PartitionJoin.process`
--> `expire` -> `PartitionState.fold` (partials, labeled record); state: `partition_state`.
+-> `join_output` (dead letters, re-keys, `expire`, `PartitionState.fold`: partials, labeled record); state:
+`partition_state`; snapshots, partials and commits: `join_checkpoints`; assignment and restore: `_Rebalance`.
 
 Why not a Faust agent: Faust pushes each record through several asyncio tasks (~5,000 records/s
 per process); here one `getmany` hands over thousands of records that are decoded with orjson and
@@ -23,20 +24,21 @@ import logging
 import os
 import time
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from streams.pipeline import deadletters, join_clients
+from streams.pipeline import join_clients
 from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
-from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
+from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Limits
 from streams.pipeline.join import PartitionJoin
+from streams.pipeline.join_checkpoints import Checkpoints
+from streams.pipeline.join_output import PartitionOutput
 from streams.pipeline.join_processes import JoinProcesses
 from streams.pipeline.join_stats import Stats
 from streams.pipeline.partition_state import PartitionState
-from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
-from streams.pipeline.snapshots import Fenced, SnapshotStore
+from streams.pipeline.routing import Routed, Screen, route
+from streams.pipeline.snapshots import SnapshotStore
 from streams.pipeline.versions import ModelVersions
 
 __all__ = ["JoinWorker", "Stats"]
@@ -67,6 +69,8 @@ class JoinWorker:
         self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
         self.deadletters: DeadLetterWriter | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.checkpoints: Checkpoints | None = None  # and `output`: made in `start`, with the clients
+        self.output: PartitionOutput | None = None
         self._snapshots: SnapshotStore | None = None
         self._state_reader: AIOKafkaConsumer | None = None
         self.partitioner = config.partitioner
@@ -113,6 +117,8 @@ class JoinWorker:
         await self._state_reader.start()
         self._snapshots = SnapshotStore.for_config(self.config, self.producer, self._state_reader)
         self.consumer = join_clients.consumer(self.config)
+        self.checkpoints = Checkpoints(self._snapshots, self.consumer, self.stats, self.parts, self._on_partials)
+        self.output = PartitionOutput(self.config, self.producer, self.deadletters, self.consumer, self.stats)
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
 
@@ -126,7 +132,7 @@ class JoinWorker:
             await asyncio.to_thread(self.peers.stop)
         if self.consumer is not None:
             async with self._lock:
-                await self._checkpoint(list(self.parts.values()))
+                await self.checkpoints.write(list(self.parts.values()))
             await self.consumer.stop()
         for client in (self._state_reader, self.producer):
             if client is not None:
@@ -150,10 +156,10 @@ class JoinWorker:
                 now = time.monotonic()
                 if now - last_checkpoint >= self.config.checkpoint_interval_ms / 1000:
                     last_checkpoint = last_partials = now
-                    await self._checkpoint(list(self.parts.values()))
+                    await self.checkpoints.write(list(self.parts.values()))
                 elif now - last_partials >= self.config.partials_interval_ms / 1000:
                     last_partials = now
-                    await self._send_partials(list(self.parts.values()))
+                    await self.checkpoints.send_partials(list(self.parts.values()))
 
     # -- one batch -----------------------------------------------------------------------------
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
@@ -182,109 +188,11 @@ class JoinWorker:
         for partition in sorted(routed):
             r, state = routed[partition], self.parts[partition]
             state.join.process(r.impressions, r.actions, now_ms, r.impression_ids)
-            for message, invalid in r.refused:
-                sends.append(await self._dead_letter(message, invalid))
-            for kind, owner, event in r.rekeys:
-                sends.append(await self._rekey(kind, owner, event))
-            sends.extend(await self._emit(state))
+            sends += await self.output.batch(r, state)
         if sends:
             await asyncio.gather(*sends)
         self.stats.batches += 1
         self.stats.batch_seconds += time.perf_counter() - started
-
-    async def _rekey(self, kind: int, partition: int, event) -> asyncio.Future:
-        """To the partition the event belongs to, explicitly: the producer's partitioner may differ."""
-        self.stats.rekeyed += 1
-        return await self.producer.send(
-            self.topics.rekeyed,
-            msgspec.json.encode(event),
-            key=event.impression_id.encode(),
-            partition=partition,
-            headers=[(KIND_HEADER, KIND_NAMES[kind].encode())],
-        )
-
-    async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
-        """The original bytes, once per message however many of its events are bad (an array cannot
-        amplify into the dead-letter topic); headers and size limit: `streams.pipeline.deadletters`."""
-        return await self.deadletters.send(deadletters.refused_message(message, invalid), (i.reason for i in invalid))
-
-    def _labels_caught_up(self, state: PartitionState) -> bool:
-        """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
-        they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
-        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging."""
-        assert self.consumer is not None
-        for topic in self.topics.sources[1:]:
-            highwater = self.consumer.highwater(TopicPartition(topic, state.partition))
-            if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
-                return False
-        return True
-
-    async def _emit(self, state: PartitionState) -> list[asyncio.Future]:
-        join = state.join
-        expired = self._labels_caught_up(state)
-        if expired:
-            join.expire()
-        else:
-            self.stats.expiry_deferred += 1
-        state.learn_facts()
-        examples, orphans = join.drain()
-        for name, count in join.counters.items():
-            self.stats.join[name] += count
-        join.counters.clear()
-        sends = []
-        for action in orphans:
-            reason = f"orphan_{'click' if action.kind == CLICK else 'conversion'}"
-            letter = deadletters.orphan(reason, action.impression_id, action.ts, action.action_id, state.partition)
-            sends.append(await self.deadletters.send(letter))
-        if len(examples):
-            record, per_model = state.fold(examples)
-            self.stats.labeled.update(per_model)
-            sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
-        if expired:
-            state.delayed.close_through(join.clock)
-        return sends
-
-    # -- checkpoints and rebalancing -----------------------------------------------------------
-    async def _checkpoint(self, states: list[PartitionState], deadline: float | None = None) -> None:
-        """Snapshot state + offsets, hand changed partials to the aggregator, commit for lag metrics. Before
-        a `deadline` (revoke) only the snapshots that fit (the rest re-read from their last one); a fenced
-        partition (claimed by another worker) is dropped, its snapshot and partials unwritten."""
-        assert self._snapshots is not None and self.consumer is not None
-        kept = []
-        for state in states:
-            if deadline is not None and time.monotonic() + self._snapshots.estimate_s(state.partition) > deadline:
-                self.stats.snapshots_skipped += 1
-                log.warning("partition %d: no time left to snapshot before the rebalance deadline", state.partition)
-                continue
-            try:
-                await self._snapshots.write(state.partition, state.snapshot_blob)
-            except Fenced as exc:
-                self.stats.fenced += 1
-                self.parts.pop(state.partition, None)
-                log.warning("partition %d dropped: %s", state.partition, exc)
-                continue
-            state.durable = state.seq
-            self.stats.snapshots += 1
-            kept.append(state)
-        states = kept
-        await self._send_partials(states)
-        offsets = {
-            TopicPartition(topic, state.partition): offset
-            for state in states
-            for topic, offset in state.offsets.items()
-        }
-        if offsets:
-            try:
-                await self.consumer.commit(offsets)
-            except Exception as exc:
-                log.info("offset commit skipped (%s); snapshots hold the offsets of record", exc)
-
-    async def _send_partials(self, states: list[PartitionState]) -> None:
-        """Changed partial calibrators go to the aggregator. They are absolute states, so one sent
-        ahead of a snapshot that a crash then loses is simply replaced by its recomputation."""
-        partials = [(s.partition, *partial) for s in states for partial in s.take_partials()]
-        if partials and self._on_partials is not None:
-            await self._on_partials(partials)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -299,7 +207,7 @@ class _Rebalance(ConsumerRebalanceListener):
         async with w._lock:
             states = [w.parts.pop(p) for p in sorted({tp.partition for tp in revoked}) if p in w.parts]
             if states and not w._stopping.is_set():
-                await w._checkpoint(states, deadline=time.monotonic() + w.config.rebalance_timeout_ms / 2000)
+                await w.checkpoints.write(states, deadline=time.monotonic() + w.config.rebalance_timeout_ms / 2000)
             for state in states:
                 w._snapshots.forget(state.partition)
 

@@ -4,7 +4,7 @@ Two sources:
 
 - **labeled** (fast path): the `recal-labeled` records the join workers wrote. Each partition's records are
   applied in offset order with the live batch boundaries (one `PartialCalibrators.learn` per record, as
-  `JoinWorker._emit` does), then the partials are merged in partition order by the live `Aggregator`, so a
+  `PartitionOutput` does in the worker), then the partials are merged in partition order by the live `Aggregator`, so a
   replayed map is byte-identical to the live one apart from `updated_at`.
 - **raw**: the impression/click/conversion topics, re-joined by `streams.pipeline.join.PartitionJoin` per partition
   (events routed to the partition their impression_id hashes to, ordered by record timestamp). Counts

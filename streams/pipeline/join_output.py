@@ -1,0 +1,91 @@
+"""What one partition's batch sends, once `PartitionJoin.process` has joined it: its refused messages
+(dead letters), its events owned by another partition (re-keyed), and, after expiry, its orphans and one
+labeled record. Expiry waits while the partition's click/conversion inputs lag (`labels_caught_up`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.pipeline import deadletters
+from streams.pipeline.config import Config
+from streams.pipeline.deadletters import DeadLetterWriter
+from streams.pipeline.events import CLICK, KIND_NAMES, Invalid
+from streams.pipeline.join_stats import Stats
+from streams.pipeline.partition_state import PartitionState
+from streams.pipeline.routing import KIND_HEADER, Routed
+
+
+class PartitionOutput:
+    """The sends of a join worker's partitions through its producer; each call returns the futures."""
+
+    def __init__(
+        self,
+        config: Config,
+        producer: AIOKafkaProducer,
+        dead_letters: DeadLetterWriter,
+        consumer: AIOKafkaConsumer,
+        stats: Stats,
+    ) -> None:
+        self.config, self.topics, self.stats = config, config.topics, stats
+        self.producer, self.deadletters, self.consumer = producer, dead_letters, consumer
+
+    async def batch(self, routed: Routed, state: PartitionState) -> list[asyncio.Future]:
+        """The sends of one partition's joined batch."""
+        sends = [await self._dead_letter(message, invalid) for message, invalid in routed.refused]
+        sends += [await self._rekey(kind, owner, event) for kind, owner, event in routed.rekeys]
+        sends += await self._emit(state)
+        return sends
+
+    async def _rekey(self, kind: int, partition: int, event) -> asyncio.Future:
+        """To the partition the event belongs to, explicitly: the producer's partitioner may differ."""
+        self.stats.rekeyed += 1
+        return await self.producer.send(
+            self.topics.rekeyed,
+            msgspec.json.encode(event),
+            key=event.impression_id.encode(),
+            partition=partition,
+            headers=[(KIND_HEADER, KIND_NAMES[kind].encode())],
+        )
+
+    async def _dead_letter(self, message, invalid: list[Invalid]) -> asyncio.Future:
+        """The original bytes, once per message however many of its events are bad (an array cannot
+        amplify into the dead-letter topic); headers and size limit: `streams.pipeline.deadletters`."""
+        return await self.deadletters.send(deadletters.refused_message(message, invalid), (i.reason for i in invalid))
+
+    def labels_caught_up(self, state: PartitionState) -> bool:
+        """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
+        they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
+        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging."""
+        for topic in self.topics.sources[1:]:
+            highwater = self.consumer.highwater(TopicPartition(topic, state.partition))
+            if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
+                return False
+        return True
+
+    async def _emit(self, state: PartitionState) -> list[asyncio.Future]:
+        join = state.join
+        expired = self.labels_caught_up(state)
+        if expired:
+            join.expire()
+        else:
+            self.stats.expiry_deferred += 1
+        state.learn_facts()
+        examples, orphans = join.drain()
+        for name, count in join.counters.items():
+            self.stats.join[name] += count
+        join.counters.clear()
+        sends = []
+        for action in orphans:
+            reason = f"orphan_{'click' if action.kind == CLICK else 'conversion'}"
+            letter = deadletters.orphan(reason, action.impression_id, action.ts, action.action_id, state.partition)
+            sends.append(await self.deadletters.send(letter))
+        if len(examples):
+            record, per_model = state.fold(examples)
+            self.stats.labeled.update(per_model)
+            sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
+        if expired:
+            state.delayed.close_through(join.clock)
+        return sends
