@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.support.kit import PacedProducer, Scenario, config_text, new_ns, wait_for_counts
+from tests.support.kit import PacedProducer, Scenario, config_text, labels_counted, new_ns, wait_for_counts
 
 PAUSE_S = float(os.environ.get("FAULT_BROKER_PAUSE_S", "15"))
 
@@ -53,7 +53,7 @@ def test_broker_frozen_then_thawed(stack, start_worker, record):
         faults=1,
         events_sent=len(scenario.messages),
         labels_expected=scenario.labels_expected,
-        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        labels_counted=labels_counted(counts),
         max_rss_mb=round(worker.max_rss_mb),
         detail={"resumed_s": round(resumed_s, 1)},
     )

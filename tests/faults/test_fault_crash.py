@@ -9,7 +9,16 @@ import time
 
 import pytest
 
-from tests.support.kit import PARTITIONS, PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
+from tests.support.kit import (
+    PARTITIONS,
+    PacedProducer,
+    Scenario,
+    config_text,
+    index_fields,
+    labels_counted,
+    new_ns,
+    wait_for_counts,
+)
 
 SEED = int(os.environ.get("FAULT_SEED", "6"))
 # Where each kill lands. "after_checkpoint": right after the snapshot counter moved; "mid_batch": while a
@@ -51,13 +60,12 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(stack, start_work
     traffic.finish()
     scenario.finish(stack.broker_url, worker)
     counts = wait_for_counts(stack.redis_url, ns, scenario.expected, worker, timeout_s=120)
-    labels_counted = sum(c[0] for (m, k), c in counts.items() if k == "*" and c)
     record(
         scenario=f"crash: kill -9 x{len(kills)}",
         faults=len(kills),
         events_sent=len(scenario.messages),
         labels_expected=scenario.labels_expected,
-        labels_counted=labels_counted,
+        labels_counted=labels_counted(counts),
         max_rss_mb=round(worker.max_rss_mb),
         detail=kills,
     )

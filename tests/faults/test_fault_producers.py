@@ -25,6 +25,7 @@ from tests.support.kit import (
     config_text,
     consume_all_async,
     impression,
+    labels_counted,
     map_counts,
     new_ns,
     produce,
@@ -65,7 +66,7 @@ def test_distinct_segment_values_beyond_the_cap_are_dead_lettered_exactly(stack,
     refused = N_DISTINCT - admitted
     expected = {k: list(v) for k, v in scenario.expected.items()}
     expected[("ctr", "*")][0] += admitted  # admitted flood impressions are ctr negatives
-    config = config_text(ns, checkpoint="3s")
+    config = config_text(ns, worker={"checkpoint_interval": "3s"})
     config = config.replace("min_samples = 1", f"min_samples = 1\nmax_segments = {MAX_SEGMENTS}")
 
     worker = start_worker(config)
@@ -85,7 +86,7 @@ def test_distinct_segment_values_beyond_the_cap_are_dead_lettered_exactly(stack,
         faults=N_DISTINCT,
         events_sent=sent,
         labels_expected=sum(n for (m, k), (n, _) in expected.items() if k == "*"),
-        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        labels_counted=labels_counted(counts),
         dead_letters=dict(by_reason),
         dead_letters_expected={"cardinality:segments": refused},
         max_rss_mb=round(worker.max_rss_mb),
@@ -144,7 +145,7 @@ def test_a_calibrator_config_change_between_restarts_keeps_counts_exact(stack, s
         faults=1,
         events_sent=len(scenario.messages) + len(high),
         labels_expected=scenario.labels_expected,
-        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        labels_counted=labels_counted(counts),
         max_rss_mb=round(worker.max_rss_mb),
     )
     assert worker.alive(), f"the worker crashed, see {worker.log_path}"

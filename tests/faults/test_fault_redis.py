@@ -21,7 +21,15 @@ from recalibrators.serving.backoff import Backoff
 from recalibrators.serving.reader import MapReader
 from streams.dev import devstack
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
-from tests.support.kit import PacedProducer, Scenario, config_text, index_fields, new_ns, wait_for_counts
+from tests.support.kit import (
+    PacedProducer,
+    Scenario,
+    config_text,
+    index_fields,
+    labels_counted,
+    new_ns,
+    wait_for_counts,
+)
 
 OUTAGE_S = float(os.environ.get("FAULT_REDIS_OUTAGE_S", "10"))
 REFRESH_S = 1.0
@@ -101,7 +109,7 @@ def test_redis_outage_and_empty_restart(stack, start_worker, record):
         faults=1,
         events_sent=len(scenario.messages),
         labels_expected=scenario.labels_expected,
-        labels_counted=sum(c[0] for (m, k), c in counts.items() if k == "*" and c),
+        labels_counted=labels_counted(counts),
         max_rss_mb=round(worker.max_rss_mb),
         detail={
             "republish_s": round(republish_s, 1),

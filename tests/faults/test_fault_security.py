@@ -161,7 +161,7 @@ def test_worker_keeps_forged_segments_apart_and_never_logs_the_secret(stack, sta
     """Two segments whose unescaped keys would both read `placement=a|z=c` publish distinct, exact maps; a
     worker run with RECAL_KAFKA_SASL_PASSWORD set (PLAINTEXT, so the password is unused) never logs it."""
     ns = new_ns()
-    config = config_text(ns, segment_by='[["placement", "z"], ["placement"]]')
+    config = config_text(ns, segment_by=[["placement", "z"], ["placement"]])
     worker = start_worker(
         config,
         env={"RECAL_KAFKA_SASL_PASSWORD": MARKER, "RECAL_KAFKA_SASL_USERNAME": "svc"},

@@ -9,6 +9,7 @@ snapshot landed after the new owner's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -48,13 +49,20 @@ class Dying:
         return await self.producer.send(topic, value, partition=partition, **kwargs)
 
 
-async def clients(broker: str, topic: str):
+@contextlib.asynccontextmanager
+async def clients(broker: str):
+    """(a new one-partition state topic, a producer, a reader), the clients stopped on the way out."""
+    topic = f"state-{uuid.uuid4().hex[:6]}"
     await create_missing_topics(broker, [topic], 1)
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
     reader = AIOKafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False)
     await producer.start()
     await reader.start()
-    return producer, reader
+    try:
+        yield topic, producer, reader
+    finally:
+        await reader.stop()
+        await producer.stop()
 
 
 def blob(tag: str, size: int = 3 * CHUNK - 10) -> bytes:
@@ -72,11 +80,8 @@ def run(coro):
 
 @pytest.mark.slow
 def test_a_duplicated_chunk_breaks_neither_its_run_nor_the_next(stack, small_chunks):
-    topic = f"state-{uuid.uuid4().hex[:6]}"
-
     async def main():
-        producer, reader = await clients(stack.broker_url, topic)
-        try:
+        async with clients(stack.broker_url) as (topic, producer, reader):
             writer = SnapshotStore(topic, producer, reader)
             await writer.write(0, blob("A"))
             writer._producer = Duplicating(producer, nth=2)  # snapshot B: chunk 1 written twice
@@ -85,73 +90,54 @@ def test_a_duplicated_chunk_breaks_neither_its_run_nor_the_next(stack, small_chu
             with pytest.raises(ConnectionError):
                 await writer.write(0, blob("C"))
             return await SnapshotStore(topic, producer, reader).read_latest(0)
-        finally:
-            await reader.stop()
-            await producer.stop()
 
     assert run(main()) == blob("B")
 
 
 @pytest.mark.slow
 def test_unreadable_snapshots_refuse_to_start_unless_told(stack):
-    topic = f"state-{uuid.uuid4().hex[:6]}"
-
     async def main():
-        producer, reader = await clients(stack.broker_url, topic)
-        try:
+        async with clients(stack.broker_url) as (topic, producer, reader):
             garbage = await (await producer.send(topic, b"\x00not a snapshot", partition=0))
             head = {"i": 1, "n": 2, "start": garbage.offset, "prev": garbage.offset, "epoch": 0}
             await (await producer.send(topic, pack(head, [b"x"]), partition=0))
             with pytest.raises(SnapshotLost, match=r"state-\w+\[0\].*on_lost_snapshot"):
                 await SnapshotStore(topic, producer, reader).read_latest(0)
             assert await SnapshotStore(topic, producer, reader, on_lost="start_empty").read_latest(0) is None
-        finally:
-            await reader.stop()
-            await producer.stop()
 
     run(main())
 
 
 @pytest.mark.slow
 def test_a_first_snapshot_that_never_completed_is_a_fresh_start(stack, small_chunks):
-    topic = f"state-{uuid.uuid4().hex[:6]}"
-
     async def main():
-        producer, reader = await clients(stack.broker_url, topic)
-        try:
+        async with clients(stack.broker_url) as (topic, producer, reader):
             writer = SnapshotStore(topic, Dying(producer, n=1), reader)
             with pytest.raises(ConnectionError):
                 await writer.write(0, blob("A"))
             return await SnapshotStore(topic, producer, reader).read_latest(0)
-        finally:
-            await reader.stop()
-            await producer.stop()
 
     assert run(main()) is None
 
 
 @pytest.mark.slow
 def test_a_zombie_is_fenced_by_the_new_owners_claim(stack, small_chunks):
-    topic = f"state-{uuid.uuid4().hex[:6]}"
-
     async def main():
-        producer, reader = await clients(stack.broker_url, topic)
-        reader2 = AIOKafkaConsumer(bootstrap_servers=stack.broker_url, group_id=None, enable_auto_commit=False)
-        await reader2.start()
-        try:
-            zombie = SnapshotStore(topic, producer, reader)
-            assert await zombie.claim(0) is None
-            await zombie.write(0, blob("Z1"))
-            owner = SnapshotStore(topic, producer, reader2)  # the group moved the partition during a stall
-            assert await owner.claim(0) == blob("Z1")
-            with pytest.raises(Fenced):
-                await zombie.write(0, blob("Z2"))  # the zombie's late revoke snapshot
-            await owner.write(0, lambda: blob("O1"))  # encoded in a thread
-            assert await SnapshotStore(topic, producer, reader).read_latest(0) == blob("O1")
-        finally:
-            await reader2.stop()
-            await reader.stop()
-            await producer.stop()
+        async with clients(stack.broker_url) as (topic, producer, reader):
+            reader2 = AIOKafkaConsumer(bootstrap_servers=stack.broker_url, group_id=None, enable_auto_commit=False)
+            await reader2.start()
+            try:
+                zombie = SnapshotStore(topic, producer, reader)
+                assert await zombie.claim(0) is None
+                await zombie.write(0, blob("Z1"))
+                owner = SnapshotStore(topic, producer, reader2)  # the group moved the partition during a stall
+                assert await owner.claim(0) == blob("Z1")
+                with pytest.raises(Fenced):
+                    await zombie.write(0, blob("Z2"))  # the zombie's late revoke snapshot
+                await owner.write(0, lambda: blob("O1"))  # encoded in a thread
+                assert await SnapshotStore(topic, producer, reader).read_latest(0) == blob("O1")
+            finally:
+                await reader2.stop()
 
     run(main())
 

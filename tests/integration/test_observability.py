@@ -28,39 +28,15 @@ import pytest
 import redis
 
 from streams.dev import devstack
-from streams.dev.devstack import WorkerProcess, namespace_toml
+from streams.dev.devstack import WorkerProcess
 from streams.pipeline.topics import ids_covering_partitions
+from tests.support.kit import CTR, config_text
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
 WAVES = 3
 PER_WAVE = 1500
 ARTIFACTS = Path(os.environ.get("RECAL_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
-
-
-def config_text(ns: str) -> str:
-    return """
-[defaults]
-window = "10s"
-allowed_lateness = "1s"
-segment_by = [["placement"]]
-half_life = "100000d"
-refresh_interval = "1s"
-min_samples = 1
-
-[models.ctr]
-label = "click"
-
-""" + namespace_toml(
-        ns,
-        partitions=PARTITIONS,
-        grace="5s",
-        checkpoint_interval="1s",
-        partials_interval="300ms",
-        holdout_percent=30,
-        max_future_skew="100000d",
-        session_timeout="6s",
-    )
 
 
 def wave(ns: str, k: int, rng: np.random.Generator) -> tuple[list[tuple[str, str, bytes]], int]:
@@ -158,7 +134,7 @@ def observed(stack, tmp_path_factory):
     redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     tmp = tmp_path_factory.mktemp("observability")
     config = tmp / "recal.toml"
-    config.write_text(config_text(ns))
+    config.write_text(config_text(ns, CTR, worker={"partials_interval": "300ms", "holdout_percent": 30}))
     worker = WorkerProcess(config, stack.broker_url, redis_url, tmp / "worker.log")
     try:
         worker.wait_ready(60)

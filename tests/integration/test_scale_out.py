@@ -58,7 +58,7 @@ def events_in(*workers) -> int:
 def test_two_workers_one_stopped_mid_stream_exact_counts(stack, start_worker, tmp_path: Path, stop: str):
     ns = f"s{uuid.uuid4().hex[:8]}"
     scenario = traffic(ns)
-    text = config_text(ns).replace("partitions = 2", f"partitions = {PARTITIONS}")
+    text = config_text(ns, worker={"partitions": PARTITIONS})
     first, second = start_worker(text), start_worker(text)
     first.wait_ready(90)
     second.wait_ready(90)

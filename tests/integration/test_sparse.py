@@ -15,9 +15,9 @@ import redis
 
 from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
-from streams.dev.devstack import namespace_toml
 from streams.pipeline.topics import ids_covering_partitions
-from tests.support.kit import produce_then_ticks
+from tests.support import kit
+from tests.support.kit import CTR, produce_then_ticks
 
 T0 = 1_790_000_000_000
 PARTITIONS = 2
@@ -25,28 +25,8 @@ SIZES = {"android": 3_000, "ios": 150}  # impressions of placement=feed per plat
 
 
 def config_text(ns: str) -> str:
-    return """
-[defaults]
-window = "10s"
-allowed_lateness = "1s"
-segment_by = [["placement", "platform"], ["placement"]]
-half_life = "100000d"
-refresh_interval = "1s"
-min_samples = 1000
-
-[models.ctr]
-label = "click"
-shrink_to_parent = true
-""" + namespace_toml(
-        ns,
-        partitions=PARTITIONS,
-        grace="5s",
-        checkpoint_interval="1s",
-        partials_interval="500ms",
-        holdout_percent=0,
-        max_future_skew="100000d",
-        session_timeout="6s",
-    )
+    segment_by = [["placement", "platform"], ["placement"]]
+    return kit.config_text(ns, CTR + "shrink_to_parent = true\n", segment_by=segment_by, min_samples=1000)
 
 
 def impression(iid: str, ts: int, platform: str, score: float) -> bytes:

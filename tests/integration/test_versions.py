@@ -20,9 +20,9 @@ import redis
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.serving.keys import MapField, RedisKeys
 from recalibrators.serving.reader import MapReader
-from streams.dev.devstack import namespace_toml
 from streams.pipeline.join import is_holdout
 from streams.pipeline.topics import ids_covering_partitions
+from tests.support import kit
 from tests.support.kit import WorkerProcess, consume_all, produce_then_ticks
 
 PARTITIONS = 2
@@ -31,16 +31,7 @@ HOUR = 3_600_000
 T0 = 1_790_000_000_000
 
 
-def config_text(ns: str) -> str:
-    return """
-[defaults]
-window = "10s"
-allowed_lateness = "1s"
-segment_by = [["placement"]]
-half_life = "100000d"
-refresh_interval = "1s"
-min_samples = 1
-
+MODELS = """
 [models.rb]
 version_idle = "30s"
 
@@ -53,16 +44,11 @@ gate_min_z = 2.0
 
 [models.gate2]
 half_life = "1m"
-""" + namespace_toml(
-        ns,
-        partitions=PARTITIONS,
-        grace="5s",
-        checkpoint_interval="1s",
-        partials_interval="500ms",
-        holdout_percent=HOLDOUT,
-        max_future_skew="100000d",
-        session_timeout="6s",
-    )
+"""
+
+
+def config_text(ns: str) -> str:
+    return kit.config_text(ns, MODELS, worker={"holdout_percent": HOLDOUT})
 
 
 class Traffic:

@@ -32,35 +32,46 @@ PLACEMENTS = ("search", "feed", "related")
 Message = tuple[str, "str | None", bytes]
 
 
-def config_text(ns: str, *, segment_by: str = '[["placement"]]', refresh: str = "1s", checkpoint: str = "1s") -> str:
-    return f"""
-[defaults]
-window = "10s"
-allowed_lateness = "1s"
-segment_by = {segment_by}
-half_life = "100000d"
-refresh_interval = "{refresh}"
-min_samples = 1
-
+# What every test worker shares: windows of seconds, half-lives of centuries (published counts are exact
+# label counts), a refresh every second; fast checkpoints and partials; any event time admitted.
+DEFAULTS: dict[str, object] = {
+    "window": "10s",
+    "allowed_lateness": "1s",
+    "segment_by": [["placement"]],
+    "half_life": "100000d",
+    "refresh_interval": "1s",
+    "min_samples": 1,
+}
+WORKER: dict[str, object] = {
+    "partitions": PARTITIONS,
+    "grace": "5s",
+    "checkpoint_interval": "1s",
+    "partials_interval": "500ms",
+    "holdout_percent": 0,
+    "max_future_skew": "100000d",
+    "session_timeout": "6s",
+}
+CTR = """
 [models.ctr]
 label = "click"
-
+"""
+CTR_CVR = (
+    CTR
+    + """
 [models.cvr]
 label = "conversion"
 population = "click"
 click_window = "10s"
 window = "20s"
+"""
+)
 
-""" + namespace_toml(
-        ns,
-        partitions=PARTITIONS,
-        grace="5s",
-        checkpoint_interval=checkpoint,
-        partials_interval="500ms",
-        holdout_percent=0,
-        max_future_skew="100000d",
-        session_timeout="6s",
-    )
+
+def config_text(ns: str, models: str = CTR_CVR, *, worker: dict[str, object] | None = None, **defaults: object) -> str:
+    """A test worker's config owning namespace `ns`: `[defaults]` (`DEFAULTS`, updated by `defaults`), the
+    `models` tables (TOML text), `[topics]` and `[worker]` (`WORKER`, updated by `worker`)."""
+    lines = "\n".join(f"{key} = {orjson.dumps(value).decode()}" for key, value in {**DEFAULTS, **defaults}.items())
+    return f"\n[defaults]\n{lines}\n{models}" + namespace_toml(ns, **{**WORKER, **(worker or {})})
 
 
 def new_ns() -> str:
@@ -357,3 +368,8 @@ def wait_for_counts(redis_url: str, ns: str, expected: dict, worker: WorkerProce
     with contextlib.suppress(TimeoutError):
         worker.wait_for(done, timeout_s, "exact map counts", poll_s=0.5)
     return last
+
+
+def labels_counted(counts: dict) -> int:
+    """The labels `wait_for_counts`'s counts hold: over the models, the `*` segment's n."""
+    return sum(c[0] for (_, segment), c in counts.items() if segment == "*" and c)
