@@ -2,8 +2,9 @@
 
 Two sources of the same picture: a published map's own holdout bins (`map_png`, for `recal maps plot`) and
 the simulator's true probabilities (`truth_png`, for the demo report). Both draw predicted against observed
-per bin with `reliability_axes`. matplotlib is imported on first use (the production image has none) and
-draws off-screen (Agg): files only, no display on servers or in CI. Depends on `recalibrators` only.
+per bin with `reliability_axes`, in the dashboard's colours (`charts`). matplotlib is imported on first use
+(the production image has none) and draws off-screen (Agg): files only, no display on servers or in CI.
+Depends on `recalibrators` (and `charts`) only.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import numpy as np
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.metrics import parse_reliability, reliability
 from recalibrators.segments import segment_key
-
-RAW, CALIBRATED = "#e8710a", "#1a73e8"
+from streams.dashboard.charts import CAL_COLOR, RAW_COLOR
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,13 @@ def map_png(m: CalibrationMap, path: str | Path) -> Path:
                 rel[:, 2],
                 rel[:, 3],
             )
-            for i, (name, key, color) in enumerate((("raw", "raw", RAW), ("calibrated", "cal", CALIBRATED)))
+            for i, (name, key, color) in enumerate((("raw", "raw", RAW_COLOR), ("calibrated", "cal", CAL_COLOR)))
         ]
         reliability_axes(ax, curves, log=False, title=title)
     else:
         ax.text(0.5, 0.5, "no reliability data in this map's metrics", ha="center", va="center")
         ax.set(title=title, xlabel="predicted", ylabel="observed")
-    ax_map.plot(m.x, m.y, color=CALIBRATED, lw=1.5, label=m.method)
+    ax_map.plot(m.x, m.y, color=CAL_COLOR, lw=1.5, label=m.method)
     ax_map.plot([0, 1], [0, 1], ls="--", color="#999", lw=1)
     ax_map.set(xscale="log", yscale="log", xlabel="raw score", ylabel="calibrated", title="the map")
     ax_map.set_xlim(max(1e-4, float(m.x[1]) if m.x.size > 2 else 1e-4), 1)
@@ -120,9 +120,9 @@ def truth_png(path: str | Path, panels: Sequence[TruthPanel], bins: int = 15) ->
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 8.0), squeeze=False)
     for col, panel in enumerate(panels):
-        curves = [("raw", RAW, panel.scores)]
+        curves = [("raw", RAW_COLOR, panel.scores)]
         if panel.served is not None:
-            curves.append((f"map {panel.map_label}", CALIBRATED, panel.served))
+            curves.append((f"map {panel.map_label}", CAL_COLOR, panel.served))
         binned = [(label, color, reliability(pred, panel.p_true, n_bins=bins)) for label, color, pred in curves]
         top, bottom = axes[0][col], axes[1][col]
         reliability_axes(
@@ -134,9 +134,9 @@ def truth_png(path: str | Path, panels: Sequence[TruthPanel], bins: int = 15) ->
         )
         order = np.argsort(panel.scores)
         bottom.plot(panel.scores[order], panel.p_true[order], color="black", lw=1.5, label="p_true(score)")
-        bottom.plot(panel.scores[order], panel.scores[order], color=RAW, lw=1, ls=":", label="raw")
+        bottom.plot(panel.scores[order], panel.scores[order], color=RAW_COLOR, lw=1, ls=":", label="raw")
         if panel.served is not None:
-            bottom.plot(panel.scores[order], panel.served[order], color=CALIBRATED, lw=1, label="map")
+            bottom.plot(panel.scores[order], panel.served[order], color=CAL_COLOR, lw=1, label="map")
         bottom.set(xscale="log", yscale="log", xlabel="raw score", ylabel="probability")
         bottom.legend(fontsize=7)
     return _save(fig, path)

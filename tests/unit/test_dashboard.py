@@ -14,7 +14,8 @@ from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.metrics import parse_reliability
 from recalibrators.serving.keys import MapField, map_field
-from streams.dashboard.pages import history_svg, reliability_svg, render_index, render_map, rows
+from streams.dashboard.charts import history_svg, reliability_svg
+from streams.dashboard.pages import render_index, render_map, rows
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.join_worker import Stats

@@ -10,7 +10,8 @@ import pytest
 from recalibrators import Calibrator
 from recalibrators.hierarchy import fit_tree
 from recalibrators.segments import segment_key
-from streams.dashboard.pages import map_svg, render_map
+from streams.dashboard.charts import map_svg
+from streams.dashboard.pages import render_map
 from streams.dev.synthetic import SBend, make_stream
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
