@@ -138,6 +138,12 @@ class CohortTable:
             self.lo_ms[at] = np.minimum(self.lo_ms[at], lo)
             self.hi_ms[at] = np.maximum(self.hi_ms[at], hi)
 
+    def copy(self) -> CohortTable:
+        out = CohortTable(self.width_ms, self.rows.shape[1])
+        out.ids, out.lo_ms, out.hi_ms = self.ids.copy(), self.lo_ms.copy(), self.hi_ms.copy()
+        out.rows = self.rows.copy()
+        return out
+
     def keep(self, mask: np.ndarray) -> None:
         self.ids, self.lo_ms, self.hi_ms, self.rows = (
             self.ids[mask],
@@ -170,31 +176,40 @@ class CohortTable:
             out.hi_ms[at] = np.maximum(out.hi_ms[at], src.hi_ms)
         return out
 
-    def to_bytes(self) -> bytes:
-        """First id (int64) | per cohort: id - first, earliest and latest start - cohort start (int32) | rows."""
+    def to_bytes(self, n_counts: int = 0) -> bytes:
+        """First id (int64) | per cohort: id - first, earliest and latest start - cohort start (int32) | rows
+        (float64; the last `n_counts` columns, exact counts, as int32)."""
         if self.ids.size == 0:
             return b""
         base = self.ids * self.width_ms
         offsets = np.concatenate((self.ids - self.ids[0], self.lo_ms - base, self.hi_ms - base))
         if offsets.min() < 0 or offsets.max() >= 2**31:
             raise ValueError("cohort offsets out of int32 range")
-        rows = np.ascontiguousarray(self.rows, dtype="<f8").tobytes()
-        return self.ids[:1].astype("<i8").tobytes() + offsets.astype("<i4").tobytes() + rows
+        k = self.rows.shape[1] - n_counts
+        rows = np.ascontiguousarray(self.rows[:, :k], dtype="<f8").tobytes()
+        counts = np.ascontiguousarray(np.rint(self.rows[:, k:]), dtype="<i4").tobytes()
+        return self.ids[:1].astype("<i8").tobytes() + offsets.astype("<i4").tobytes() + rows + counts
 
     @classmethod
-    def from_buffer(cls, width_ms: int, n_cols: int, k: int, buf: memoryview) -> tuple[CohortTable, memoryview]:
+    def from_buffer(
+        cls, width_ms: int, n_cols: int, k: int, buf: memoryview, n_counts: int = 0
+    ) -> tuple[CohortTable, memoryview]:
         out = cls(width_ms, n_cols)
         if k == 0:
             return out, buf
-        size = 8 + 12 * k + 8 * k * n_cols
+        n_float = n_cols - n_counts
+        at = 8 + 12 * k
+        size = at + 8 * k * n_float + 4 * k * n_counts
         if len(buf) < size:
             raise ValueError("truncated cohort table")
         first = int(np.frombuffer(buf[:8], dtype="<i8")[0])
-        offsets = np.frombuffer(buf[8 : 8 + 12 * k], dtype="<i4").astype(np.int64).reshape(3, k)
+        offsets = np.frombuffer(buf[8:at], dtype="<i4").astype(np.int64).reshape(3, k)
         out.ids = first + offsets[0]
         base = out.ids * width_ms
         out.lo_ms, out.hi_ms = base + offsets[1], base + offsets[2]
-        out.rows = np.frombuffer(buf[8 + 12 * k : size], dtype="<f8").reshape(k, n_cols).copy()
+        out.rows = np.empty((k, n_cols))
+        out.rows[:, :n_float] = np.frombuffer(buf[at : at + 8 * k * n_float], dtype="<f8").reshape(k, n_float)
+        out.rows[:, n_float:] = np.frombuffer(buf[at + 8 * k * n_float : size], dtype="<i4").reshape(k, n_counts)
         return out, buf[size:]
 
 
@@ -333,6 +348,20 @@ class DelayModel:
         out.survivors = self.survivors * f[0] + other.survivors * f[1]
         out.cohorts = self.cohorts.merged(other.cohorts, f[0], f[1])
         out._now = max(self._now, other._now)
+        return out
+
+    def with_config(self, config: DelayConfig) -> DelayModel:
+        """This state under other settings: a new half-life, event threshold or at-risk threshold keeps the
+        sums (a half-life applies from the next event on, as for calibrators); a new window, delay bins or
+        cohort width start afresh (the delays were binned against the old ones). Unchanged: self."""
+        if config == self.config:
+            return self
+        out = DelayModel(config)
+        if (config.edges.shape == self.config.edges.shape and np.array_equal(config.edges, self.config.edges)) and (
+            config.cohort_ms == self.config.cohort_ms
+        ):
+            out.events, out.survivors, out.cohorts = self.events.copy(), self.survivors, self.cohorts.copy()
+            out._t_ref, out._now = self._t_ref, self._now
         return out
 
     def to_bytes(self) -> bytes:

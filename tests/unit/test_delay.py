@@ -275,7 +275,7 @@ def test_corrected_map_metadata_fallback_and_version():
     cal, pe = Calibrator(cfg), PendingExposure.for_calibrator(cfg, WINDOW)
     pe.add(s, start)
     pe.convert(s[seen], start[seen])
-    assert pe.n_seen == s.size + seen.sum()
+    assert pe.n_open == s.size and pe.n_open_converted == seen.sum()
     m = corrected_map(cal, pe, [thin, wide], 2 * DAY, model="cvr", metrics={"eval": "fit"})
     got = m.metrics_dict
     assert got["delay_level"] == 1 and got["matured_fraction"] == 0.0 and got["eval"] == "fit"
@@ -283,7 +283,7 @@ def test_corrected_map_metadata_fallback_and_version():
         wide.n_events, rel=1e-6
     )
     assert (
-        m.map_version == pe.n_seen
+        m.map_version == 3 * cal.n_seen + pe.n_open + pe.n_open_converted
         and m.model == "cvr"
         and m.n == pytest.approx(cal.with_pending(pe.fold(wide.curve(2 * DAY), 2 * DAY), pe.last_event_ms).n_effective)
     )
