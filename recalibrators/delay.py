@@ -261,7 +261,7 @@ class DelayModel:
         self.cohorts = CohortTable(config.cohort_ms, 2)  # columns: opened, converted
         self._t_ref: int | None = None  # decay reference: the newest start seen
         self._now = 0  # the newest event time seen (starts, conversions, window closes): open windows' ages
-        self._cache: tuple[int, DelayCurve | None] | None = None  # (now, curve) until the state changes
+        self._cache: tuple[Any, DelayCurve | None] | None = None  # ((now, tail), curve) until the state changes
 
     @property
     def n_events(self) -> float:
@@ -329,14 +329,17 @@ class DelayModel:
         mass = np.maximum(self.cohorts.rows[:, 0] - self.cohorts.rows[:, 1], 0.0)
         return spread_uniform(lo, hi, mass, self.config.edges)
 
-    def curve(self, now_ms: int | None = None) -> DelayCurve | None:
+    def curve(self, now_ms: int | None = None, tail: DelayCurve | None = None) -> DelayCurve | None:
         """The fitted G with open windows aged to max(now_ms, self.now_ms), cached until the state changes;
-        None before the first conversion."""
+        None before the first conversion. tail: a coarser level's curve for the delays beyond this model's
+        horizon (`recalibrators.delay_fit.delay_curve`); None: this model's own lognormal tail."""
         now = max(self.now_ms, now_ms or 0)
-        if self._cache is None or self._cache[0] != now:
+        key = (now, None if tail is None else (tail.g.tobytes(), tail.method))
+        if self._cache is None or self._cache[0] != key:
             edges, cfg = self.config.edges, self.config
-            fit = delay_curve(edges, self.events, self.censored(now), self.survivors, cfg.min_at_risk)
-            self._cache = (now, None if fit is None else DelayCurve(edges, fit[0], fit[1], self.n_events))
+            given = None if tail is None else (tail.g, tail.method)
+            fit = delay_curve(edges, self.events, self.censored(now), self.survivors, cfg.min_at_risk, given)
+            self._cache = (key, None if fit is None else DelayCurve(edges, fit[0], fit[1], self.n_events))
         return self._cache[1]
 
     def merge(self, other: DelayModel) -> DelayModel:
@@ -404,15 +407,23 @@ class DelayModel:
 def select_curve(chain: Sequence[DelayModel | None], now_ms: int | None = None) -> tuple[DelayCurve | None, int]:
     """(curve, level) of the first model in a segment fallback chain (finest first) with `min_events`
     conversions; if none has, the coarsest level with any curve; (None, -1) without any conversion.
-    now_ms: the event-time clock open windows are aged to (default: each model's newest event)."""
-    for level, model in enumerate(chain):
-        if model is not None and model.n_events >= model.config.min_events:
-            curve = model.curve(now_ms)
-            if curve is not None:
-                return curve, level
+    now_ms: the event-time clock open windows are aged to (default: each model's newest event).
+
+    Each level's life table is used as far as it sees (its horizon); beyond it, the curve of the next coarser
+    level with a curve (built the same way): only the coarsest level extrapolates with its own lognormal. A
+    segment's young tail is where its data are thinnest, and its parent, which pools the segment's windows
+    with others, sees the same ages with more conversions (bench_delay: segment ratio errors up to 5.4% with the
+    segments' own tails, 1.7% with the parent's)."""
+    curves: list[DelayCurve | None] = [None] * len(chain)
+    tail = None
     for level in range(len(chain) - 1, -1, -1):
         model = chain[level]
-        curve = None if model is None else model.curve(now_ms)
-        if curve is not None:
-            return curve, level
+        if model is not None and (curve := model.curve(now_ms, tail)) is not None:
+            curves[level] = tail = curve
+    for level, model in enumerate(chain):
+        if model is not None and model.n_events >= model.config.min_events and curves[level] is not None:
+            return curves[level], level
+    for level in range(len(chain) - 1, -1, -1):
+        if curves[level] is not None:
+            return curves[level], level
     return None, -1

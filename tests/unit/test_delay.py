@@ -178,6 +178,30 @@ def test_no_conversions_no_curve_and_fallback_chain():
     assert select_curve([empty]) == (None, -1)
 
 
+def test_a_segment_curve_takes_its_tail_beyond_its_horizon_from_the_coarser_level():
+    """Life table of the segment up to its horizon, the parent's curve beyond; the coarsest level alone
+    extrapolates with its lognormal."""
+    cfg = DelayConfig(window_ms=WINDOW, min_events=50)
+    segment, parent = DelayModel(cfg), DelayModel(cfg)
+    rng = np.random.default_rng(4)
+    for dm, n in ((segment, 4_000), (parent, 40_000)):
+        start, conv, conv_at = lognormal_stream(rng, n, 2 * DAY, p=0.2)
+        dm.learn_starts(start)
+        seen = conv & (conv_at < 2 * DAY)
+        dm.learn_conversions(start[seen], conv_at[seen])
+    own, tail = segment.curve(2 * DAY), parent.curve(2 * DAY)
+    assert own.method == tail.method == "life_table+lognormal"
+    curve, level = select_curve([segment, parent], 2 * DAY)
+    assert level == 0 and curve.method == "life_table+parent" and curve.events == segment.n_events
+    same = curve.g == tail.g
+    h = int(np.flatnonzero(~same)[-1]) + 1  # beyond the segment's horizon: the parent's curve exactly
+    assert 2 * HOUR < curve.edges[h] <= 2 * DAY and same[h:].all()
+    seen = own.g[:h] > 0
+    ratio = own.g[:h][seen] / curve.g[:h][seen]  # below it: the segment's own shape, scaled to the tail
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
+    assert select_curve([parent], 2 * DAY)[0].method == "life_table+lognormal"
+
+
 def test_delay_model_rejects_bad_input():
     dm = DelayModel(DelayConfig(window_ms=WINDOW))
     with pytest.raises(ValueError):
