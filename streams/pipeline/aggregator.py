@@ -265,9 +265,9 @@ class Aggregator:
         if cfg.drift_detector:
             published = self.published.get(key)
             calibrator = self.silent_drift.observe(cfg.drift_detector, key, field.model_version, calibrator, published)
-        corrected = cfg.corrected and bool(state.delayed)
+        corrected = cfg.corrected
         if corrected:  # open windows folded in (streams.pipeline.delayed); map_version counts them too
-            candidate = corrected_candidate(calibrator, state.delayed, **meta)
+            candidate = corrected_candidate(cfg, calibrator, state.delayed, **meta)
         else:
             candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
         self.shrinkage.fitted[key] = candidate

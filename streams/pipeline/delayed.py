@@ -25,13 +25,16 @@ partition clock as the age of open windows; `immature_refusal` is the gate's ext
 ...         "score": np.array([0.02, 0.05]), "ts": np.array([0, 1000]), "holdout": np.zeros(2, bool)}
 >>> feedback.opened(cols, ["cvr"], ["v1"], [{}])
 >>> feedback.converted({**cols, "conversion_ts": cols["ts"] + 60_000}, ["cvr"], ["v1"], [{}])
->>> sorted(feedback.dirty), feedback.pending[("cvr", "v1", "*")].n_seen
-([('cvr', 'v1', '*')], 4)
+>>> pe = feedback.pending[("cvr", "v1", "*")]
+>>> sorted(feedback.dirty), pe.n_open, pe.n_open_converted
+([('cvr', 'v1', '*')], 2, 2)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -40,13 +43,15 @@ import numpy as np
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator
 from recalibrators.delay import DelayConfig, DelayModel
-from recalibrators.delay_pending import PendingExposure, corrected_map
+from recalibrators.delay_pending import PendingConfig, PendingExposure, corrected_map
 from recalibrators.segments import fallback_chain, parse_segment_key
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.partials import calibrator_config, row_groups
 from streams.pipeline.records import pack, unpack
 
 __all__ = ["DelayedFeedback", "DelayedPartial", "JoinFacts", "corrected_candidate", "immature_refusal"]
+
+log = logging.getLogger("recal.join")
 
 CalibratorKey = tuple[str, str, str]  # model, model version, segment key
 DelayKey = tuple[str, str]  # model, segment key
@@ -61,6 +66,16 @@ def delay_config(model: ModelConfig) -> DelayConfig:
         half_life_ms=float(model.half_life_ms),
         min_delay_ms=min(60_000.0, model.window_ms / 100),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def pending_config(model: ModelConfig) -> PendingConfig:
+    """The pending exposure of a corrected model's calibrators: their bins and half-life, its window."""
+    return PendingExposure.for_calibrator(calibrator_config(model), model.window_ms).config
+
+
+def _changed(old, new) -> list[str]:
+    return [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
 
 
 def chain_of(level: str, model: ModelConfig) -> list[str]:
@@ -92,7 +107,7 @@ class DelayedFeedback:
     def _pending(self, cfg: ModelConfig, key: CalibratorKey) -> PendingExposure:
         pe = self.pending.get(key)
         if pe is None:
-            pe = self.pending[key] = PendingExposure.for_calibrator(calibrator_config(cfg), cfg.window_ms)
+            pe = self.pending[key] = PendingExposure(pending_config(cfg))
         self.dirty.add(key)
         return pe
 
@@ -164,7 +179,7 @@ class DelayedFeedback:
     def partial(self, key: CalibratorKey) -> DelayedPartial:
         """What the partial record of calibrator `key` carries for the aggregator."""
         cfg = self.model_config(key[0])
-        pe = self.pending.get(key) or PendingExposure.for_calibrator(calibrator_config(cfg), cfg.window_ms)
+        pe = self.pending.get(key) or PendingExposure(pending_config(cfg))
         chain = [self.delay.get((key[0], level)) for level in chain_of(key[2], cfg)]
         return DelayedPartial(self.clock_ms, pe, chain)
 
@@ -182,16 +197,42 @@ class DelayedFeedback:
 
     @classmethod
     def from_bytes(cls, model_config: Callable[[str], ModelConfig], data: bytes) -> DelayedFeedback:
-        """A snapshot's state, every key dirty (the partials sent after the snapshot may be lost)."""
+        """A snapshot's state, every key dirty (the partials sent after the snapshot may be lost).
+
+        State saved under other settings than the model's current ones (n_bins, half_life or window changed
+        between two runs, as `PartialCalibrators.from_blobs` carries calibrators over) is carried over too:
+        pending exposure by `PendingExposure.with_config` (open windows keep their counts, so the map version
+        never goes back, and enter at maturity: their exposure was summed in the old layout and cannot be taken
+        out example by example in the new one), delay models by `DelayModel.with_config`. Logged per model
+        with the number of open windows whose exposure was dropped."""
         header, blobs = unpack(data)
         out = cls(model_config)
         out.clock_ms = int(header["clock_ms"])
         out.opened_from = {m: int(t) for m, t in header["opened_from"].items()}
         n = len(header["pending"])
+        changed: dict[str, tuple[set[str], list[int]]] = {}  # model -> (changed settings, [open windows])
         for key, blob in zip(header["pending"], blobs[:n], strict=True):
-            out.pending[tuple(key)] = PendingExposure.from_bytes(bytes(blob))
+            pe, target = PendingExposure.from_bytes(bytes(blob)), pending_config(model_config(key[0]))
+            if pe.config != target:
+                names, dropped = changed.setdefault(key[0], (set(), [0]))
+                names.update(_changed(pe.config, target))
+                dropped[0] += pe.n_open if key[2] == "*" else 0  # every window is in its model-wide key
+                pe = pe.with_config(target)
+            out.pending[tuple(key)] = pe
         for key, blob in zip(header["delay"], blobs[n:], strict=True):
-            out.delay[tuple(key)] = DelayModel.from_bytes(bytes(blob))
+            dm, target = DelayModel.from_bytes(bytes(blob)), delay_config(model_config(key[0]))
+            if dm.config != target:
+                changed.setdefault(key[0], (set(), [0]))[0].update(_changed(dm.config, target))
+                dm = dm.with_config(target)
+            out.delay[tuple(key)] = dm
+        for model, (names, dropped) in sorted(changed.items()):
+            log.warning(
+                "model %r: delayed-feedback settings changed since the snapshot (%s); state carried over, "
+                "%d open windows' pending exposure dropped (they enter the maps at maturity)",
+                model,
+                ", ".join(sorted(names)),
+                dropped[0],
+            )
         out.dirty = set(out.pending)
         return out
 
@@ -223,14 +264,25 @@ def _merge_all(items):
     return functools.reduce(lambda a, b: a.merge(b), items) if items else None
 
 
-def corrected_candidate(calibrator: Calibrator, partials: Mapping[int, bytes], **meta) -> CalibrationMap:
-    """The corrected map of a key: the partitions' `DelayedPartial`s (partition -> bytes) merged in partition
-    order (deterministic sums), open windows aged to the newest partition clock (a partition that lags
-    over-ages its windows by its lag: negligible against windows of days). `meta` as in `corrected_map`."""
+def corrected_candidate(
+    cfg: ModelConfig, calibrator: Calibrator, partials: Mapping[int, bytes], /, **meta
+) -> CalibrationMap:
+    """The corrected map of a key of the model `cfg` configures: the partitions' `DelayedPartial`s
+    (partition -> bytes) carried to the model's current settings (a partial saved under older ones: a rolling
+    restart, the table) and merged in partition order (deterministic sums), open windows aged to the newest
+    partition clock (a partition that lags over-ages its windows by its lag: negligible against windows of
+    days). No partials (a replay of matured labels): the waited-for map, as `corrected_map` gives it for a
+    fully matured state. `meta` as in `corrected_map`."""
+    if not partials:
+        return corrected_map(calibrator, None, [], **meta)
     parts = [DelayedPartial.decode(partials[p]) for p in sorted(partials)]
-    pending = _merge_all(p.pending for p in parts)
+    target, delay_target = pending_config(cfg), delay_config(cfg)
+    pending = _merge_all(p.pending.with_config(target) for p in parts)
     depth = max(len(p.chain) for p in parts)
-    chain = [_merge_all(p.chain[i] for p in parts if i < len(p.chain)) for i in range(depth)]
+    chain = [
+        _merge_all(p.chain[i].with_config(delay_target) for p in parts if i < len(p.chain) and p.chain[i])
+        for i in range(depth)
+    ]
     now_ms = max(p.clock_ms for p in parts)
     return corrected_map(calibrator, pending, chain, now_ms, **meta)
 

@@ -67,16 +67,25 @@ def _traffic(ns: str, seed: int = 14):
             conv = {"conversion_id": f"v{i}", "impression_id": iid, "ts": int(ts[i] + delay[i])}
             events.append((int(ts[i] + delay[i]), (f"{ns}-conversions", iid, orjson.dumps(conv))))
     events.sort(key=lambda e: e[0])
-    return [m for _, m in events], scores, p * IN_WINDOW, int(converted.sum())
+    # a key's map version: its open windows + their conversions (delay_pending.corrected_version; nothing matured)
+    placement = np.arange(N) % len(PLACEMENTS)
+    versions = {
+        f"placement={name}": int((placement == k).sum() + converted[placement == k].sum())
+        for k, name in enumerate(PLACEMENTS)
+    }
+    versions["*"] = N + int(converted.sum())
+    return [m for _, m in events], scores, p * IN_WINDOW, versions
 
 
-def _wait_for_version(stack, ns, worker, version: int):
+def _wait_for_versions(stack, ns, worker, versions: dict[str, int]):
+    """Every cvr map at its final version (a sibling may be refreshed after the model-wide map)."""
+
     def done(_stats) -> bool:
-        m = read_map(stack.redis_url, ns, "cvr", "*")
-        return m is not None and m.map_version == version
+        maps = {key: read_map(stack.redis_url, ns, "cvr", key) for key in versions}
+        return all(m is not None and m.map_version == versions[key] for key, m in maps.items())
 
-    worker.wait_for(done, 120, f"the cvr:* map at version {version}", poll_s=0.5)
-    return {key: read_map(stack.redis_url, ns, "cvr", key) for key in ("*", *(f"placement={p}" for p in PLACEMENTS))}
+    worker.wait_for(done, 120, f"the cvr maps at versions {versions}", poll_s=0.5)
+    return {key: read_map(stack.redis_url, ns, "cvr", key) for key in versions}
 
 
 def _fingerprint(m):
@@ -86,13 +95,12 @@ def _fingerprint(m):
 @pytest.mark.slow
 def test_corrected_maps_before_any_window_closes_and_exact_after_kill9(stack, start_worker):
     clean_ns, crash_ns = new_ns(), new_ns()
-    messages, scores, p_window, conversions = _traffic(clean_ns)
-    version = N + conversions  # windows opened + conversions recorded; nothing matured yet
+    messages, scores, p_window, versions = _traffic(clean_ns)
 
     worker = start_worker(_config(clean_ns), log_name="clean.log")
     worker.wait_ready()
     produce(stack.broker_url, messages)
-    clean = _wait_for_version(stack, clean_ns, worker, version)
+    clean = _wait_for_versions(stack, clean_ns, worker, versions)
     worker.stop()
 
     model_wide = clean["*"]
@@ -116,7 +124,7 @@ def test_corrected_maps_before_any_window_closes_and_exact_after_kill9(stack, st
     worker = start_worker(_config(crash_ns), log_name="crash-2.log")
     worker.wait_ready()
     produce(stack.broker_url, crash_messages[half + half // 2 :])
-    crashed = _wait_for_version(stack, crash_ns, worker, version)
+    crashed = _wait_for_versions(stack, crash_ns, worker, versions)
     for key, m in clean.items():  # counts and delay model exact; the fit to float rounding (batch boundaries
         # change the order of the decayed sums' additions)
         assert _fingerprint(crashed[key]) == _fingerprint(m), key

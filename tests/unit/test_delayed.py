@@ -89,7 +89,7 @@ def test_corrected_map_before_any_window_closed_is_near_truth():
     partitions = _run(cols, 2, 2 * DAY)
     cal = _merged_calibrator(partitions, "*")
     assert cal.n_seen == 0  # nothing matured: waiting would publish nothing
-    m = corrected_candidate(cal, {i: p.partial("*") for i, p in enumerate(partitions)}, model="cvr")
+    m = corrected_candidate(CFG, cal, {i: p.partial("*") for i, p in enumerate(partitions)}, model="cvr")
     fit = ~cols["holdout"]
     in_window = 0.5 * (1 + math.erf(math.log(7) / 1.5 / math.sqrt(2)))  # P(delay <= 7 d), lognormal(ln 1 d, 1.5)
     truth = np.clip(1.6 * cols["score"][fit], 0, 1) * in_window
@@ -97,15 +97,17 @@ def test_corrected_map_before_any_window_closed_is_near_truth():
     assert abs(ratio - 1) < 0.05, ratio
     metrics = m.metrics_dict
     assert metrics["matured_fraction"] == 0.0 and metrics["delay_level"] == 0
-    assert m.map_version == sum(p.feedback.pending[("cvr", "v1", "*")].n_seen for p in partitions)
+    open_counts = [p.feedback.pending[("cvr", "v1", "*")] for p in partitions]
+    assert m.map_version == 3 * cal.n_seen + sum(pe.n_open + pe.n_open_converted for pe in open_counts)
+    assert sum(pe.n_open for pe in open_counts) == fit.sum()
 
 
 def test_partitions_merge_to_the_single_partition_state():
     cols = _stream(1, n=10_000)
     one, two = _run(cols, 1, DAY), _run(cols, 2, DAY)
     for level in ("*", "site=a"):
-        m1 = corrected_candidate(_merged_calibrator(one, level), {0: one[0].partial(level)})
-        m2 = corrected_candidate(_merged_calibrator(two, level), {i: p.partial(level) for i, p in enumerate(two)})
+        m1 = corrected_candidate(CFG, _merged_calibrator(one, level), {0: one[0].partial(level)})
+        m2 = corrected_candidate(CFG, _merged_calibrator(two, level), {i: p.partial(level) for i, p in enumerate(two)})
         assert m1.map_version == m2.map_version
         np.testing.assert_allclose(m2.apply(m1.x), m1.y, rtol=1e-9, atol=1e-12)
 
@@ -115,11 +117,13 @@ def test_after_every_window_closed_the_corrected_map_is_the_waited_for_one():
     partitions = _run(cols, 2, 9 * DAY, step=6 * HOUR)
     for level in ("*", "site=b"):
         cal = _merged_calibrator(partitions, level)
-        m = corrected_candidate(cal, {i: p.partial(level) for i, p in enumerate(partitions)})
+        m = corrected_candidate(CFG, cal, {i: p.partial(level) for i, p in enumerate(partitions)})
         waited = cal.to_map()
         assert np.array_equal(m.x, waited.x) and np.array_equal(m.y, waited.y)
         assert m.metrics_dict["matured_fraction"] == 1.0
         assert all(p.feedback.pending[("cvr", "v1", level)].weight == 0.0 for p in partitions)
+        # a replay rebuilds from the matured labels alone: the same map, byte for byte
+        assert corrected_candidate(CFG, cal, {}).to_json() == m.to_json() and m.map_version == 3 * cal.n_seen
 
 
 def test_snapshot_round_trip_is_exact_and_marks_every_key_dirty():
@@ -175,7 +179,7 @@ def test_aggregator_publishes_corrected_maps_and_keeps_a_matured_one_over_a_thin
         state = agg.add("cvr:v1:*", record)
     assert MapState.decode(state.encode()).encode() == state.encode()  # the table's copy holds the delayed parts
     (m,) = agg.take_dirty(0)
-    expected = corrected_candidate(_merged_calibrator(partitions, "*"), state.delayed)
+    expected = corrected_candidate(CFG, _merged_calibrator(partitions, "*"), state.delayed)
     assert m.map_version == expected.map_version and np.array_equal(m.y, expected.y)
     assert m.metrics_dict["matured_fraction"] == 0.0 and "eval_weight" in m.metrics_dict  # both metric sets
 
@@ -191,7 +195,7 @@ def test_dashboard_map_page_says_how_mature_a_corrected_map_is():
     from streams.dashboard.pages import render_map
 
     partitions = _run(_stream(8, n=20_000), 1, 2 * DAY)
-    m = corrected_candidate(partitions[0].calibrators["*"], {0: partitions[0].partial("*")}, model="cvr")
+    m = corrected_candidate(CFG, partitions[0].calibrators["*"], {0: partitions[0].partial("*")}, model="cvr")
     page = render_map(m, [m])
     assert "matured 0.0% · delay median " in page and "life_table+lognormal" in page
     assert "matured" not in render_map(_map({"ece_raw": 0.01}), [])
@@ -205,6 +209,7 @@ def test_windows_open_before_the_state_began_are_left_out_exactly():
     later = _rows(cols, cols["ts"] >= DAY + 1)  # the switch at day 1 (+ 1 ms: the first window opened after it)
     switched, fresh = Partition().feedback, Partition().feedback
     tables = (MODELS, VERSIONS, SEGMENTS)
+    most_open = 0
     for t in range(0, 10 * DAY, 6 * HOUR):
         for feedback, facts in ((switched, cols), (fresh, later)):
             feedback.opened(_rows(later, (later["ts"] >= t) & (later["ts"] < t + 6 * HOUR)), *tables)
@@ -214,4 +219,38 @@ def test_windows_open_before_the_state_began_are_left_out_exactly():
             feedback.matured(_rows(facts, (end >= t) & (end < t + 6 * HOUR)), *tables)
             feedback.close_through(t + 6 * HOUR)
         assert switched.to_bytes() == fresh.to_bytes(), t
-    assert switched.pending[("cvr", "v1", "*")].n_seen > 0 and not switched.pending[("cvr", "v1", "*")].weight
+        if (pe := switched.pending.get(("cvr", "v1", "*"))) is not None:
+            most_open = max(most_open, pe.n_open)
+    pe = switched.pending[("cvr", "v1", "*")]
+    assert most_open > 0 and pe.n_open == pe.n_open_converted == 0 and not pe.weight
+
+
+def test_a_settings_change_between_runs_is_carried_over_and_ends_at_the_waited_for_state(caplog):
+    """n_bins and half_life change between two runs (a restart from a snapshot, and an aggregator still holding
+    partials of the old run): no error, the map version never goes back, and once every window has closed the
+    corrected map is the waited-for one and the pending state exactly empty."""
+    import dataclasses
+
+    changed = dataclasses.replace(CFG, n_bins=128, half_life_ms=3 * DAY)
+    cols = _stream(10, n=6_000, span=2 * DAY)
+    (before,) = _run(cols, 1, DAY)
+    old_partial = before.partial("*")
+    after = Partition()
+    after.feedback = DelayedFeedback.from_bytes({"cvr": changed}.get, before.feedback.to_bytes())
+    after.calibrators = {k: c.with_config(calibrator_config(changed)) for k, c in before.calibrators.items()}
+    assert "delayed-feedback settings changed since the snapshot (bins, half_life_ms)" in caplog.text
+    pe = after.feedback.pending[("cvr", "v1", "*")]
+    assert pe.n_open == before.feedback.pending[("cvr", "v1", "*")].n_open > 0 and pe.weight == 0.0
+    # the aggregator may still hold the old run's partial of a partition: carried over as the join does
+    stale = corrected_candidate(changed, after.calibrators["*"], {0: old_partial})
+    assert stale.to_json() == corrected_candidate(changed, after.calibrators["*"], {0: after.partial("*")}).to_json()
+
+    versions = [stale.map_version]
+    for t in range(DAY, 10 * DAY, 6 * HOUR):
+        after.step(cols, t, t + 6 * HOUR)
+        versions.append(corrected_candidate(changed, after.calibrators["*"], {0: after.partial("*")}).map_version)
+    assert versions == sorted(versions) and versions[-1] > versions[0]
+    pe = after.feedback.pending[("cvr", "v1", "*")]
+    assert pe.cohorts.ids.size == 0 and np.all(pe.sums == 0.0) and pe.n_open == 0
+    final = corrected_candidate(changed, after.calibrators["*"], {0: after.partial("*")})
+    assert final.to_json() == corrected_candidate(changed, after.calibrators["*"], {}).to_json()
