@@ -27,6 +27,11 @@ the keys it did not reach back at the front (oldest first: no key starves). A re
 keys cost, never all keys. Build-side state (`published`, `refused`, `metrics`, shrinkage, drift) is written
 only by that one thread; the loop reads it with single `get`s or C-level copies (atomic under the GIL).
 
+Held-back examples (the join's `holdout_percent`) are what the gate judges a fit on, so the gate's candidate
+is fitted without them; the map published once it passes is fitted with them too (`with_held_back`): holding
+back 10% must not cost the served map 10% of its examples, which a young model version cannot spare. The next
+gate compares the next held-out candidate with this held-out fit (`judged`), never with a map that saw them.
+
 Map version (fencing): the number of labeled examples ever folded into the key (`n_seen` summed over
 the partitions' partials). It grows with every label, late ones included, so a worker that lost its
 partitions, or a replay running behind, holds fewer and cannot overwrite a newer map.
@@ -39,6 +44,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator, CalibratorConfig
@@ -116,6 +123,16 @@ def merged(
     return total
 
 
+def with_held_back(calibrator: Calibrator) -> Calibrator:
+    """`calibrator` whose fitting histogram also holds its held-back examples, as decayed in the holdout (its
+    shorter half-life: recent ones count fully). A bin's held-back mean logit is the logit of its mean score
+    (the holdout keeps no logit sums; bins are 1/8 logit wide). n_seen is unchanged."""
+    held = calibrator.holdout
+    z = calibrator.config.bins.clip_logit(held.mean_score())[1]
+    sums = np.where(held.nonempty(), np.vstack((held.sums, held.sums[0] * z)), 0.0)
+    return calibrator.with_pending(sums, calibrator.last_event_ms)
+
+
 @dataclass
 class VersionInfo:
     """One model version as `{prefix}:versions:{model}` shows it (from the keys of its model-wide map)."""
@@ -138,6 +155,7 @@ class Aggregator:
         self.dirty: dict[MapKey, None] = {}  # changed keys, oldest first (an ordered set)
         self.carried: set[MapKey] = set()  # keys the last refresh slice left unbuilt (see `carry`)
         self.published: dict[MapKey, CalibrationMap] = {}  # what this process last handed out
+        self.judged: dict[MapKey, CalibrationMap] = {}  # the held-out fit the gate passed for `published`
         self.refused: dict[MapKey, str] = {}  # keys the gate holds back -> its reason (with the numbers)
         self.gate_refusals = 0
         self.with_metrics = with_metrics
@@ -183,6 +201,7 @@ class Aggregator:
         self.states[key] = state
         self.dirty.setdefault(key)
         self.published.pop(key, None)  # the map is gone from Redis: publish without a change bound
+        self.judged.pop(key, None)
 
     def _track_version(self, field: MapField, state: MapState, event_ms: int) -> None:
         info = self.versions.setdefault(field.model, {}).get(field.model_version)
@@ -253,18 +272,20 @@ class Aggregator:
         if cfg.drift_detector:
             published = self.published.get(key)
             calibrator = self.silent_drift.observe(cfg.drift_detector, key, field.model_version, calibrator, published)
-        candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
+        full = with_held_back(calibrator)
+        candidate = self.shrinkage.fit(key, full, meta) or full.to_map(**meta)
+        judged = self.shrinkage.fit(key, calibrator, meta, pool=False) or calibrator.to_map(**meta)  # for the gate
         self.shrinkage.fitted[key] = candidate
-        if self.with_metrics:
+        if self.with_metrics:  # on the held-back examples: of the judged fit, which has not seen them
             started = time.perf_counter()
-            metrics = map_metrics(candidate, calibrator)
+            metrics = map_metrics(judged, calibrator)
             if cfg.drift_detector:
                 metrics["drift_detections"] = self.silent_drift.detections(key)
             candidate = candidate.with_meta(metrics=metrics)
             self.metrics[key] = metrics
             self.drift_alerts.check(key, metrics)
             self.metrics_seconds += time.perf_counter() - started
-        decision = self._gate(cfg, candidate).check(candidate, self.published.get(key), calibrator.holdout)
+        decision = self._gate(cfg, judged).check(judged, self.judged.get(key), calibrator.holdout)
         if not decision.accepted:
             if key not in self.refused:
                 log.warning("gate holds %s (map version %d): %s", key, candidate.map_version, decision.reason)
@@ -273,13 +294,15 @@ class Aggregator:
             return None
         if self.refused.pop(key, None) is not None:
             log.info("gate releases %s (map version %d): %s", key, candidate.map_version, decision.reason)
-        self.published[key] = candidate
+        self.published[key], self.judged[key] = candidate, judged
         return candidate
 
     def _merge_own(self, key: MapKey, state: MapState) -> tuple[str, Calibrator]:
-        """(model version, merged state without a prior) of `key`: for pooling siblings."""
+        """(model version, merged state without a prior, held-back examples included) of `key`: for pooling
+        siblings, as the published fits see them."""
         field = MapField.parse(key)
-        return field.model_version, merged(state.partials, None, calibrator_config(self._model_config(field.model)))
+        own = merged(state.partials, None, calibrator_config(self._model_config(field.model)))
+        return field.model_version, with_held_back(own)
 
     def take_slice(self, max_keys: int | None = None) -> dict[MapKey, MapState]:
         """On the event loop: the oldest `max_keys` changed keys (all when None), each with a snapshot of its

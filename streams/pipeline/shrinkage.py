@@ -69,16 +69,19 @@ class Shrinkage:
             self.strengths[cache] = estimate_strength(pairs)
         return self.strengths[cache]
 
-    def fit(self, key: str, calibrator: Calibrator, meta: dict[str, Any]) -> CalibrationMap | None:
+    def fit(self, key: str, calibrator: Calibrator, meta: dict[str, Any], pool: bool = True) -> CalibrationMap | None:
         """`key`'s map shrunk toward its parent's (a root: its own map with the band), or None (a model without
-        shrinkage, or no map of the parent in this model version yet: the caller fits the key on its own)."""
+        shrinkage, or no map of the parent in this model version yet: the caller fits the key on its own).
+        `pool`: the calibrator is the key's latest state, pooled into its siblings' strength (the gate's
+        held-out fit is not)."""
         if not self.enabled(key):
             return None
         parent_key = self.parent(key)
         if parent_key is None:
             return fit_root(calibrator, **meta)
         version = meta["model_version"]
-        self._states[key] = (version, calibrator)
+        if pool:
+            self._states[key] = (version, calibrator)
         parent = self.fitted.get(parent_key)
         if parent is None or parent.model_version != version:
             return None
