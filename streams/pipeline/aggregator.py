@@ -163,10 +163,11 @@ class Aggregator:
         self.drift_alerts = DriftAlerts(model_config)
         self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
-        self.live = ModelVersions(model_config)
+        self.live = ModelVersions(model_config, report_retired=True)
         self.versions: dict[str, dict[str, VersionInfo]] = {}  # model -> model_version -> info
         self.versions_changed: set[str] = set()  # models whose version infos changed since the last take
         self.dropped_partials = 0  # partials of a version beyond the cap (too_many_versions)
+        self.retired_keys: list[MapKey] = []  # keys of retired versions whose build-side state is still held
         self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
         self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
@@ -215,15 +216,27 @@ class Aggregator:
     def take_versions(self) -> dict[str, dict[str, VersionInfo]]:
         """Retire idle versions; the version infos of every model that changed, for the publisher."""
         for model, live in self.live.models.items():
-            for model_version in live.retire_idle():
+            for model_version in live.take_retired():
                 log.info(
                     "model %s version %s retired: no labels for %d ms of event time", model, model_version, live.idle_ms
                 )
                 if (info := self.versions.get(model, {}).get(model_version)) is not None:
                     info.state = "retired"
                     self.versions_changed.add(model)
+                self._forget_partials(model, model_version)
         changed, self.versions_changed = self.versions_changed, set()
         return {model: dict(self.versions[model]) for model in sorted(changed) if model in self.versions}
+
+    def _forget_partials(self, model: str, model_version: str) -> None:
+        """On the event loop: drop a retired version's partials (the bulk of its memory: partitions x calibrator
+        state per key) and queue its merged states in the shrinkage for the refresh thread, which owns them.
+        Its maps stay (published, and the gate's baseline should it come back: then the table's stored state,
+        passed to `add`, brings its partials back)."""
+        retired = [k for k in self.states if MapField.parse(k)[:2] == (model, model_version)]
+        for key in retired:
+            del self.states[key]
+            self.dirty.pop(key, None)
+        self.retired_keys.extend(retired)
 
     def _prior(self, field: MapField, cfg: ModelConfig) -> CalibrationMap | None:
         """The warm-start prior of a new key: the source version's map along the segment's fallback chain."""
@@ -332,6 +345,8 @@ class Aggregator:
         refresh. Order: the keys the last slice carried first, then the rest, each part parents before
         children (by depth) and oldest first: at least one key is built per slice, so every carried key
         is built before any newer one, however often a hot key changes."""
+        while self.retired_keys:  # pruned here: the shrinkage's states belong to this thread
+            self.shrinkage.forget(self.retired_keys.pop())
         keys = self.shrinkage.order(snapshot, first=self.carried)
         self.shrinkage.prepare(keys, lambda key: self._merge_own(key, snapshot[key]))
         maps = []

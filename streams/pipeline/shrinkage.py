@@ -57,6 +57,10 @@ class Shrinkage:
                 self._states[key] = merge(key)
         self.strengths.clear()
 
+    def forget(self, key: str) -> None:
+        """Drop the merged state kept for pooling (a retired model version's key); its fitted map stays."""
+        self._states.pop(key, None)
+
     def _strength(self, model: str, version: str, depth: int) -> Strength:
         cache = (model, version, depth)
         if cache not in self.strengths:

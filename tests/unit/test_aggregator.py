@@ -209,3 +209,17 @@ def test_the_gate_judges_the_held_out_fit_and_the_published_map_uses_the_held_ba
     grid = np.linspace(0.001, 0.2, 200)
     np.testing.assert_allclose(published.apply(grid), every.to_map().apply(grid), rtol=1e-3)
     np.testing.assert_array_equal(agg.judged["ctr:v1:*"].y, held.to_map().y)
+
+
+def test_a_retired_version_leaves_its_maps_and_drops_its_partials():
+    agg = aggregator(version_idle_ms=HOUR, shrink_to_parent=True)
+    for segment in ("*", "placement=feed"):
+        add(agg, "ctr", "v1", segment, calibrator(2_000, t0=T0))
+    agg.take_dirty(T0)
+    assert "ctr:v1:placement=feed" in agg.shrinkage._states
+    add(agg, "ctr", "v2", "*", calibrator(1_000, t0=T0 + 3 * HOUR))  # v1: idle for over an hour of event time
+    assert agg.take_versions()["ctr"]["v1"].state == "retired"
+    assert sorted(agg.states) == ["ctr:v2:*"] and list(agg.dirty) == ["ctr:v2:*"]
+    agg.take_dirty(T0)  # the refresh thread prunes its own side
+    assert "ctr:v1:placement=feed" not in agg.shrinkage._states and not agg.retired_keys
+    assert {"ctr:v1:*", "ctr:v1:placement=feed", "ctr:v2:*"} <= set(agg.published)  # the maps stay
