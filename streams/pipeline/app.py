@@ -19,7 +19,7 @@ import mode
 import redis
 
 from recalibrators.serving.keys import RedisKeys
-from streams.pipeline import logsafe
+from streams.pipeline import logsafe, startup
 from streams.pipeline.aggregator import Aggregator, MapState
 from streams.pipeline.config import Config
 from streams.pipeline.join_processes import partial_message
@@ -42,6 +42,7 @@ class JoinService(mode.Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
+        startup.mark("join_service")
         await self.worker.start()
         self.add_future(self._run())
         self.add_future(self.loop_monitor.run())

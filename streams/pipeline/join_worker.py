@@ -26,7 +26,7 @@ import time
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from streams.pipeline import deadletters, join_clients
+from streams.pipeline import deadletters, join_clients, startup
 from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
@@ -108,13 +108,16 @@ class JoinWorker:
             self.peers = JoinProcesses(self.config, processes - 1)
             self.peers.start()
         self.producer, self.idempotent = await join_clients.producer(self.config)
+        startup.mark("producer")
         self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
         self._state_reader = join_clients.state_reader(self.config)
         await self._state_reader.start()
         self._snapshots = SnapshotStore.for_config(self.config, self.producer, self._state_reader)
         self.consumer = join_clients.consumer(self.config)
         await self.consumer.start()
+        startup.mark("consumer")
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
+        await self._snapshots.warm()  # while the broker holds the group join
 
     def request_stop(self) -> None:
         """`run` returns after the batch in hand."""
@@ -144,6 +147,8 @@ class JoinWorker:
         last_checkpoint = last_partials = time.monotonic()
         while not self._stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
+            if batch:
+                startup.mark("first_batch")
             async with self._lock:
                 if batch:
                     await self._process(batch)
@@ -302,11 +307,13 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         w = self.worker
         assert w._snapshots is not None and w.consumer is not None
+        startup.mark("assigned")
         async with w._lock:
             partitions = sorted({tp.partition for tp in assigned} - set(w.parts))
             w._n_partitions = len(w.consumer.partitions_for_topic(w.topics.impressions) or ()) or w._n_partitions
+            blobs = await w._snapshots.claim_all(partitions)  # one round trip for all, not four per partition
             for partition in partitions:
-                state = w.parts[partition] = await self._restore(partition)
+                state = w.parts[partition] = self._restore(partition, blobs[partition])
                 for topic in w.topics.sources:
                     tp = TopicPartition(topic, partition)
                     if tp not in assigned:
@@ -316,6 +323,7 @@ class _Rebalance(ConsumerRebalanceListener):
                     else:
                         await w.consumer.seek_to_beginning(tp)
             w.ready.set()
+            startup.mark("restored")
 
     def _new_join(self, snapshot: bytes | None = None) -> PartitionJoin:
         c = self.worker.config
@@ -324,8 +332,7 @@ class _Rebalance(ConsumerRebalanceListener):
             return PartitionJoin(*args, clock_skew_ms=c.clock_skew_ms)
         return PartitionJoin.restore(snapshot, *args, clock_skew_ms=c.clock_skew_ms)
 
-    async def _restore(self, partition: int) -> PartitionState:
-        blob = await self.worker._snapshots.claim(partition)
+    def _restore(self, partition: int, blob: bytes | None) -> PartitionState:
         state = PartitionState.from_blob(partition, blob, self._new_join, self.worker._model_config)
         self.worker.guard.observe(state.partials.calibrators)
         if blob is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streams.dashboard.pages import DashboardSource
+from streams.pipeline import startup
 from streams.pipeline.metrics import PROMETHEUS_CONTENT_TYPE, LoopMonitor, Readiness, exposition
 
 if TYPE_CHECKING:
@@ -181,5 +182,6 @@ def register_pages(
                 "publish_errors": publisher.errors,
                 "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
                 "drift_alerts": sorted(k for k, alert in dict(aggregator.drift).items() if alert),
+                "startup_s": startup.phases(),  # seconds from the process start to each start-up phase
             }
         )
