@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--processes",
         type=int,
-        help="join processes in this worker, one consumer group; 0: the CPU count (default: [worker] processes, 1)",
+        help=(
+            "join processes in this worker, one consumer group (default: [worker] processes, else 1; "
+            "0: one per CPU this process may run on)"
+        ),
     )
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)

@@ -224,7 +224,9 @@ class Config:
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat
     clock_skew_ms: int = 1_000  # the join clock's allowance ahead of wall time (join/clock.py, #13 item 1)
     partitioner: str = "murmur2"  # the producers': murmur2 | crc32 | consistent_random (docs/pipeline.md)
-    processes: int = 1  # join processes of one worker (`recal worker --processes`); 0: the CPU count
+    # Join processes of one worker (`recal worker --processes`); 0: the CPUs of its affinity mask. Default 1:
+    # a deployment scales by workers, each sized by its own CPU limit (docs/pipeline.md, `--processes`).
+    processes: int = 1
     max_label_lag: int = 0  # records: while a click/conversion partition lags more, windows stay open
     holdout_percent: int = 10  # examples held back from fitting, for the quality gate
     checkpoint_interval_ms: int = 5_000  # join state snapshots

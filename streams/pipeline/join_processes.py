@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 from collections.abc import Callable
@@ -35,6 +36,17 @@ def partial_message(partition: int, key: tuple[str, str, str], calibrator) -> tu
     model, model_version, segment = key
     field = str(MapField(model, model_version, segment)).encode()
     return field, encode_partial(partition, model, model_version, segment, calibrator)
+
+
+def process_count(requested: int) -> int:
+    """Join processes to run for `[worker] processes`: `requested`, or for 0 the CPUs this process may run
+    on (its affinity mask, which `taskset` and cpuset cgroups narrow; `os.cpu_count()` counts the host's)."""
+    if requested:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity mask on this platform
+        return os.cpu_count() or 1
 
 
 class JoinProcesses:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 
 import msgspec
@@ -32,7 +31,7 @@ from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
-from streams.pipeline.join_processes import JoinProcesses
+from streams.pipeline.join_processes import JoinProcesses, process_count
 from streams.pipeline.join_stats import Stats
 from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
@@ -103,7 +102,7 @@ class JoinWorker:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        processes = self.config.processes or os.cpu_count() or 1
+        processes = process_count(self.config.processes)
         if processes > 1:
             self.peers = JoinProcesses(self.config, processes - 1)
             self.peers.start()
