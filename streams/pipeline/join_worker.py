@@ -32,7 +32,7 @@ from streams.pipeline.deadletters import DeadLetterWriter
 from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, KIND_NAMES, Invalid, Limits
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.join_processes import JoinProcesses, process_count
-from streams.pipeline.join_stats import Stats
+from streams.pipeline.join_stats import Stats, process_report
 from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.routing import KIND_HEADER, Routed, Screen, route
 from streams.pipeline.snapshots import Fenced, SnapshotStore
@@ -91,14 +91,11 @@ class JoinWorker:
 
     def report(self) -> dict:
         """This process's counters and partitions, as plain data (what a join process sends the first)."""
-        report = self.stats.as_dict()
-        report["partitions"] = sorted(self.parts)
-        report["pending"] = sum(len(p.join.pending) for p in self.parts.values())
-        return report
+        return process_report(self)
 
-    def total_stats(self) -> tuple[Stats, list[int], int]:
-        """(counters, partitions, pending impressions) over all the join processes of this worker."""
-        return Stats.total([self.report(), *(self.peers.poll().values() if self.peers is not None else ())])
+    def reports(self) -> list[dict]:
+        """The reports of all the join processes of this worker, this one first."""
+        return [self.report(), *(self.peers.poll().values() if self.peers is not None else ())]
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:

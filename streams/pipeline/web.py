@@ -24,6 +24,7 @@ import redis
 
 from streams.dashboard.pages import DashboardSource
 from streams.pipeline import startup
+from streams.pipeline.join_stats import Stats, segment_keys
 from streams.pipeline.metrics import PROMETHEUS_CONTENT_TYPE, LoopMonitor, Readiness, exposition
 
 if TYPE_CHECKING:
@@ -158,7 +159,8 @@ def register_pages(
 
     @page("/stats")
     async def stats(web, request):
-        s, partitions, pending = join.total_stats()  # every join process of this worker
+        reports = join.reports()  # every join process of this worker
+        s, partitions, pending = Stats.total(reports)
         return web.json(
             {
                 "events_in": dict(s.events_in),
@@ -170,7 +172,7 @@ def register_pages(
                 "idempotent_producer": join.idempotent,  # see broker_caps.py
                 "batches": s.batches,
                 "loop_lag_max_ms": round(loop_monitor.max_s * 1000, 1) if loop_monitor else None,
-                "cardinality": join.guard.sizes(),
+                "cardinality": segment_keys(reports),
                 "partitions": partitions,
                 "pending": pending,
                 "maps_published": publisher.published,
