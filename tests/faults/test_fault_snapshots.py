@@ -165,12 +165,6 @@ class SilentReader:
     def assign(self, tps) -> None:
         pass
 
-    def pause(self, *tps) -> None:
-        pass
-
-    def resume(self, *tps) -> None:
-        pass
-
     def seek(self, tp, offset) -> None:
         pass
 
