@@ -22,7 +22,7 @@ from recalibrators.serving.keys import RedisKeys
 from streams.pipeline import logsafe, startup
 from streams.pipeline.aggregator import Aggregator, MapState
 from streams.pipeline.config import Config
-from streams.pipeline.join_processes import partial_message
+from streams.pipeline.join_processes import paced, partial_message
 from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
@@ -92,7 +92,7 @@ def create_app(config: Config) -> faust.App:
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
 
     async def send_partials(partials) -> None:
-        for partition, key, calibrator in partials:
+        async for partition, key, calibrator in paced(partials):
             k, v = partial_message(partition, key, calibrator)
             await partials_topic.send(key=k, value=v)
 
@@ -147,7 +147,9 @@ def create_app(config: Config) -> faust.App:
         results = await asyncio.to_thread(publisher.flush)
         tracker.record(pending, results)
 
-    metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker, loop_monitor=loop_monitor))
+    metrics_registry = registry(
+        RecalCollector(join, publisher, aggregator, tracker, loop_monitor=loop_monitor, refresher=refresher)
+    )
     register_pages(
         app,
         config,
@@ -156,6 +158,7 @@ def create_app(config: Config) -> faust.App:
         aggregator=aggregator,
         metrics=metrics_registry,
         loop_monitor=loop_monitor,
+        refresher=refresher,
     )
 
     return app

@@ -95,8 +95,10 @@ class RecalCollector:
         tracker: MapTracker,
         clock: Callable[[], float] = time.time,
         loop_monitor: LoopMonitor | None = None,
+        refresher=None,
     ) -> None:
         self.loop_monitor = loop_monitor
+        self.refresher = refresher
         self.join = join
         self.publisher = publisher
         self.aggregator = aggregator
@@ -209,6 +211,12 @@ class RecalCollector:
             "Changed keys whose maps are not built yet (a refresh builds a time-bounded slice, the rest waits).",
             value=len(getattr(self.aggregator, "dirty", ())),
         )
+        if self.refresher is not None:
+            yield GaugeMetricFamily(
+                "recal_refresh_seconds",
+                "Map building time of the last refresh tick (bounded by its budget; the rest is carried).",
+                value=self.refresher.last_seconds,
+            )
         yield from self._maps()
 
     def _maps(self) -> Iterator[Metric]:

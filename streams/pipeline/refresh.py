@@ -19,6 +19,7 @@ from streams.pipeline.aggregator import Aggregator
 # ~0.8 ms per key: a slice of 5,000 is ~4 s of building, more than any sane interval's budget, while its
 # snapshot (one dict copy per key) holds the loop for a few ms.
 MAX_KEYS = 5_000
+BUDGET_SHARE = 0.5  # of the refresh interval: building time per tick
 
 log = logging.getLogger("recal.refresh")
 
@@ -33,6 +34,7 @@ class Refresher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="recal-refresh")
         self.carried = 0  # keys the last tick left for the next
         self.last_seconds = 0.0  # the last tick's building time
+        self.max_seconds = 0.0  # the longest tick's, since start
 
     async def refresh(self, now_ms: int) -> list[CalibrationMap]:
         snapshot = self.aggregator.take_slice(self.max_keys)
@@ -50,6 +52,7 @@ class Refresher:
             maps, left = [], list(snapshot)
         self.aggregator.carry(left)
         self.carried, self.last_seconds = len(left), time.perf_counter() - started
+        self.max_seconds = max(self.max_seconds, self.last_seconds)
         return maps
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from streams.pipeline.config import Config
     from streams.pipeline.join_worker import JoinWorker
     from streams.pipeline.publisher import RetryingPublisher
+    from streams.pipeline.refresh import Refresher
 
 PROBES = ("/healthz", "/readyz")  # never behind the token: kubelets and load balancers carry none
 
@@ -77,6 +78,7 @@ def register_pages(
     aggregator: Aggregator,
     metrics: CollectorRegistry,
     loop_monitor: LoopMonitor | None = None,
+    refresher: Refresher | None = None,
 ) -> None:
     # Probes use their own client: short timeouts, and never queued behind a slow publish.
     probe = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -184,6 +186,10 @@ def register_pages(
                 "publish_errors": publisher.errors,
                 "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
                 "drift_alerts": sorted(k for k, alert in dict(aggregator.drift).items() if alert),
+                "refresh_last_s": round(refresher.last_seconds, 3) if refresher else None,  # map building per tick
+                "refresh_max_s": round(refresher.max_seconds, 3) if refresher else None,
+                "refresh_backlog_keys": len(aggregator.dirty),  # changed keys whose maps wait for a tick
+                "refresh_carried_keys": refresher.carried if refresher else None,  # left by the last tick
                 "startup_s": startup.phases(),  # seconds from the process start to each start-up phase
             }
         )
