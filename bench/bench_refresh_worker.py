@@ -137,7 +137,7 @@ def main() -> None:
             worker.stop()
     log = (tmp / "worker.log").read_text()
     warm = [s for s in samples if s["t"] >= 60]  # the first minute builds the 30,000 starting maps
-    backlog = [s["refresh_carried_keys"] for s in warm] or [0]
+    backlog = [s["refresh_backlog_keys"] for s in warm] or [0]
     third = max(1, len(backlog) // 3)
     print(f"\n{args.sites:,} sites x {len(MODELS)} models, refresh 1 s, {args.minutes:g} min, {sent:,} impressions")
     last = samples[-1]
@@ -145,7 +145,7 @@ def main() -> None:
     rows = [
         ("refresh building time, max over the run", f"{last['refresh_max_s']:.2f} s", "interval 1 s, budget 0.5 s"),
         (
-            "keys a tick left for the next, after the first minute: first / last third",
+            "changed keys waiting for a tick, after the first minute: first / last third",
             f"{early:,.0f} / {late:,.0f}",
             "flat",
         ),

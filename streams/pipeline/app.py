@@ -104,7 +104,11 @@ def create_app(config: Config) -> faust.App:
 
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):
+        handled = 0
         async for event in stream.events():
+            handled += 1
+            if not handled % 256:  # a buffered stream never suspends: thousands of partials held the loop
+                await asyncio.sleep(0)
             key = event.key.decode()
             try:
                 stored = table.get(event.key)
