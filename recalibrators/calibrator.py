@@ -19,7 +19,7 @@ import orjson
 from .batch import PreparedBatch, prepare_batch
 from .calibration_map import CalibrationMap
 from .histogram import BinSpec, Histogram
-from .isotonic import eb_prior_strength, match_total, shrunk_isotonic
+from .isotonic import cap_by_prior_evidence, eb_prior_strength, match_total, shrunk_isotonic
 from .logit import logit, sigmoid
 from .platt import fit_platt
 
@@ -178,9 +178,7 @@ class Calibrator:
         self._fit = None
 
     def learn_one(self, score: float, label: int, ts_ms: int, weight: float = 1.0, holdout: bool = False) -> None:
-        self.learn_batch(
-            np.array([score]), np.array([label]), np.array([weight]), ts_ms=ts_ms, holdout=np.array([holdout])
-        )
+        self.learn_batch([score], [label], [weight], ts_ms=ts_ms, holdout=np.array([holdout]))
 
     def _advance(self, t_max: int) -> None:
         if self._t_ref is None:
@@ -261,6 +259,8 @@ class Calibrator:
             if prior is not None:
                 ends = (prior.apply_one(0.0), prior.apply_one(1.0))
             m = cfg.prior_strength if cfg.prior_strength is not None else eb_prior_strength(w, p, base)
+            if prior is not None and cfg.prior_strength is None:
+                m = cap_by_prior_evidence(m, w, x, prior.n, None if prior.ess is None else (prior.x, prior.ess))
             y = np.clip(shrunk_isotonic(w, p, base, m), 0.0, 1.0)
             if prior is None:  # a previous model's map is not fitted to this data: its total may be off
                 y = match_total(y, w, p, cfg.ridge)

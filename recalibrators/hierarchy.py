@@ -60,7 +60,7 @@ import numpy as np
 from .calibration_map import CalibrationMap
 from .calibrator import Calibrator
 from .histogram import Histogram
-from .isotonic import chi_square_excess, eb_prior_strength, shrunk_isotonic
+from .isotonic import cap_by_prior_evidence, chi_square_excess, eb_prior_strength, shrunk_isotonic
 from .logit import logit, sigmoid
 from .platt import fit_platt
 
@@ -222,6 +222,8 @@ def root_ess(calibrator: Calibrator, root: CalibrationMap) -> np.ndarray:
         return np.zeros(root.x.size)
     base = np.clip(base, _EPS, 1.0 - _EPS)
     m = cfg.prior_strength if cfg.prior_strength is not None else eb_prior_strength(w, p, base)
+    if (prior := calibrator.prior) is not None and cfg.prior_strength is None:  # as `Calibrator.to_map` caps it
+        m = cap_by_prior_evidence(m, w, x, prior.n, None if prior.ess is None else (prior.x, prior.ess))
     ess = w + np.minimum(m, h.total_weight)
     return np.interp(root.x, np.concatenate(([0.0], x, [1.0])), np.concatenate((ess[:1], ess, ess[-1:])))
 

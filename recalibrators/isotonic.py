@@ -6,7 +6,15 @@ import numpy as np
 
 from .logit import logit, sigmoid
 
-__all__ = ["chi_square_excess", "eb_prior_strength", "logit_shift", "match_total", "pav", "shrunk_isotonic"]
+__all__ = [
+    "cap_by_prior_evidence",
+    "chi_square_excess",
+    "eb_prior_strength",
+    "logit_shift",
+    "match_total",
+    "pav",
+    "shrunk_isotonic",
+]
 
 
 def pav(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -80,6 +88,19 @@ def eb_prior_strength(
         return np.full(weight.shape, cap)
     tau2 = excess / info
     return np.clip((1.0 - prior_rate) / (tau2 * prior_rate), 1.0, cap)
+
+
+def cap_by_prior_evidence(
+    strength: np.ndarray, weight: np.ndarray, x: np.ndarray, prior_n: float, prior_ess: tuple | None = None
+) -> np.ndarray:
+    """Per-bin prior strength capped by what a prior map knows at the bins' scores `x`: its per-knot ess when it
+    has one ((knots, ess)), else its n spread like this data (n * W_i / W). A map is worth no more than the
+    examples it was fitted on, so the key's own fit takes over as its evidence grows past the prior's (as
+    `hierarchy.shrink_toward` caps a child's by its parent's ess); without the cap, data the chi-square cannot
+    tell from the prior (excess <= 0: m = 1e9) would never move the map off another model version's."""
+    spread = prior_n * weight / max(float(weight.sum()), 1e-300)
+    cap = np.interp(x, *prior_ess) if prior_ess is not None else spread
+    return np.minimum(strength, np.maximum(cap, 1.0))
 
 
 def chi_square_excess(

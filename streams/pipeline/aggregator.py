@@ -27,6 +27,11 @@ the keys it did not reach back at the front (oldest first: no key starves). A re
 keys cost, never all keys. Build-side state (`published`, `refused`, `metrics`, shrinkage, drift) is written
 only by that one thread; the loop reads it with single `get`s or C-level copies (atomic under the GIL).
 
+Held-back examples (the join's `holdout_percent`) are what the gate judges a fit on, so the gate's candidate
+is fitted without them; the map published once it passes is fitted with them too (`with_held_back`): holding
+back 10% must not cost the served map 10% of its examples, which a young model version cannot spare. The next
+gate compares the next held-out candidate with this held-out fit (`judged`), never with a map that saw them.
+
 Map version (fencing): the number of labeled examples ever folded into the key (`n_seen` summed over
 the partitions' partials). It grows with every label, late ones included, so a worker that lost its
 partitions, or a replay running behind, holds fewer and cannot overwrite a newer map.
@@ -40,6 +45,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator, CalibratorConfig
@@ -126,6 +133,16 @@ def merged(
     return total
 
 
+def with_held_back(calibrator: Calibrator) -> Calibrator:
+    """`calibrator` whose fitting histogram also holds its held-back examples, as decayed in the holdout (its
+    shorter half-life: recent ones count fully). A bin's held-back mean logit is the logit of its mean score
+    (the holdout keeps no logit sums; bins are 1/8 logit wide). n_seen is unchanged."""
+    held = calibrator.holdout
+    z = calibrator.config.bins.clip_logit(held.mean_score())[1]
+    sums = np.where(held.nonempty(), np.vstack((held.sums, held.sums[0] * z)), 0.0)
+    return calibrator.with_pending(sums, calibrator.last_event_ms)
+
+
 @dataclass
 class VersionInfo:
     """One model version as `{prefix}:versions:{model}` shows it (from the keys of its model-wide map)."""
@@ -148,6 +165,7 @@ class Aggregator:
         self.dirty: dict[MapKey, None] = {}  # changed keys, oldest first (an ordered set)
         self.carried: set[MapKey] = set()  # keys the last refresh slice left unbuilt (see `carry`)
         self.published: dict[MapKey, CalibrationMap] = {}  # what this process last handed out
+        self.judged: dict[MapKey, CalibrationMap] = {}  # the held-out fit the gate passed for `published`
         self.refused: dict[MapKey, str] = {}  # keys the gate holds back -> its reason (with the numbers)
         self.gate_refusals = 0
         self.with_metrics = with_metrics
@@ -155,10 +173,11 @@ class Aggregator:
         self.drift_alerts = DriftAlerts(model_config)
         self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
-        self.live = ModelVersions(model_config)
+        self.live = ModelVersions(model_config, report_retired=True)
         self.versions: dict[str, dict[str, VersionInfo]] = {}  # model -> model_version -> info
         self.versions_changed: set[str] = set()  # models whose version infos changed since the last take
         self.dropped_partials = 0  # partials of a version beyond the cap (too_many_versions)
+        self.retired_keys: list[MapKey] = []  # keys of retired versions whose build-side state is still held
         self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
         self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
@@ -195,6 +214,7 @@ class Aggregator:
         self.states[key] = state
         self.dirty.setdefault(key)
         self.published.pop(key, None)  # the map is gone from Redis: publish without a change bound
+        self.judged.pop(key, None)
 
     def _track_version(self, field: MapField, state: MapState, event_ms: int) -> None:
         info = self.versions.setdefault(field.model, {}).get(field.model_version)
@@ -208,15 +228,27 @@ class Aggregator:
     def take_versions(self) -> dict[str, dict[str, VersionInfo]]:
         """Retire idle versions; the version infos of every model that changed, for the publisher."""
         for model, live in self.live.models.items():
-            for model_version in live.retire_idle():
+            for model_version in live.take_retired():
                 log.info(
                     "model %s version %s retired: no labels for %d ms of event time", model, model_version, live.idle_ms
                 )
                 if (info := self.versions.get(model, {}).get(model_version)) is not None:
                     info.state = "retired"
                     self.versions_changed.add(model)
+                self._forget_partials(model, model_version)
         changed, self.versions_changed = self.versions_changed, set()
         return {model: dict(self.versions[model]) for model in sorted(changed) if model in self.versions}
+
+    def _forget_partials(self, model: str, model_version: str) -> None:
+        """On the event loop: drop a retired version's partials (the bulk of its memory: partitions x calibrator
+        state per key) and queue its merged states in the shrinkage for the refresh thread, which owns them.
+        Its maps stay (published, and the gate's baseline should it come back: then the table's stored state,
+        passed to `add`, brings its partials back)."""
+        retired = [k for k in self.states if MapField.parse(k)[:2] == (model, model_version)]
+        for key in retired:
+            del self.states[key]
+            self.dirty.pop(key, None)
+        self.retired_keys.extend(retired)
 
     def _prior(self, field: MapField, cfg: ModelConfig) -> CalibrationMap | None:
         """The warm-start prior of a new key: the source version's map along the segment's fallback chain."""
@@ -266,21 +298,24 @@ class Aggregator:
             published = self.published.get(key)
             calibrator = self.silent_drift.observe(cfg.drift_detector, key, field.model_version, calibrator, published)
         corrected = cfg.corrected
+        full = with_held_back(calibrator)
         if corrected:  # open windows folded in (streams.pipeline.delayed); map_version counts them too
-            candidate = corrected_candidate(cfg, calibrator, state.delayed, **meta)
+            candidate = corrected_candidate(cfg, full, state.delayed, **meta)
+            judged = corrected_candidate(cfg, calibrator, state.delayed, **meta)  # for the gate
         else:
-            candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
+            candidate = self.shrinkage.fit(key, full, meta) or full.to_map(**meta)
+            judged = self.shrinkage.fit(key, calibrator, meta, pool=False) or calibrator.to_map(**meta)  # for the gate
         self.shrinkage.fitted[key] = candidate
-        if self.with_metrics:
+        if self.with_metrics:  # on the held-back examples: of the judged fit, which has not seen them
             started = time.perf_counter()
-            metrics = map_metrics(candidate, calibrator)
+            metrics = map_metrics(judged, calibrator)
             if cfg.drift_detector:
                 metrics["drift_detections"] = self.silent_drift.detections(key)
             candidate = candidate.with_meta(metrics={**(candidate.metrics_dict or {}), **metrics})
             self.metrics[key] = metrics
             self.drift_alerts.check(key, metrics)
             self.metrics_seconds += time.perf_counter() - started
-        decision = self._gate(cfg, candidate).check(candidate, self.published.get(key), calibrator.holdout)
+        decision = self._gate(cfg, judged).check(judged, self.judged.get(key), calibrator.holdout)
         refusal = (
             immature_refusal(candidate, self.published.get(key), delay_config(cfg).min_events) if corrected else None
         )
@@ -294,13 +329,15 @@ class Aggregator:
             return None
         if self.refused.pop(key, None) is not None:
             log.info("gate releases %s (map version %d): %s", key, candidate.map_version, decision.reason)
-        self.published[key] = candidate
+        self.published[key], self.judged[key] = candidate, judged
         return candidate
 
     def _merge_own(self, key: MapKey, state: MapState) -> tuple[str, Calibrator]:
-        """(model version, merged state without a prior) of `key`: for pooling siblings."""
+        """(model version, merged state without a prior, held-back examples included) of `key`: for pooling
+        siblings, as the published fits see them."""
         field = MapField.parse(key)
-        return field.model_version, merged(state.partials, None, calibrator_config(self._model_config(field.model)))
+        own = merged(state.partials, None, calibrator_config(self._model_config(field.model)))
+        return field.model_version, with_held_back(own)
 
     def take_slice(self, max_keys: int | None = None) -> dict[MapKey, MapState]:
         """On the event loop: the oldest `max_keys` changed keys (all when None), each with a snapshot of its
@@ -331,6 +368,8 @@ class Aggregator:
         refresh. Order: the keys the last slice carried first, then the rest, each part parents before
         children (by depth) and oldest first: at least one key is built per slice, so every carried key
         is built before any newer one, however often a hot key changes."""
+        while self.retired_keys:  # pruned here: the shrinkage's states belong to this thread
+            self.shrinkage.forget(self.retired_keys.pop())
         keys = self.shrinkage.order(snapshot, first=self.carried)
         self.shrinkage.prepare(keys, lambda key: self._merge_own(key, snapshot[key]))
         maps = []

@@ -57,6 +57,10 @@ class Shrinkage:
                 self._states[key] = merge(key)
         self.strengths.clear()
 
+    def forget(self, key: str) -> None:
+        """Drop the merged state kept for pooling (a retired model version's key); its fitted map stays."""
+        self._states.pop(key, None)
+
     def _strength(self, model: str, version: str, depth: int) -> Strength:
         cache = (model, version, depth)
         if cache not in self.strengths:
@@ -69,16 +73,19 @@ class Shrinkage:
             self.strengths[cache] = estimate_strength(pairs)
         return self.strengths[cache]
 
-    def fit(self, key: str, calibrator: Calibrator, meta: dict[str, Any]) -> CalibrationMap | None:
+    def fit(self, key: str, calibrator: Calibrator, meta: dict[str, Any], pool: bool = True) -> CalibrationMap | None:
         """`key`'s map shrunk toward its parent's (a root: its own map with the band), or None (a model without
-        shrinkage, or no map of the parent in this model version yet: the caller fits the key on its own)."""
+        shrinkage, or no map of the parent in this model version yet: the caller fits the key on its own).
+        `pool`: the calibrator is the key's latest state, pooled into its siblings' strength (the gate's
+        held-out fit is not)."""
         if not self.enabled(key):
             return None
         parent_key = self.parent(key)
         if parent_key is None:
             return fit_root(calibrator, **meta)
         version = meta["model_version"]
-        self._states[key] = (version, calibrator)
+        if pool:
+            self._states[key] = (version, calibrator)
         parent = self.fitted.get(parent_key)
         if parent is None or parent.model_version != version:
             return None

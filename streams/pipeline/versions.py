@@ -29,24 +29,30 @@ __all__ = ["LiveVersions", "ModelVersions"]
 class LiveVersions:
     """The live versions of one model: version -> last event time (ms)."""
 
-    def __init__(self, max_versions: int, idle_ms: int) -> None:
+    def __init__(self, max_versions: int, idle_ms: int, report_retired: bool = False) -> None:
         self.max_versions = max_versions
         self.idle_ms = idle_ms
         self.live: dict[str, int] = {}
         self.first: dict[str, int] = {}  # live version -> its first event time
         self.now_ms = 0  # the model's event time: the newest event of any version
         self.refused = 0
+        self.report_retired = report_retired  # keep what an admission retired for `take_retired`
+        self._unreported: list[str] = []  # retired by an admission, not yet returned by `take_retired`
 
     def admit(self, model_version: str, ts_ms: int) -> bool:
         """Whether an event of `model_version` at `ts_ms` counts; makes it live if there is room."""
         last = self.live.get(model_version)
         if last is None:
-            self.retire_idle(max(self.now_ms, ts_ms))  # an idle version's slot is free before the cap check
+            retired = self.retire_idle(max(self.now_ms, ts_ms))  # an idle version's slot is free before the cap check
+            if self.report_retired:
+                self._unreported += retired
             if len(self.live) >= self.max_versions:
                 self.refused += 1
                 return False
             last = ts_ms
             self.first[model_version] = ts_ms
+            if model_version in self._unreported:  # retired and back before anyone was told: never retired
+                self._unreported.remove(model_version)
         self.first[model_version] = min(self.first[model_version], ts_ms)
         self.live[model_version] = max(last, ts_ms)
         self.now_ms = max(self.now_ms, ts_ms)
@@ -60,6 +66,11 @@ class LiveVersions:
             del self.live[model_version], self.first[model_version]
         return [v for _, v in idle]
 
+    def take_retired(self) -> list[str]:
+        """Retire the idle versions; every version retired since the last call (by an admission too), oldest first."""
+        retired, self._unreported = self._unreported + self.retire_idle(), []
+        return retired
+
     def most_recent(self, before: str) -> str | None:
         """The default warm-start source of `before`: of the live versions that started earlier, the one
         with the newest event (a version that started later, e.g. a canary, is never its prior)."""
@@ -71,15 +82,16 @@ class LiveVersions:
 class ModelVersions:
     """`LiveVersions` per model, sized from each model's config."""
 
-    def __init__(self, model_config: Callable[[str], ModelConfig]) -> None:
+    def __init__(self, model_config: Callable[[str], ModelConfig], report_retired: bool = False) -> None:
         self._model_config = model_config
+        self.report_retired = report_retired
         self.models: dict[str, LiveVersions] = {}
 
     def __getitem__(self, model: str) -> LiveVersions:
         live = self.models.get(model)
         if live is None:
             cfg = self._model_config(model)
-            live = self.models[model] = LiveVersions(cfg.max_versions, cfg.version_idle)
+            live = self.models[model] = LiveVersions(cfg.max_versions, cfg.version_idle, self.report_retired)
         return live
 
     def admit(self, model: str, model_version: str, ts_ms: int) -> bool:

@@ -11,7 +11,7 @@ from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.serving.keys import MapField
 from streams.dev.synthetic import SBend, make_stream
-from streams.pipeline.aggregator import Aggregator, MapState, encode_partial
+from streams.pipeline.aggregator import Aggregator, MapState, encode_partial, with_held_back
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.map_metrics import map_metrics
 
@@ -137,11 +137,12 @@ def test_max_change_is_relative():
     for bound, accepted in ((0.2, False), (0.5, True)):
         agg = aggregator(max_change=bound, gate_evidence_growth=100.0)
         add(agg, "ctr", "v1", "*", calibrator(50_000))
-        (live,) = agg.take_dirty(T0)
+        agg.take_dirty(T0)
+        live = agg.judged["ctr:v1:*"]  # the gate compares held-out fits: the one behind the live map
         low = live.x < 0.01
         moved = np.maximum.accumulate(np.where(low, live.y * 1.3, live.y))
         assert float(np.max(moved - live.y)) < 0.003
-        agg.published["ctr:v1:*"] = live.with_meta(y=moved)
+        agg.judged["ctr:v1:*"] = live.with_meta(y=moved)
         add(agg, "ctr", "v1", "*", calibrator(50_000))  # the same data: the candidate equals `live`
         assert (len(agg.take_dirty(T0)) == 1) is accepted
         assert accepted or "relative change" in agg.refused["ctr:v1:*"]
@@ -188,3 +189,37 @@ def test_the_warm_start_gives_way_once_the_own_data_contradicts_it():
     add(agg, "ctr", "v2", "*", calibrator(30_000, bias=0.7, t0=T0 + HOUR))
     (rich,) = agg.take_dirty(T0)
     assert rich.prior is None and agg.states["ctr:v2:*"].prior is not None  # own fit serves; choice kept
+
+
+def test_the_gate_judges_the_held_out_fit_and_the_published_map_uses_the_held_back_examples_too():
+    """The published map is fitted on every example (reference: one calibrator fed them all, none held
+    back); the gate's candidate and the map it compares the next one with are fitted without the held-back ones."""
+    s, _, ts, p = make_stream(np.random.default_rng(3), 30_000, SBend(), t0_ms=T0, rate_per_s=100.0)
+    y = (np.random.default_rng(4).random(s.size) < p).astype(np.int8)
+    held, every = Calibrator(CONFIG), Calibrator(CONFIG)
+    held.learn_batch(s, y, ts_ms=ts, holdout=np.arange(s.size) % 10 == 0)
+    every.learn_batch(s, y, ts_ms=ts)
+    full = with_held_back(held)
+    np.testing.assert_allclose(full.histogram.sums[:3], every.histogram.sums[:3], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(full.histogram.mean_logit(), every.histogram.mean_logit(), atol=2e-3)
+    assert full.n_seen == held.n_seen and full.holdout.sums.tolist() == held.holdout.sums.tolist()
+    agg = aggregator()
+    add(agg, "ctr", "v1", "*", held)
+    (published,) = agg.take_dirty(T0)
+    grid = np.linspace(0.001, 0.2, 200)
+    np.testing.assert_allclose(published.apply(grid), every.to_map().apply(grid), rtol=1e-3)
+    np.testing.assert_array_equal(agg.judged["ctr:v1:*"].y, held.to_map().y)
+
+
+def test_a_retired_version_leaves_its_maps_and_drops_its_partials():
+    agg = aggregator(version_idle_ms=HOUR, shrink_to_parent=True)
+    for segment in ("*", "placement=feed"):
+        add(agg, "ctr", "v1", segment, calibrator(2_000, t0=T0))
+    agg.take_dirty(T0)
+    assert "ctr:v1:placement=feed" in agg.shrinkage._states
+    add(agg, "ctr", "v2", "*", calibrator(1_000, t0=T0 + 3 * HOUR))  # v1: idle for over an hour of event time
+    assert agg.take_versions()["ctr"]["v1"].state == "retired"
+    assert sorted(agg.states) == ["ctr:v2:*"] and list(agg.dirty) == ["ctr:v2:*"]
+    agg.take_dirty(T0)  # the refresh thread prunes its own side
+    assert "ctr:v1:placement=feed" not in agg.shrinkage._states and not agg.retired_keys
+    assert {"ctr:v1:*", "ctr:v1:placement=feed", "ctr:v2:*"} <= set(agg.published)  # the maps stay

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from recalibrators import CalibrationMap, Calibrator, CalibratorConfig
+from recalibrators.isotonic import chi_square_excess
+from recalibrators.logit import sigmoid
 from streams.dev.synthetic import SBend, make_stream
 
 HL = 60_000.0
@@ -167,3 +169,37 @@ def test_learn_prepared_on_several_calibrators_equals_learn_batch_on_each():
         direct.learn_batch(scores, labels, ts_ms=ts, holdout=holdout)
         assert prepared.to_bytes() == direct.to_bytes()
         assert prepared.n_seen == 500
+
+
+@pytest.mark.parametrize("seed", [2, 5, 7])
+def test_a_prior_map_weighs_no_more_than_the_examples_it_was_fitted_on(seed):
+    """Warm start from another model version's map (fitted on 10,000 examples): a young key follows the prior;
+    with 30,000 examples of its own the map moves off it, also where the chi-square cannot tell the data from the
+    prior (excess <= 0 for these seeds: the EB strength alone is 1e9, the map would stay the prior's)."""
+    truth = SBend()
+    s, y, ts, _ = make_stream(np.random.default_rng(seed), 40_000, truth)
+    first = Calibrator()
+    first.learn_batch(s[:10_000], y[:10_000], ts_ms=ts[:10_000])
+    prior = first.to_map(model="ctr", model_version="v1")
+    grid = sigmoid(np.random.default_rng(9).normal(-4.3, 1.0, 20_000))
+
+    def fitted(n: int, with_prior: bool) -> CalibrationMap:
+        cal = Calibrator(prior=prior if with_prior else None)
+        cal.learn_batch(s[10_000 : 10_000 + n], y[10_000 : 10_000 + n], ts_ms=ts[10_000 : 10_000 + n])
+        if with_prior and n == 30_000:
+            h = cal.histogram
+            assert chi_square_excess(h.weight, h.positives, np.clip(prior.apply(h.mean_score()), 1e-12, 1))[0] <= 0
+        return cal.to_map()
+
+    def gap(a: CalibrationMap, b: CalibrationMap) -> float:
+        return float(np.mean(np.abs(a.apply(grid) - b.apply(grid))))
+
+    young = fitted(200, True)
+    assert gap(young, prior) < 0.2 * gap(fitted(200, False), prior)
+    warm = fitted(30_000, True)
+    assert gap(warm, prior) > 0.25 * gap(fitted(30_000, False), prior)
+    error = {
+        name: float(np.mean(np.abs(m.apply(grid) - truth.p_true(grid))))
+        for name, m in (("warm", warm), ("prior", prior))
+    }
+    assert error["warm"] < 0.95 * error["prior"]
