@@ -33,7 +33,7 @@ from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.metrics import LoopMonitor
 from streams.pipeline.partials import calibrator_config
-from streams.pipeline.refresh import Refresher
+from streams.pipeline.refresh import BUDGET_SHARE, Refresher
 
 T0 = 1_790_000_000_000
 INTERVAL_S = 1.0
@@ -65,7 +65,7 @@ def records(keys: list[str], pool: list[bytes], rng: random.Random) -> list[tupl
     return out
 
 
-async def run(mode: str, n_keys: int, n_changed: int, ticks: int) -> dict[str, float]:
+async def run(mode: str, n_keys: int, n_changed: int, ticks: int, budget: float) -> dict[str, float]:
     rng, pyrng = np.random.default_rng(0), random.Random(0)
     keys = [str(MapField(m, "v1", f"site=s{i:05d}")) for m in MODELS for i in range(n_keys)]
     agg = Aggregator(lambda name: CFG)
@@ -74,7 +74,7 @@ async def run(mode: str, n_keys: int, n_changed: int, ticks: int) -> dict[str, f
         agg.add(key, record)
     agg.dirty.clear()  # the starting state is built and published: only the changes of each tick count
     changes = [records(pyrng.sample(keys, n_changed), pool, pyrng) for _ in range(ticks)]
-    refresher = Refresher(agg, budget_s=INTERVAL_S / 2)
+    refresher = Refresher(agg, budget_s=INTERVAL_S * budget)
     monitor = LoopMonitor(interval=0.01)
     ticker = asyncio.ensure_future(monitor.run())
     durations, carried = [], []
@@ -112,12 +112,16 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=10_000, help="segment keys per model")
     parser.add_argument("--changed", type=int, default=1_000, help="keys changed per tick (all models)")
     parser.add_argument("--ticks", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=BUDGET_SHARE, help="building time per tick / interval")
+    parser.add_argument("--modes", default="before,after", help="before (on the loop), after (thread, sliced)")
     args = parser.parse_args()
     print(f"{args.keys:,} segment keys x {len(MODELS)} models, {args.changed:,} changed keys per tick")
     head = ("mode", "refresh mean s", "refresh max s", "interval s", "carried keys", "loop lag max s", "bound s")
     print("{:<16} {:>14} {:>13} {:>10} {:>12} {:>14} {:>7}".format(*head))
     for mode, label in (("before", "on the loop"), ("after", "thread, sliced")):
-        r = asyncio.run(run(mode, args.keys, args.changed, args.ticks))
+        if mode not in args.modes.split(","):
+            continue
+        r = asyncio.run(run(mode, args.keys, args.changed, args.ticks, args.budget))
         row = (label, r["mean"], r["max"], INTERVAL_S, r["carried"], r["lag"], 0.1)
         print("{:<16} {:>14.3f} {:>13.3f} {:>10.1f} {:>12.0f} {:>14.3f} {:>7.1f}".format(*row))
 

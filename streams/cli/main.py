@@ -12,11 +12,16 @@ from streams.pipeline import logsafe
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from streams.pipeline import startup
+
+    startup.mark("cli")
     import faust
 
     from streams.pipeline.app import create_app
     from streams.pipeline.config import load_config
     from streams.pipeline.topics import ensure_topics
+
+    startup.mark("imports")
 
     config = load_config(
         args.config,
@@ -27,7 +32,9 @@ def _worker(args: argparse.Namespace) -> int:
         processes=args.processes,
     )
     asyncio.run(ensure_topics(config, create_sources=args.create_topics))
+    startup.mark("topics")
     app = create_app(config)
+    startup.mark("app")
     worker = faust.Worker(app, loglevel=args.loglevel)
     worker.execute_from_commandline()
     return 0
@@ -56,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--processes",
         type=int,
-        help="join processes in this worker, one consumer group; 0: the CPU count (default: [worker] processes, 1)",
+        help=(
+            "join processes in this worker, one consumer group (default: [worker] processes, else 1; "
+            "0: one per CPU this process may run on)"
+        ),
     )
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)

@@ -19,10 +19,10 @@ import mode
 import redis
 
 from recalibrators.serving.keys import RedisKeys
-from streams.pipeline import logsafe
+from streams.pipeline import logsafe, startup
 from streams.pipeline.aggregator import Aggregator, MapState
 from streams.pipeline.config import Config
-from streams.pipeline.join_processes import partial_message
+from streams.pipeline.join_processes import paced, partial_message
 from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
@@ -42,6 +42,7 @@ class JoinService(mode.Service):
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
+        startup.mark("join_service")
         await self.worker.start()
         self.add_future(self._run())
         self.add_future(self.loop_monitor.run())
@@ -91,7 +92,7 @@ def create_app(config: Config) -> faust.App:
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
 
     async def send_partials(partials) -> None:
-        for partition, key, calibrator, delayed in partials:
+        async for partition, key, calibrator, delayed in paced(partials):
             k, v = partial_message(partition, key, calibrator, delayed)
             await partials_topic.send(key=k, value=v)
 
@@ -103,7 +104,11 @@ def create_app(config: Config) -> faust.App:
 
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):
+        handled = 0
         async for event in stream.events():
+            handled += 1
+            if not handled % 256:  # a buffered stream never suspends: thousands of partials held the loop
+                await asyncio.sleep(0)
             key = event.key.decode()
             try:
                 stored = table.get(event.key)
@@ -146,7 +151,9 @@ def create_app(config: Config) -> faust.App:
         results = await asyncio.to_thread(publisher.flush)
         tracker.record(pending, results)
 
-    metrics_registry = registry(RecalCollector(join, publisher, aggregator, tracker, loop_monitor=loop_monitor))
+    metrics_registry = registry(
+        RecalCollector(join, publisher, aggregator, tracker, loop_monitor=loop_monitor, refresher=refresher)
+    )
     register_pages(
         app,
         config,
@@ -155,6 +162,7 @@ def create_app(config: Config) -> faust.App:
         aggregator=aggregator,
         metrics=metrics_registry,
         loop_monitor=loop_monitor,
+        refresher=refresher,
     )
 
     return app

@@ -233,12 +233,16 @@ class Config:
     grace_ms: int = 60_000  # how long a click waits (event time) for an impression it beat
     clock_skew_ms: int = 1_000  # the join clock's allowance ahead of wall time (join/clock.py, #13 item 1)
     partitioner: str = "murmur2"  # the producers': murmur2 | crc32 | consistent_random (docs/pipeline.md)
-    processes: int = 1  # join processes of one worker (`recal worker --processes`); 0: the CPU count
+    # Join processes of one worker (`recal worker --processes`); 0: the CPUs of its affinity mask. Default 1:
+    # a deployment scales by workers, each sized by its own CPU limit (docs/pipeline.md, `--processes`).
+    processes: int = 1
     max_label_lag: int = 0  # records: while a click/conversion partition lags more, windows stay open
     holdout_percent: int = 10  # examples held back from fitting, for the quality gate
     checkpoint_interval_ms: int = 5_000  # join state snapshots
     partials_interval_ms: int = 500  # how often changed partial calibrators go to the aggregator
-    session_timeout_ms: int = 10_000
+    # The smallest Apache Kafka accepts by default (group.min.session.timeout.ms); a new group's first join
+    # can be held up to half of it (the embedded broker), so it bounds the start of a new worker.
+    session_timeout_ms: int = 6_000
     rebalance_timeout_ms: int = 0  # 0: max(60 s, 3 x session_timeout); revoke snapshots must fit in half of it
     snapshot_read_timeout_ms: int = 60_000  # bound on reading one partition's snapshot back
     on_lost_snapshot: str = "fail"  # fail | start_empty: a partition whose snapshots are unreadable

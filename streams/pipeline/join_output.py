@@ -58,9 +58,14 @@ class PartitionOutput:
     def labels_caught_up(self, state: PartitionState) -> bool:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
         they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
-        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging."""
+        fetch answered for that partition yet, e.g. just after an assignment) counts as lagging, and so does a
+        partition a rebalance has taken away before its revocation reached us (`highwater` asserts on it)."""
+        assigned = self.consumer.assignment()
         for topic in self.topics.sources[1:]:
-            highwater = self.consumer.highwater(TopicPartition(topic, state.partition))
+            tp = TopicPartition(topic, state.partition)
+            if tp not in assigned:
+                return False
+            highwater = self.consumer.highwater(tp)
             if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
                 return False
         return True

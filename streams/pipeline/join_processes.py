@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 from collections.abc import Callable
@@ -38,6 +39,26 @@ def partial_message(
     model, model_version, segment = key
     field = str(MapField(model, model_version, segment)).encode()
     return field, encode_partial(partition, model, model_version, segment, calibrator, delayed)
+
+
+def process_count(requested: int) -> int:
+    """Join processes to run for `[worker] processes`: `requested`, or for 0 the CPUs this process may run
+    on (its affinity mask, which `taskset` and cpuset cgroups narrow; `os.cpu_count()` counts the host's)."""
+    if requested:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity mask on this platform
+        return os.cpu_count() or 1
+
+
+async def paced(items: list, every: int = 256):
+    """`items`, handing the event loop back after every `every` of them: a partials tick of thousands of
+    keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh)."""
+    for i, item in enumerate(items):
+        if i and not i % every:
+            await asyncio.sleep(0)
+        yield item
 
 
 class JoinProcesses:
@@ -92,7 +113,7 @@ async def _run(config: Config, index: int, report: Callable[[tuple], None]) -> N
 
     async def send_partials(partials) -> None:
         sends = []
-        for partition, key, calibrator, delayed in partials:
+        async for partition, key, calibrator, delayed in paced(partials):
             k, v = partial_message(partition, key, calibrator, delayed)
             sends.append(await producer.send(config.topics.partials, v, key=k))
         await asyncio.gather(*sends)

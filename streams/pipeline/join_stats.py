@@ -1,4 +1,5 @@
-"""A join worker's counters, and their sum over the join processes of one `recal worker`."""
+"""A join worker's counters and partition state, and their sum over the join processes of one `recal worker`
+(`/stats` and `/metrics` show the sum: with `--processes N` the other N-1 processes send their reports)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,45 @@ class Stats:
             total.add(report)
         partitions = sorted(p for report in reports for p in report["partitions"])
         return total, partitions, sum(report["pending"] for report in reports)
+
+
+def process_report(worker) -> dict:
+    """One join process's counters, partitions, pending impressions and consumer lag per partition, and
+    segment keys per model, as plain data (picklable: what a join process sends the first)."""
+    report = worker.stats.as_dict()
+    parts = dict(worker.parts)
+    report["partitions"] = sorted(parts)
+    report["pending_by_partition"] = {p: len(state.join.pending) for p, state in parts.items()}
+    report["pending"] = sum(report["pending_by_partition"].values())
+    report["lag"] = consumer_lag(worker.consumer, worker.topics, parts)
+    guard = getattr(worker, "guard", None)
+    report["segment_keys"] = guard.sizes() if guard is not None else {}
+    return report
+
+
+def consumer_lag(consumer, topics, parts: dict) -> list[tuple[str, int, int]]:
+    """(topic, partition, records behind the log end) of each owned source partition fetched so far."""
+    if consumer is None:
+        return []
+    from aiokafka import TopicPartition
+
+    lags = []
+    for partition, state in sorted(parts.items()):
+        for topic in topics.sources:
+            try:
+                highwater = consumer.highwater(TopicPartition(topic, partition))
+            except Exception:  # not assigned (any more), or a rebalance in progress
+                continue
+            if highwater is not None:
+                lags.append((topic, partition, max(0, highwater - state.offsets.get(topic, 0))))
+    return lags
+
+
+def segment_keys(reports: list[dict]) -> dict[str, int]:
+    """Segment keys per model over join processes: the largest count of any (each process caps its own
+    set, and the sets overlap: a segment reaches every partition)."""
+    keys: dict[str, int] = {}
+    for report in reports:
+        for model, n in report["segment_keys"].items():
+            keys[model] = max(n, keys.get(model, 0))
+    return keys

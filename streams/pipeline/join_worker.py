@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from streams.pipeline import join_clients
+from streams.pipeline import join_clients, startup
 from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
@@ -34,8 +33,8 @@ from streams.pipeline.events import CLICK, CONVERSION, IMPRESSION, Limits
 from streams.pipeline.join import PartitionJoin
 from streams.pipeline.join_checkpoints import Checkpoints
 from streams.pipeline.join_output import PartitionOutput
-from streams.pipeline.join_processes import JoinProcesses
-from streams.pipeline.join_stats import Stats
+from streams.pipeline.join_processes import JoinProcesses, process_count
+from streams.pipeline.join_stats import Stats, process_report
 from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.routing import Routed, Screen, route
 from streams.pipeline.snapshots import SnapshotStore
@@ -96,22 +95,20 @@ class JoinWorker:
 
     def report(self) -> dict:
         """This process's counters and partitions, as plain data (what a join process sends the first)."""
-        report = self.stats.as_dict()
-        report["partitions"] = sorted(self.parts)
-        report["pending"] = sum(len(p.join.pending) for p in self.parts.values())
-        return report
+        return process_report(self)
 
-    def total_stats(self) -> tuple[Stats, list[int], int]:
-        """(counters, partitions, pending impressions) over all the join processes of this worker."""
-        return Stats.total([self.report(), *(self.peers.poll().values() if self.peers is not None else ())])
+    def reports(self) -> list[dict]:
+        """The reports of all the join processes of this worker, this one first."""
+        return [self.report(), *(self.peers.poll().values() if self.peers is not None else ())]
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        processes = self.config.processes or os.cpu_count() or 1
+        processes = process_count(self.config.processes)
         if processes > 1:
             self.peers = JoinProcesses(self.config, processes - 1)
             self.peers.start()
         self.producer, self.idempotent = await join_clients.producer(self.config)
+        startup.mark("producer")
         self.deadletters = DeadLetterWriter.for_config(self.config, self.producer, self.stats.dead_letters)
         self._state_reader = join_clients.state_reader(self.config)
         await self._state_reader.start()
@@ -120,7 +117,9 @@ class JoinWorker:
         self.checkpoints = Checkpoints(self._snapshots, self.consumer, self.stats, self.parts, self._on_partials)
         self.output = PartitionOutput(self.config, self.producer, self.deadletters, self.consumer, self.stats)
         await self.consumer.start()
+        startup.mark("consumer")
         self.consumer.subscribe(list(self.topics.sources), listener=_Rebalance(self))
+        await self._snapshots.warm()  # while the broker holds the group join
 
     def request_stop(self) -> None:
         """`run` returns after the batch in hand."""
@@ -150,6 +149,8 @@ class JoinWorker:
         last_checkpoint = last_partials = time.monotonic()
         while not self._stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
+            if batch:
+                startup.mark("first_batch")
             async with self._lock:
                 if batch:
                     await self._process(batch)
@@ -214,11 +215,13 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         w = self.worker
         assert w._snapshots is not None and w.consumer is not None
+        startup.mark("assigned")
         async with w._lock:
             partitions = sorted({tp.partition for tp in assigned} - set(w.parts))
             w._n_partitions = len(w.consumer.partitions_for_topic(w.topics.impressions) or ()) or w._n_partitions
+            blobs = await w._snapshots.claim_all(partitions)  # one round trip for all, not four per partition
             for partition in partitions:
-                state = w.parts[partition] = await self._restore(partition)
+                state = w.parts[partition] = self._restore(partition, blobs[partition])
                 for topic in w.topics.sources:
                     tp = TopicPartition(topic, partition)
                     if tp not in assigned:
@@ -228,6 +231,7 @@ class _Rebalance(ConsumerRebalanceListener):
                     else:
                         await w.consumer.seek_to_beginning(tp)
             w.ready.set()
+            startup.mark("restored")
 
     def _new_join(self, snapshot: bytes | None = None) -> PartitionJoin:
         c = self.worker.config
@@ -236,8 +240,7 @@ class _Rebalance(ConsumerRebalanceListener):
             return PartitionJoin(*args, clock_skew_ms=c.clock_skew_ms)
         return PartitionJoin.restore(snapshot, *args, clock_skew_ms=c.clock_skew_ms)
 
-    async def _restore(self, partition: int) -> PartitionState:
-        blob = await self.worker._snapshots.claim(partition)
+    def _restore(self, partition: int, blob: bytes | None) -> PartitionState:
         state = PartitionState.from_blob(partition, blob, self._new_join, self.worker._model_config)
         self.worker.guard.observe(state.partials.calibrators)
         if blob is not None:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from recalibrators.serving.keys import MapField
+from streams.pipeline.join_stats import Stats, process_report, segment_keys
 
 log = logging.getLogger("recal.metrics")
 
@@ -94,8 +95,10 @@ class RecalCollector:
         tracker: MapTracker,
         clock: Callable[[], float] = time.time,
         loop_monitor: LoopMonitor | None = None,
+        refresher=None,
     ) -> None:
         self.loop_monitor = loop_monitor
+        self.refresher = refresher
         self.join = join
         self.publisher = publisher
         self.aggregator = aggregator
@@ -103,7 +106,9 @@ class RecalCollector:
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        s = self.join.stats
+        # Every join process of this worker (`--processes N`): counters summed, partitions from their owners.
+        reports = self.join.reports() if hasattr(self.join, "reports") else [process_report(self.join)]
+        s, partitions, _ = Stats.total(reports)
         yield _counter("recal_events_in", "Raw messages read, per source topic.", "topic", s.events_in)
         yield _counter(
             "recal_dead_letters",
@@ -137,7 +142,6 @@ class RecalCollector:
                 "Longest event-loop stall since the previous scrape (a 50 ms sleep woken late by this much).",
                 value=self.loop_monitor.take_recent(),
             )
-        parts = dict(self.join.parts)
         pending = GaugeMetricFamily(
             "recal_join_pending", "Impressions waiting in join state, per partition.", labels=["partition"]
         )
@@ -146,24 +150,34 @@ class RecalCollector:
             f"Estimated join state bytes (pending impressions x {BYTES_PER_PENDING} B, bench/bench_join.py).",
             labels=["partition"],
         )
-        for p, state in sorted(parts.items()):
-            n = len(state.join.pending)
+        by_partition = {p: n for report in reports for p, n in report["pending_by_partition"].items()}
+        for p, n in sorted(by_partition.items()):
             pending.add_metric([str(p)], n)
             pending_bytes.add_metric([str(p)], n * BYTES_PER_PENDING)
         yield pending
         yield pending_bytes
-        guard = getattr(self.join, "guard", None)
-        if guard is not None:
-            tracked = GaugeMetricFamily(
-                "recal_segment_keys",
-                "Segment keys admitted per model, all fallback levels (capped by max_segments per level).",
-                labels=["model"],
-            )
-            for model, n in sorted(guard.sizes().items()):
-                tracked.add_metric([model], n)
-            yield tracked
-        yield GaugeMetricFamily("recal_partitions_assigned", "Join partitions owned by this worker.", value=len(parts))
-        yield self._lag(parts)
+        tracked = GaugeMetricFamily(
+            "recal_segment_keys",
+            "Segment keys admitted per model, all fallback levels (capped by max_segments per level; with "
+            "several join processes the largest of theirs: each caps its own).",
+            labels=["model"],
+        )
+        for model, n in sorted(segment_keys(reports).items()):
+            tracked.add_metric([model], n)
+        yield tracked
+        yield GaugeMetricFamily(
+            "recal_partitions_assigned", "Join partitions owned by this worker.", value=len(partitions)
+        )
+        lag = GaugeMetricFamily(
+            "recal_consumer_lag",
+            "Records behind the log end, per source topic partition "
+            "(highwater minus the next offset to read; absent until the first fetch).",
+            labels=["topic", "partition"],
+        )
+        for report in reports:
+            for topic, partition, behind in report["lag"]:
+                lag.add_metric([topic, str(partition)], behind)
+        yield lag
 
         p = self.publisher
         yield _counter("recal_maps_published", "Maps written to Redis.", None, p.published)
@@ -197,29 +211,13 @@ class RecalCollector:
             "Changed keys whose maps are not built yet (a refresh builds a time-bounded slice, the rest waits).",
             value=len(getattr(self.aggregator, "dirty", ())),
         )
+        if self.refresher is not None:
+            yield GaugeMetricFamily(
+                "recal_refresh_seconds",
+                "Map building time of the last refresh tick (bounded by its budget; the rest is carried).",
+                value=self.refresher.last_seconds,
+            )
         yield from self._maps()
-
-    def _lag(self, parts: dict) -> GaugeMetricFamily:
-        lag = GaugeMetricFamily(
-            "recal_consumer_lag",
-            "Records behind the log end, per source topic partition "
-            "(highwater minus the next offset to read; absent until the first fetch).",
-            labels=["topic", "partition"],
-        )
-        consumer = self.join.consumer
-        if consumer is None:
-            return lag
-        from aiokafka import TopicPartition
-
-        for partition, state in sorted(parts.items()):
-            for topic in self.join.topics.sources:
-                try:
-                    highwater = consumer.highwater(TopicPartition(topic, partition))
-                except Exception:  # not assigned (any more), or a rebalance in progress
-                    continue
-                if highwater is not None:
-                    lag.add_metric([topic, str(partition)], max(0, highwater - state.offsets.get(topic, 0)))
-        return lag
 
     def _maps(self) -> Iterator[Metric]:
         now = self.clock()

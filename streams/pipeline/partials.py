@@ -65,6 +65,9 @@ class PartialCalibrators:
         self._model_config = model_config
         self.calibrators: dict[CalibratorKey, Calibrator] = {}
         self.dirty: set[CalibratorKey] = set()
+        # Serialised states of the keys not learned since their last snapshot: a snapshot encodes only the
+        # keys that changed (all keys every checkpoint was ~11% of a worker's CPU at 6,000 keys per partition).
+        self._blobs: dict[CalibratorKey, bytes] = {}
 
     def learn(
         self, columns: dict[str, np.ndarray], models: list[str], versions: list[str], segments: list[dict[str, str]]
@@ -89,6 +92,7 @@ class PartialCalibrators:
                     calibrator = self.calibrators[key] = Calibrator(config)
                 pairs.append((calibrator, g))
                 self.dirty.add(key)
+                self._blobs.pop(key, None)
         for pairs in targets.values():
             learn_grouped(order, starts, pairs, columns["score"], columns["label"], columns["ts"], columns["holdout"])
 
@@ -98,7 +102,11 @@ class PartialCalibrators:
 
     def to_blobs(self) -> tuple[list[list[str]], list[bytes]]:
         keys = sorted(self.calibrators)
-        return [list(k) for k in keys], [self.calibrators[k].to_bytes() for k in keys]
+        cached = self._blobs
+        for k in keys:
+            if k not in cached:
+                cached[k] = self.calibrators[k].to_bytes()
+        return [list(k) for k in keys], [cached[k] for k in keys]
 
     @classmethod
     def from_blobs(

@@ -19,6 +19,12 @@ from streams.pipeline.aggregator import Aggregator
 # ~0.8 ms per key: a slice of 5,000 is ~4 s of building, more than any sane interval's budget, while its
 # snapshot (one dict copy per key) holds the loop for a few ms.
 MAX_KEYS = 5_000
+# A slice holds about this many budgets' worth of keys at the rate the last slices were built: the pass
+# before the budgeted loop (shrinkage's merge of every key of the slice) grows with the slice, and a fixed
+# 5,000 made a tick take 1.8 s at a 0.5 s budget in a loaded worker (bench_refresh_worker).
+SLICE_BUDGETS = 2.0
+MIN_KEYS = 50
+BUDGET_SHARE = 0.5  # of the refresh interval: building time per tick
 
 log = logging.getLogger("recal.refresh")
 
@@ -33,9 +39,11 @@ class Refresher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="recal-refresh")
         self.carried = 0  # keys the last tick left for the next
         self.last_seconds = 0.0  # the last tick's building time
+        self.max_seconds = 0.0  # the longest tick's, since start
+        self.keys_per_s = 0.0  # building rate of the last slices (0: not measured yet)
 
     async def refresh(self, now_ms: int) -> list[CalibrationMap]:
-        snapshot = self.aggregator.take_slice(self.max_keys)
+        snapshot = self.aggregator.take_slice(self.slice_keys())
         if not snapshot:
             self.carried, self.last_seconds = 0, 0.0
             return []
@@ -50,7 +58,21 @@ class Refresher:
             maps, left = [], list(snapshot)
         self.aggregator.carry(left)
         self.carried, self.last_seconds = len(left), time.perf_counter() - started
+        self.max_seconds = max(self.max_seconds, self.last_seconds)
+        built = len(snapshot) - len(left)
+        if built and self.last_seconds > 0:
+            rate = built / self.last_seconds
+            self.keys_per_s = rate if not self.keys_per_s else 0.5 * self.keys_per_s + 0.5 * rate
         return maps
+
+    def slice_keys(self) -> int:
+        """Keys to take this tick: what ~SLICE_BUDGETS budgets build at the measured rate, within
+        [MIN_KEYS, max_keys] (max_keys until a rate is measured)."""
+        if not self.keys_per_s:
+            return self.max_keys
+        return max(
+            min(MIN_KEYS, self.max_keys), min(self.max_keys, int(self.keys_per_s * self.budget_s * SLICE_BUDGETS))
+        )
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

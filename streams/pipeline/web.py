@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from streams.dashboard.pages import DashboardSource
+from streams.pipeline import startup
+from streams.pipeline.join_stats import Stats, segment_keys
 from streams.pipeline.metrics import PROMETHEUS_CONTENT_TYPE, LoopMonitor, Readiness, exposition
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from streams.pipeline.config import Config
     from streams.pipeline.join_worker import JoinWorker
     from streams.pipeline.publisher import RetryingPublisher
+    from streams.pipeline.refresh import Refresher
 
 PROBES = ("/healthz", "/readyz")  # never behind the token: kubelets and load balancers carry none
 
@@ -75,6 +78,7 @@ def register_pages(
     aggregator: Aggregator,
     metrics: CollectorRegistry,
     loop_monitor: LoopMonitor | None = None,
+    refresher: Refresher | None = None,
 ) -> None:
     # Probes use their own client: short timeouts, and never queued behind a slow publish.
     probe = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -157,7 +161,8 @@ def register_pages(
 
     @page("/stats")
     async def stats(web, request):
-        s, partitions, pending = join.total_stats()  # every join process of this worker
+        reports = join.reports()  # every join process of this worker
+        s, partitions, pending = Stats.total(reports)
         return web.json(
             {
                 "events_in": dict(s.events_in),
@@ -169,7 +174,7 @@ def register_pages(
                 "idempotent_producer": join.idempotent,  # see broker_caps.py
                 "batches": s.batches,
                 "loop_lag_max_ms": round(loop_monitor.max_s * 1000, 1) if loop_monitor else None,
-                "cardinality": join.guard.sizes(),
+                "cardinality": segment_keys(reports),
                 "partitions": partitions,
                 "pending": pending,
                 "maps_published": publisher.published,
@@ -181,5 +186,10 @@ def register_pages(
                 "publish_errors": publisher.errors,
                 "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
                 "drift_alerts": sorted(k for k, alert in dict(aggregator.drift).items() if alert),
+                "refresh_last_s": round(refresher.last_seconds, 3) if refresher else None,  # map building per tick
+                "refresh_max_s": round(refresher.max_seconds, 3) if refresher else None,
+                "refresh_backlog_keys": len(aggregator.dirty),  # changed keys whose maps wait for a tick
+                "refresh_carried_keys": refresher.carried if refresher else None,  # left by the last tick
+                "startup_s": startup.phases(),  # seconds from the process start to each start-up phase
             }
         )

@@ -163,3 +163,20 @@ def test_a_slice_that_fails_outside_a_key_is_carried_not_lost():
     maps = asyncio.run(main())
     refresher.close()
     assert sorted(MapField.of(m).segment_key for m in maps) == [MapField.parse(k).segment_key for k in keys(3)]
+
+
+def test_a_slice_holds_what_two_budgets_build_at_the_measured_rate():
+    agg = Aggregator(lambda name: CFG)
+    for key in keys(40):
+        agg.add(key, partial(key, 200))
+    refresher = Refresher(agg, budget_s=0.5, max_keys=30)
+    assert refresher.slice_keys() == 30  # nothing measured yet: the cap
+    asyncio.run(refresher.refresh(T0))
+    assert refresher.keys_per_s > 0
+    refresher.keys_per_s = 100.0  # 100 keys/s x 0.5 s x 2 budgets
+    assert refresher.slice_keys() == 30  # capped
+    refresher.max_keys = 1_000
+    assert refresher.slice_keys() == 100
+    refresher.keys_per_s = 1.0
+    assert refresher.slice_keys() == 50  # at least MIN_KEYS
+    refresher.close()

@@ -1,0 +1,38 @@
+"""A snapshot re-encodes only the partial calibrators learned since the last one, and always holds every
+calibrator's current state."""
+
+import numpy as np
+
+from recalibrators.calibrator import Calibrator
+from streams.pipeline.config import ModelConfig
+from streams.pipeline.partials import PartialCalibrators
+
+CFG = ModelConfig(segment_by=(("site",),))
+
+
+def columns(segment: int, n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "model": np.zeros(n, np.int32),
+        "version": np.zeros(n, np.int32),
+        "segment": np.full(n, segment, np.int32),
+        "score": rng.uniform(0.01, 0.5, n),
+        "label": (rng.random(n) < 0.2).astype(np.int8),
+        "ts": np.full(n, 1_700_000_000_000 + seed, np.int64),
+        "holdout": np.zeros(n, bool),
+    }
+
+
+def test_a_snapshot_reencodes_only_what_was_learned_and_matches_the_state():
+    partials = PartialCalibrators(lambda name: CFG)
+    segments = [{"site": "a"}, {"site": "b"}]
+    partials.learn(columns(0, 50, 1), ["ctr"], ["v1"], segments)
+    partials.learn(columns(1, 50, 2), ["ctr"], ["v1"], segments)
+    keys, first = partials.to_blobs()
+    partials.learn(columns(1, 30, 3), ["ctr"], ["v1"], segments)  # site b and the fallback level change
+    keys2, second = partials.to_blobs()
+    assert keys2 == keys
+    for key, old, new in zip(keys, first, second, strict=True):
+        assert new == partials.calibrators[tuple(key)].to_bytes()  # always the current state
+        assert (new is old) == (key[2] == "site=a")  # only site a was not learned since
+    assert Calibrator.from_bytes(second[keys.index(["ctr", "v1", "site=b"])]).n_seen == 80
