@@ -43,7 +43,8 @@ import orjson
 
 from .calibration_map import CalibrationMap
 from .calibrator import Calibrator, CalibratorConfig
-from .delay import CohortTable, DelayCurve, DelayModel, advance_reference, align, select_curve
+from .delay import DelayCurve, DelayModel, advance_reference, align, select_curve
+from .delay_cohorts import CohortTable
 from .histogram import BinSpec
 from .logit import logit
 from .validation import check_batch, check_timestamps
