@@ -186,13 +186,15 @@ class Scenario:
 
 
 # -- Kafka helpers -------------------------------------------------------------------------------------
-async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5) -> None:
+async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5, **producer_args) -> None:
+    """`producer_args`: more AIOKafkaProducer settings (e.g. a `partitioner` other than murmur2)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=broker,
         linger_ms=linger_ms,
         max_request_size=4 << 20,
         max_batch_size=1 << 20,
         request_timeout_ms=60_000,
+        **producer_args,
     )
     await producer.start()
     try:
@@ -204,8 +206,8 @@ async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5
         await producer.stop()
 
 
-def produce(broker: str, messages: list[Message]) -> None:
-    asyncio.run(produce_async(broker, messages))
+def produce(broker: str, messages: list[Message], **producer_args) -> None:
+    asyncio.run(produce_async(broker, messages, **producer_args))
 
 
 def produce_then_ticks(broker: str, messages: list[Message], ticks: list[Message]) -> None:
