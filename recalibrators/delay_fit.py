@@ -121,13 +121,19 @@ def fit_lognormal_cure(
 
 
 def delay_curve(
-    edges: np.ndarray, events: np.ndarray, censored: np.ndarray, survivors: float, min_at_risk: float
+    edges: np.ndarray,
+    events: np.ndarray,
+    censored: np.ndarray,
+    survivors: float,
+    min_at_risk: float,
+    tail: tuple[np.ndarray, str] | None = None,
 ) -> tuple[np.ndarray, str] | None:
     """G at every edge (G(0) = 0, G(W) = 1) and how it was made, or None without any conversion.
 
-    Life table up to the horizon H, the last edge that `min_at_risk` windows have outlived; if H < W,
-    the share of in-window conversions after H comes from the lognormal cure fit:
-        G(d) = (1 - S(d)) / (1 - S(H)) * F(H) / F(W)   for d <= H,      G(d) = F(d) / F(W)   beyond.
+    Life table up to the horizon H, the last edge that `min_at_risk` windows have outlived; if H < W, the
+    share of in-window conversions after H comes from `tail` (G and method of a coarser level of the segment
+    fallback chain, which sees more windows) when given, else from the lognormal cure fit of these data:
+        G(d) = (1 - S(d)) / (1 - S(H)) * T(H)   for d <= H,      G(d) = T(d)   beyond   (T = tail or F / F(W)).
     """
     if not events.sum() > 0:
         return None
@@ -139,11 +145,17 @@ def delay_curve(
     h = int(np.argmin(ok)) if not ok.all() else ok.size  # bins 0..h-1 are seen
     if h == ok.size and incidence[-1] > 0:
         return incidence / incidence[-1], "life_table"
-    _, mu, sigma = fit_lognormal_cure(edges, events, censored, survivors)
-    with np.errstate(divide="ignore"):
-        f = norm_cdf((np.log(edges) - mu) / sigma)
-    f[0] = 0.0
-    g = f / f[-1]
+    if tail is not None:
+        g, method = tail[0].copy(), tail[1]
+        suffix = "parent"
+    else:
+        _, mu, sigma = fit_lognormal_cure(edges, events, censored, survivors)
+        with np.errstate(divide="ignore"):
+            f = norm_cdf((np.log(edges) - mu) / sigma)
+        f[0] = 0.0
+        g, method = f / f[-1], "lognormal"
+        suffix = method
     if h > 0 and incidence[h] > 0:
         g[: h + 1] = incidence[: h + 1] / incidence[h] * g[h]
-    return g, "life_table+lognormal" if h > 0 else "lognormal"
+        return g, f"life_table+{suffix}"
+    return g, method

@@ -20,11 +20,15 @@ conversions than trials (the fit's binomial terms need W >= Y); it errs towards 
 >>> scores, starts = np.array([0.02, 0.03]), np.array([0, 1000])
 >>> pe.add(scores, starts)  # two windows open
 >>> pe.convert(scores[1:], starts[1:])  # the second converts
->>> round(pe.weight, 3), pe.n_seen
-(2.0, 3)
+>>> round(pe.weight, 3), pe.n_open, pe.n_open_converted
+(2.0, 2, 1)
 >>> pe.mature(scores, np.array([0, 1]), starts)  # both close: the calibrator learns them as usual
 >>> pe.weight, pe.cohorts.ids.size  # exactly empty
 (0.0, 0)
+
+Settings changes (`with_config`): a new bin layout or half-life cannot be applied to sums that must later be
+taken out example by example with the same weight, so the exposure of the windows open at the change is
+dropped and they enter at maturity only; their counts stay (`floor_ms`), so the map version never goes back.
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ from .histogram import BinSpec
 from .logit import logit
 from .validation import check_batch, check_timestamps
 
-__all__ = ["PendingConfig", "PendingExposure", "corrected", "corrected_map"]
+__all__ = ["PendingConfig", "PendingExposure", "corrected", "corrected_map", "corrected_version"]
 
-_FORMAT = 1
+_FORMAT = 2  # 1: no converted-count column, no floor (never persisted by a stream worker)
 _HEADER = struct.Struct("<I")
 W, WY, WS = 0, 1, 2
 
@@ -76,25 +80,31 @@ class PendingConfig:
 class PendingExposure:
     """Mutable pending state of one calibrator; one owner per instance."""
 
-    __slots__ = ("_n_seen", "_t_ref", "cohorts", "config", "sums")
+    __slots__ = ("_t_ref", "cohorts", "config", "floor_ms", "sums")
 
     def __init__(self, config: PendingConfig) -> None:
         self.config = config
         self.sums = np.zeros((3, config.bins.n_bins))
-        # columns: decayed opened mass per bin group, then the exact (undecayed) count of open windows
-        self.cohorts = CohortTable(-(-config.window_ms // config.n_cohorts), config.n_groups + 1)
+        # columns: decayed opened mass per bin group, then the exact (undecayed) counts of open windows and of
+        # those that converted
+        self.cohorts = CohortTable(-(-config.window_ms // config.n_cohorts), config.n_groups + 2)
         self._t_ref: int | None = None
-        self._n_seen = 0  # exact count of windows opened and conversions recorded: part of the map version
+        # windows that started before floor_ms (open at a settings change) are counted but carry no exposure
+        self.floor_ms: int | None = None
 
     @classmethod
     def for_calibrator(cls, config: CalibratorConfig, window_ms: int, **kw: int) -> PendingExposure:
         return cls(PendingConfig(config.bins, config.half_life_ms, window_ms, **kw))
 
     @property
-    def n_seen(self) -> int:
-        """Windows opened plus conversions recorded, ever (merged states add): with the calibrator's n_seen
-        a map version that grows with every record, so a corrected map can replace the one before it."""
-        return self._n_seen
+    def n_open(self) -> int:
+        """Windows open now (exact; merged states add)."""
+        return round(float(self.cohorts.rows[:, self.config.n_groups].sum()))
+
+    @property
+    def n_open_converted(self) -> int:
+        """Open windows whose conversion arrived (exact; merged states add)."""
+        return round(float(self.cohorts.rows[:, self.config.n_groups + 1].sum()))
 
     @property
     def weight(self) -> float:
@@ -113,27 +123,32 @@ class PendingExposure:
         self._t_ref, factor = advance_reference(self._t_ref, t, self.config.half_life_ms)
         if factor != 1.0:
             self.sums *= factor
-            self.cohorts.rows[:, :-1] *= factor
+            self.cohorts.rows[:, : self.config.n_groups] *= factor
         s, z = self.config.bins.clip_logit(s)
         w = np.exp2((t - self.last_event_ms) / self.config.half_life_ms)
         return self.config.bins.index(z), s, y, t, w
 
-    def _cohort_cols(self, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
-        cols = np.zeros((idx.size, self.config.n_groups + 1))
+    def _cohort_cols(self, idx: np.ndarray, w: np.ndarray, opened: float, converted: Any) -> np.ndarray:
+        k = self.config.n_groups
+        cols = np.zeros((idx.size, k + 2))
         cols[np.arange(idx.size), self.config.group[idx]] = w
-        cols[:, -1] = 1.0
+        cols[:, k], cols[:, k + 1] = opened, converted
         return cols
+
+    def _exposed(self, t: np.ndarray) -> np.ndarray:
+        """Which windows carry exposure: all but those open at a settings change (`floor_ms`)."""
+        return np.ones(t.shape, bool) if self.floor_ms is None else t >= self.floor_ms
 
     def add(self, scores: Any, start_ms: Any) -> None:
         """Windows opened: examples whose labels are not final yet."""
         if np.size(scores) == 0:
             return
         idx, s, _, t, w = self._prepare(scores, start_ms)
+        w = w * self._exposed(t)
         n = self.config.bins.n_bins
         self.sums[W] += np.bincount(idx, weights=w, minlength=n)
         self.sums[WS] += np.bincount(idx, weights=w * s, minlength=n)
-        self.cohorts.add(t, self._cohort_cols(idx, w))
-        self._n_seen += idx.size
+        self.cohorts.add(t, self._cohort_cols(idx, w, 1.0, 0.0))
 
     def convert(self, scores: Any, start_ms: Any) -> None:
         """First in-window conversions of open windows (scores and starts as added)."""
@@ -141,8 +156,9 @@ class PendingExposure:
             return
         idx, _, _, t, w = self._prepare(scores, start_ms)
         live = np.isin(np.floor_divide(t, self.cohorts.width_ms), self.cohorts.ids)
+        w = w * self._exposed(t)
         self.sums[WY] += np.bincount(idx[live], weights=w[live], minlength=self.config.bins.n_bins)
-        self._n_seen += int(live.sum())
+        self.cohorts.add(t, self._cohort_cols(idx, np.zeros_like(w), 0.0, 1.0), only_existing=True)
 
     def mature(self, scores: Any, labels: Any, start_ms: Any) -> None:
         """Windows closed: take the examples out (the caller feeds them to the calibrator as usual)."""
@@ -150,13 +166,13 @@ class PendingExposure:
             return
         idx, s, y, t, w = self._prepare(scores, start_ms, labels)
         live = np.isin(np.floor_divide(t, self.cohorts.width_ms), self.cohorts.ids)
-        idx, s, y, t, w = idx[live], s[live], y[live], t[live], w[live]
+        idx, s, y, t, w = idx[live], s[live], y[live], t[live], w[live] * self._exposed(t[live])
         n = self.config.bins.n_bins
         self.sums[W] -= np.bincount(idx, weights=w, minlength=n)
         self.sums[WY] -= np.bincount(idx, weights=w * y, minlength=n)
         self.sums[WS] -= np.bincount(idx, weights=w * s, minlength=n)
-        self.cohorts.add(t, -self._cohort_cols(idx, w), only_existing=True)
-        self._forget(self.cohorts.rows[:, -1] > 0.5)
+        self.cohorts.add(t, -self._cohort_cols(idx, w, 1.0, y), only_existing=True)
+        self._forget(self.cohorts.rows[:, self.config.n_groups] > 0.5)
 
     def close_through(self, start_ms: int) -> None:
         """Every window that started before start_ms has matured: drop those cohorts."""
@@ -176,7 +192,7 @@ class PendingExposure:
         if curve is None or self.cohorts.ids.size == 0:
             return out
         lo, hi = self.cohorts.age_ranges(self.last_event_ms if now_ms is None else now_ms)
-        rows = np.maximum(self.cohorts.rows[:, :-1], 0.0)
+        rows = np.maximum(self.cohorts.rows[:, : self.config.n_groups], 0.0)
         mass = rows.sum(axis=0)
         gbar = np.where(mass > 0, (curve.mean_over(lo, hi) @ rows) / np.where(mass > 0, mass, 1.0), 0.0)
         w, y, ws = (np.maximum(r, 0.0) for r in self.sums)
@@ -194,14 +210,34 @@ class PendingExposure:
             raise ValueError("cannot merge pending exposures with different configs")
         out = PendingExposure(self.config)
         out._t_ref, f = align(self._t_ref, other._t_ref, self.config.half_life_ms)
-        out._n_seen = self._n_seen + other._n_seen
+        out.floor_ms = max((v for v in (self.floor_ms, other.floor_ms) if v is not None), default=None)
         out.sums = self.sums * f[0] + other.sums * f[1]
         out.cohorts = self.cohorts.merged(other.cohorts, f[0], f[1], n_decayed=self.config.n_groups)
         return out
 
+    def with_config(self, config: PendingConfig) -> PendingExposure:
+        """This state under other settings (module doc): a new bin layout or half-life keeps the open windows'
+        counts and drops their exposure (they enter at maturity, exactly as they would have); a new window or
+        cohort layout starts afresh. Unchanged settings: self."""
+        if config == self.config:
+            return self
+        out = PendingExposure(config)
+        same_cohorts = (config.window_ms, config.n_cohorts, config.n_groups) == (
+            self.config.window_ms,
+            self.config.n_cohorts,
+            self.config.n_groups,
+        )
+        if same_cohorts and self.cohorts.ids.size:
+            out.cohorts = self.cohorts.copy()
+            out.cohorts.rows[:, : config.n_groups] = 0.0
+            out._t_ref = self._t_ref
+            # every open window started before the floor
+            out.floor_ms = max(self.floor_ms or 0, int(self.cohorts.hi_ms.max()) + 1)
+        return out
+
     def to_bytes(self) -> bytes:
         """u32 header length | orjson header | packed non-empty-bin mask + those columns of (w, y, s) |
-        cohort table (CohortTable.to_bytes). Lossless."""
+        cohort table (CohortTable.to_bytes, the two count columns as int32). Lossless."""
         cfg = self.config
         header = {
             "format": _FORMAT,
@@ -211,13 +247,13 @@ class PendingExposure:
             "n_cohorts": cfg.n_cohorts,
             "n_groups": cfg.n_groups,
             "t_ref": self._t_ref,
-            "n_seen": self._n_seen,
+            "floor_ms": self.floor_ms,
             "cohorts": int(self.cohorts.ids.size),
         }
         mask = np.any(self.sums != 0.0, axis=0)
         body = np.packbits(mask).tobytes() + np.ascontiguousarray(self.sums[:, mask], dtype="<f8").tobytes()
         head = orjson.dumps(header)
-        return _HEADER.pack(len(head)) + head + body + self.cohorts.to_bytes()
+        return _HEADER.pack(len(head)) + head + body + self.cohorts.to_bytes(n_counts=2)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PendingExposure:
@@ -236,11 +272,11 @@ class PendingExposure:
             k = int(mask.sum())
             out.sums[:, mask] = np.frombuffer(buf[nmask : nmask + 24 * k], dtype="<f8").reshape(3, k)
             rest = buf[nmask + 24 * k :]
-            out.cohorts, buf = CohortTable.from_buffer(out.cohorts.width_ms, cfg.n_groups + 1, h["cohorts"], rest)
+            out.cohorts, buf = CohortTable.from_buffer(out.cohorts.width_ms, cfg.n_groups + 2, h["cohorts"], rest, 2)
             if len(buf):
                 raise ValueError(f"{len(buf)} trailing bytes")
             out._t_ref = h["t_ref"]
-            out._n_seen = h["n_seen"]
+            out.floor_ms = h["floor_ms"]
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"corrupt pending-exposure state: {exc!r}") from None
         return out
@@ -259,21 +295,36 @@ def corrected(
     return out, (matured / total if total > 0 else 1.0)
 
 
+def corrected_version(calibrator: Calibrator, pending: PendingExposure | None) -> int:
+    """Map version of a corrected key: 3 per matured example plus 1 per open window and 1 per open window's
+    conversion. It grows with every record (a window opens +1, converts +1, closes +3 - 1 - converted), so a
+    corrected map can replace the one before it under the publish fence; once every window has closed it is
+    3 * n_seen, whichever way the state was built (a replay from the matured labels gives the same)."""
+    return 3 * calibrator.n_seen + (0 if pending is None else pending.n_open + pending.n_open_converted)
+
+
 def corrected_map(
     calibrator: Calibrator,
-    pending: PendingExposure,
+    pending: PendingExposure | None,
     delay_chain: Sequence[DelayModel | None],
     now_ms: int | None = None,
     **meta: Any,
 ) -> CalibrationMap:
     """The refresh-time map of a `label_delay = "corrected"` calibrator: the curve of the first level of the
     segment fallback chain (finest first) with enough conversions, the open windows folded in, and in
-    `metrics` the matured fraction, the delay summary and `delay_level` (index in the chain; -1: no curve, the
-    waited-for map). version = calibrator.n_seen + pending.n_seen; `meta` overrides as in `to_map`."""
-    curve, level = select_curve(delay_chain, now_ms)
-    cal, matured = corrected(calibrator, pending, curve, now_ms)
+    `metrics` the matured fraction, the delay summary and `delay_level` (index in the chain). When no open
+    window carries exposure (none open, no curve yet, or pending None: a replay of matured labels) it is the
+    waited-for map with `matured_fraction` 1.0 and `delay_level` -1 and nothing else: a fully matured map
+    rests on no delay model, and carries the same bytes whichever path built it. Version: `corrected_version`;
+    `meta` overrides as in `to_map`."""
+    curve, level = select_curve(delay_chain, now_ms) if pending is not None else (None, -1)
     metrics = dict(meta.pop("metrics", None) or {})
+    version = corrected_version(calibrator, pending)
+    if pending is None or not np.any(pending.fold(curve, now_ms)):
+        metrics |= {"matured_fraction": 1.0, "delay_level": -1}
+        return calibrator.to_map(**({"map_version": version, "metrics": metrics} | meta))
+    cal, matured = corrected(calibrator, pending, curve, now_ms)
     metrics |= {"matured_fraction": round(matured, 6), "delay_level": level}
     if curve is not None:
         metrics |= curve.summary()
-    return cal.to_map(**({"map_version": calibrator.n_seen + pending.n_seen, "metrics": metrics} | meta))
+    return cal.to_map(**({"map_version": version, "metrics": metrics} | meta))

@@ -337,6 +337,14 @@ def render_map(m: CalibrationMap, history: list[CalibrationMap], now_s: float | 
     )
     if "drift_detections" in metrics:  # models with a drift_detector (streams.pipeline.drift)
         summary += f" · silent-drift detections {_f(_num(metrics, 'drift_detections'), ',.0f')}"
+    if "matured_fraction" in metrics:  # label_delay = "corrected" (streams.pipeline.delayed)
+        median_ms = _num(metrics, "delay_median_ms")
+        summary += (
+            f" · matured {_f(_num(metrics, 'matured_fraction'), '.1%')} · delay median "
+            f"{_age(None if median_ms is None else median_ms / 1000)} "
+            f"({html.escape(str(metrics.get('delay_method', 'no curve')))}, "
+            f"{_f(_num(metrics, 'delay_events'), ',.0f')} conversions)"
+        )
     stats = (
         f"<table><tr><th></th><th>ECE</th><th>ratio</th></tr>"
         f"<tr><td class=l>raw</td><td>{_f(_num(metrics, 'ece_raw'), '.4f')}</td>"

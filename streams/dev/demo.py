@@ -55,7 +55,13 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"worker ready: dashboard {worker.url('/dashboard')}  metrics {worker.url('/metrics')}")
             client = redis.Redis.from_url(stack.redis_url)
             t0 = int(time.time() * 1000 - args.duration * args.speed * 1000)
-            scenario = TrafficScenario(t0_ms=t0, speed=args.speed, malformed_share=0.01, batched_share=0.02)
+            scenario = TrafficScenario(
+                t0_ms=t0,
+                speed=args.speed,
+                malformed_share=0.01,
+                batched_share=0.02,
+                conversion_window_s=config.model("cvr").window_ms / 1000,  # the truth is P(conversion in it)
+            )
             result = asyncio.run(
                 run_simulation(
                     scenario,

@@ -34,6 +34,7 @@ partitions, or a replay running behind, holds fewer and cannot overwrite a newer
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -46,6 +47,7 @@ from recalibrators.gate import QualityGate, prior_contradicted
 from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.delayed import corrected_candidate, delay_config, immature_refusal
 from streams.pipeline.drift import SilentDrift
 from streams.pipeline.map_metrics import DriftAlerts, map_metrics
 from streams.pipeline.partials import calibrator_config
@@ -63,9 +65,12 @@ MapKey = str  # str(MapField): "{esc(model)}:{esc(model_version)}:{segment_key}"
 WARM_START_Z = 0.0
 
 
-def encode_partial(partition: int, model: str, model_version: str, segment: str, calibrator: Calibrator) -> bytes:
+def encode_partial(
+    partition: int, model: str, model_version: str, segment: str, calibrator: Calibrator, delayed: bytes | None = None
+) -> bytes:
+    """delayed: the key's `streams.pipeline.delayed.DelayedPartial` (label_delay = "corrected"), a second blob."""
     header = {"partition": partition, "model": model, "model_version": model_version, "segment": segment}
-    return pack(header, [calibrator.to_bytes()])
+    return pack(header, [calibrator.to_bytes(), *([delayed] if delayed is not None else [])])
 
 
 class MapState:
@@ -73,6 +78,7 @@ class MapState:
 
     def __init__(self) -> None:
         self.partials: dict[int, bytes] = {}  # partition -> calibrator bytes
+        self.delayed: dict[int, bytes] = {}  # partition -> DelayedPartial bytes (corrected models)
         self.prior: CalibrationMap | None = None
         self.prior_chosen = False  # chosen once, with the key's first partial: a prior that moved would move the map
 
@@ -84,8 +90,10 @@ class MapState:
             "partitions": sorted(self.partials),
             "prior": None if self.prior is None else self.prior.to_json().decode(),
             "prior_chosen": self.prior_chosen,
+            "delayed": sorted(self.delayed),
         }
-        return pack(header, [self.partials[p] for p in sorted(self.partials)])
+        blobs = [self.partials[p] for p in sorted(self.partials)] + [self.delayed[p] for p in sorted(self.delayed)]
+        return pack(header, blobs)
 
     @classmethod
     def decode(cls, data: bytes) -> MapState:
@@ -93,7 +101,9 @@ class MapState:
         try:
             header, blobs = unpack(data)
             state = cls()
-            state.partials = {int(p): bytes(b) for p, b in zip(header["partitions"], blobs, strict=True)}
+            n = len(header["partitions"])
+            state.partials = {int(p): bytes(b) for p, b in zip(header["partitions"], blobs[:n], strict=True)}
+            state.delayed = {int(p): bytes(b) for p, b in zip(header.get("delayed", []), blobs[n:], strict=True)}
             if header["prior"] is not None:
                 state.prior = CalibrationMap.from_json(header["prior"])
             state.prior_chosen = bool(header["prior_chosen"])
@@ -172,6 +182,8 @@ class Aggregator:
         if not current.prior_chosen:
             current.prior, current.prior_chosen = self._prior(field, self._model_config(field.model)), True
         current.partials[header["partition"]] = bytes(blobs[0])
+        if len(blobs) > 1:
+            current.delayed[header["partition"]] = bytes(blobs[1])
         self.states[key] = current
         self.dirty.setdefault(key)  # an already changed key keeps its place in the queue
         if field.segment_key == MODEL_WIDE:
@@ -253,18 +265,27 @@ class Aggregator:
         if cfg.drift_detector:
             published = self.published.get(key)
             calibrator = self.silent_drift.observe(cfg.drift_detector, key, field.model_version, calibrator, published)
-        candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
+        corrected = cfg.corrected
+        if corrected:  # open windows folded in (streams.pipeline.delayed); map_version counts them too
+            candidate = corrected_candidate(cfg, calibrator, state.delayed, **meta)
+        else:
+            candidate = self.shrinkage.fit(key, calibrator, meta) or calibrator.to_map(**meta)
         self.shrinkage.fitted[key] = candidate
         if self.with_metrics:
             started = time.perf_counter()
             metrics = map_metrics(candidate, calibrator)
             if cfg.drift_detector:
                 metrics["drift_detections"] = self.silent_drift.detections(key)
-            candidate = candidate.with_meta(metrics=metrics)
+            candidate = candidate.with_meta(metrics={**(candidate.metrics_dict or {}), **metrics})
             self.metrics[key] = metrics
             self.drift_alerts.check(key, metrics)
             self.metrics_seconds += time.perf_counter() - started
         decision = self._gate(cfg, candidate).check(candidate, self.published.get(key), calibrator.holdout)
+        refusal = (
+            immature_refusal(candidate, self.published.get(key), delay_config(cfg).min_events) if corrected else None
+        )
+        if refusal is not None:  # a thin or extrapolated correction does not replace a matured map
+            decision = dataclasses.replace(decision, accepted=False, reason=refusal)
         if not decision.accepted:
             if key not in self.refused:
                 log.warning("gate holds %s (map version %d): %s", key, candidate.map_version, decision.reason)
@@ -291,6 +312,7 @@ class Aggregator:
             state = self.states[key]
             copy = MapState()
             copy.partials, copy.prior, copy.prior_chosen = dict(state.partials), state.prior, state.prior_chosen
+            copy.delayed = dict(state.delayed)
             snapshot[key] = copy
         return snapshot
 

@@ -91,8 +91,8 @@ def create_app(config: Config) -> faust.App:
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))
 
     async def send_partials(partials) -> None:
-        for partition, key, calibrator in partials:
-            k, v = partial_message(partition, key, calibrator)
+        for partition, key, calibrator, delayed in partials:
+            k, v = partial_message(partition, key, calibrator, delayed)
             await partials_topic.send(key=k, value=v)
 
     join = JoinWorker(config, on_partials=send_partials)

@@ -74,6 +74,7 @@ class ModelConfig:
     max_segments: int = 10_000  # cardinality cap: distinct segment keys per fallback level (0: no cap)
     shrink_to_parent: bool = False  # fit each segment toward its fallback parent's map (recalibrators.hierarchy)
     drift_detector: str = ""  # "" | page_hinkley | adwin: forget faster on a silent drift (streams.pipeline.drift)
+    label_delay: str = "corrected"  # conversion models: corrected (early, delay-corrected examples) | wait
 
     def __post_init__(self) -> None:
         if self.label not in ("click", "conversion"):
@@ -86,6 +87,8 @@ class ModelConfig:
             raise ValueError(f"on_new_version must be 'warm_start' or 'reset', not {self.on_new_version!r}")
         if self.drift_detector not in ("", "page_hinkley", "adwin"):
             raise ValueError(f"drift_detector must be '', 'page_hinkley' or 'adwin', not {self.drift_detector!r}")
+        if self.label_delay not in ("corrected", "wait"):
+            raise ValueError(f"label_delay must be 'corrected' or 'wait', not {self.label_delay!r}")
         if not isinstance(self.shrink_to_parent, bool):
             raise ValueError(f"shrink_to_parent must be true or false, not {self.shrink_to_parent!r}")
         for name in ("window_ms", "click_window_ms", "half_life_ms", "refresh_interval_ms"):
@@ -100,6 +103,12 @@ class ModelConfig:
     def version_idle(self) -> int:
         """Event time (ms) without an event after which a model version retires."""
         return self.version_idle_ms or 2 * self.horizon_ms + self.half_life_ms
+
+    @property
+    def corrected(self) -> bool:
+        """Whether open windows enter the maps early, delay-corrected (streams.pipeline.delayed): conversion
+        models with label_delay = "corrected"; click labels come within seconds and always wait."""
+        return self.label == "conversion" and self.label_delay == "corrected"
 
     @property
     def horizon_ms(self) -> int:

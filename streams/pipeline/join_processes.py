@@ -30,11 +30,14 @@ log = logging.getLogger("recal.join")
 _REPORT_S = 0.5
 
 
-def partial_message(partition: int, key: tuple[str, str, str], calibrator) -> tuple[bytes, bytes]:
-    """(key, value) of a partial on the partials topic: keyed by map, so one aggregator owns a map."""
+def partial_message(
+    partition: int, key: tuple[str, str, str], calibrator, delayed: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """(key, value) of a partial on the partials topic: keyed by map, so one aggregator owns a map.
+    delayed: the key's open windows and delay models (label_delay = "corrected"; streams.pipeline.delayed)."""
     model, model_version, segment = key
     field = str(MapField(model, model_version, segment)).encode()
-    return field, encode_partial(partition, model, model_version, segment, calibrator)
+    return field, encode_partial(partition, model, model_version, segment, calibrator, delayed)
 
 
 class JoinProcesses:
@@ -89,8 +92,8 @@ async def _run(config: Config, index: int, report: Callable[[tuple], None]) -> N
 
     async def send_partials(partials) -> None:
         sends = []
-        for partition, key, calibrator in partials:
-            k, v = partial_message(partition, key, calibrator)
+        for partition, key, calibrator, delayed in partials:
+            k, v = partial_message(partition, key, calibrator, delayed)
             sends.append(await producer.send(config.topics.partials, v, key=k))
         await asyncio.gather(*sends)
 

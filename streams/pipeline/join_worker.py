@@ -221,10 +221,12 @@ class JoinWorker:
 
     async def _emit(self, state: PartitionState) -> list[asyncio.Future]:
         join = state.join
-        if self._labels_caught_up(state):
+        expired = self._labels_caught_up(state)
+        if expired:
             join.expire()
         else:
             self.stats.expiry_deferred += 1
+        state.learn_facts()
         examples, orphans = join.drain()
         for name, count in join.counters.items():
             self.stats.join[name] += count
@@ -238,6 +240,8 @@ class JoinWorker:
             record, per_model = state.fold(examples)
             self.stats.labeled.update(per_model)
             sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
+        if expired:
+            state.delayed.close_through(join.clock)
         return sends
 
     # -- checkpoints and rebalancing -----------------------------------------------------------
@@ -278,7 +282,7 @@ class JoinWorker:
     async def _send_partials(self, states: list[PartitionState]) -> None:
         """Changed partial calibrators go to the aggregator. They are absolute states, so one sent
         ahead of a snapshot that a crash then loses is simply replaced by its recomputation."""
-        partials = [(s.partition, key, cal) for s in states for key, cal in s.partials.take_dirty()]
+        partials = [(s.partition, *partial) for s in states for partial in s.take_partials()]
         if partials and self._on_partials is not None:
             await self._on_partials(partials)
 

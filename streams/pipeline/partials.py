@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,28 @@ def calibrator_config(model: ModelConfig) -> CalibratorConfig:
     return CalibratorConfig(**overrides)
 
 
+def batch_groups(columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the batch's rows sorted by (model, version, segment), stably (each group keeps the
+    record's order), and the position in `order` where each group starts."""
+    group = (
+        (columns["model"].astype(np.int64) << 48)
+        | (columns["version"].astype(np.int64) << 32)
+        | columns["segment"].astype(np.int64)
+    )
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    return order, np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+
+
+def row_groups(columns: dict[str, np.ndarray]) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(model, version, segment index, rows) per distinct triple of the batch (`batch_groups`)."""
+    order, starts = batch_groups(columns)
+    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[start:end]
+        first = rows[0]
+        yield int(columns["model"][first]), int(columns["version"][first]), int(columns["segment"][first]), rows
+
+
 class PartialCalibrators:
     """The calibrators fed by one partition's labeled examples."""
 
@@ -50,14 +72,7 @@ class PartialCalibrators:
         """Fold a batch of examples in; indices in `columns` point into the three string tables."""
         if not len(columns["label"]):
             return
-        group = (
-            (columns["model"].astype(np.int64) << 48)
-            | (columns["version"].astype(np.int64) << 32)
-            | columns["segment"].astype(np.int64)
-        )
-        order = np.argsort(group, kind="stable")  # stable: each group keeps the record's order
-        sorted_group = group[order]
-        starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+        order, starts = batch_groups(columns)
         # One pass over the groups for their fallback chains, then every histogram update of the batch at once
         # per bin layout (recalibrators.grouped: bit-identical to learning group by group).
         targets: dict[BinSpec, list[tuple[Calibrator, int]]] = {}

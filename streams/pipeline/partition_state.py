@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recalibrators.calibrator import Calibrator
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.delayed import DelayedFeedback
 from streams.pipeline.join import Labeled, PartitionJoin
-from streams.pipeline.partials import PartialCalibrators
+from streams.pipeline.partials import PartialCalibrators, calibrator_config
 from streams.pipeline.records import compact_tables, pack, pack_examples, unpack
 
 
@@ -25,13 +27,14 @@ class PartitionState:
     join: PartitionJoin
     partials: PartialCalibrators
     offsets: dict[str, int]  # source topic -> next offset to read
+    delayed: DelayedFeedback  # open windows and delay models of label_delay = "corrected" models
     seq: int = 0  # labeled records written
     durable: int = 0  # seq covered by the last snapshot
 
     def snapshot_blob(self) -> bytes:
         keys, blobs = self.partials.to_blobs()
-        header = {"partition": self.partition, "seq": self.seq, "offsets": self.offsets, "keys": keys}
-        return pack(header, [self.join.snapshot(), *blobs])
+        header = {"partition": self.partition, "seq": self.seq, "offsets": self.offsets, "keys": keys, "delayed": 1}
+        return pack(header, [self.join.snapshot(), *blobs, self.delayed.to_bytes()])
 
     @classmethod
     def from_blob(
@@ -43,11 +46,34 @@ class PartitionState:
     ) -> PartitionState:
         """The state a snapshot holds (`blob`), or a fresh one (None)."""
         if blob is None:
-            return cls(partition, new_join(None), PartialCalibrators(model_config), offsets={})
+            return cls(partition, new_join(None), PartialCalibrators(model_config), {}, DelayedFeedback(model_config))
         header, blobs = unpack(blob)
-        partials = PartialCalibrators.from_blobs(model_config, header["keys"], blobs[1:])
+        n = len(header["keys"])
+        partials = PartialCalibrators.from_blobs(model_config, header["keys"], blobs[1 : 1 + n])
+        delayed = (  # a snapshot from before label_delay has none: windows open then enter only at maturity
+            DelayedFeedback.from_bytes(model_config, bytes(blobs[-1]))
+            if header.get("delayed")
+            else DelayedFeedback(model_config)
+        )
         join = new_join(bytes(blobs[0]))
-        return cls(partition, join, partials, header["offsets"], header["seq"], header["seq"])
+        return cls(partition, join, partials, header["offsets"], delayed, header["seq"], header["seq"])
+
+    def learn_facts(self) -> None:
+        """The join's open-window facts of this batch (before its matured examples: `fold`)."""
+        for facts, learn in zip(self.join.drain_facts(), (self.delayed.opened, self.delayed.converted), strict=True):
+            if facts is not None:
+                learn(facts.columns, facts.models, facts.versions, facts.segments)
+
+    def take_partials(self) -> list[tuple[tuple[str, str, str], Calibrator, bytes | None]]:
+        """Changed keys: (key, partial calibrator, its DelayedPartial bytes for corrected models, else None).
+        A corrected key may have open windows and no matured example yet: its calibrator is empty."""
+        keys = {key for key, _ in self.partials.take_dirty()} | set(self.delayed.take_dirty())
+        out = []
+        for key in sorted(keys):
+            cfg = self.delayed.model_config(key[0])
+            calibrator = self.partials.calibrators.get(key) or Calibrator(calibrator_config(cfg))
+            out.append((key, calibrator, self.delayed.partial(key).encode() if cfg.corrected else None))
+        return out
 
     def fold(self, examples: Labeled) -> tuple[bytes, dict[str, int]]:
         """Learn the examples into the partials; return the labeled record and the count per model.
@@ -55,6 +81,7 @@ class PartitionState:
         tables = {"models": examples.models, "versions": examples.versions, "segments": examples.segments}
         columns, tables = compact_tables(examples.arrays(), tables)
         self.partials.learn(columns, tables["models"], tables["versions"], tables["segments"])
+        self.delayed.matured(columns, tables["models"], tables["versions"], tables["segments"])
         models, counts = np.unique(columns["model"], return_counts=True)
         self.seq += 1
         header = {"type": "examples", "partition": self.partition, "seq": self.seq, "durable": self.durable}

@@ -178,6 +178,30 @@ def test_no_conversions_no_curve_and_fallback_chain():
     assert select_curve([empty]) == (None, -1)
 
 
+def test_a_segment_curve_takes_its_tail_beyond_its_horizon_from_the_coarser_level():
+    """Life table of the segment up to its horizon, the parent's curve beyond; the coarsest level alone
+    extrapolates with its lognormal."""
+    cfg = DelayConfig(window_ms=WINDOW, min_events=50)
+    segment, parent = DelayModel(cfg), DelayModel(cfg)
+    rng = np.random.default_rng(4)
+    for dm, n in ((segment, 4_000), (parent, 40_000)):
+        start, conv, conv_at = lognormal_stream(rng, n, 2 * DAY, p=0.2)
+        dm.learn_starts(start)
+        seen = conv & (conv_at < 2 * DAY)
+        dm.learn_conversions(start[seen], conv_at[seen])
+    own, tail = segment.curve(2 * DAY), parent.curve(2 * DAY)
+    assert own.method == tail.method == "life_table+lognormal"
+    curve, level = select_curve([segment, parent], 2 * DAY)
+    assert level == 0 and curve.method == "life_table+parent" and curve.events == segment.n_events
+    same = curve.g == tail.g
+    h = int(np.flatnonzero(~same)[-1]) + 1  # beyond the segment's horizon: the parent's curve exactly
+    assert 2 * HOUR < curve.edges[h] <= 2 * DAY and same[h:].all()
+    seen = own.g[:h] > 0
+    ratio = own.g[:h][seen] / curve.g[:h][seen]  # below it: the segment's own shape, scaled to the tail
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
+    assert select_curve([parent], 2 * DAY)[0].method == "life_table+lognormal"
+
+
 def test_delay_model_rejects_bad_input():
     dm = DelayModel(DelayConfig(window_ms=WINDOW))
     with pytest.raises(ValueError):
@@ -275,7 +299,7 @@ def test_corrected_map_metadata_fallback_and_version():
     cal, pe = Calibrator(cfg), PendingExposure.for_calibrator(cfg, WINDOW)
     pe.add(s, start)
     pe.convert(s[seen], start[seen])
-    assert pe.n_seen == s.size + seen.sum()
+    assert pe.n_open == s.size and pe.n_open_converted == seen.sum()
     m = corrected_map(cal, pe, [thin, wide], 2 * DAY, model="cvr", metrics={"eval": "fit"})
     got = m.metrics_dict
     assert got["delay_level"] == 1 and got["matured_fraction"] == 0.0 and got["eval"] == "fit"
@@ -283,7 +307,7 @@ def test_corrected_map_metadata_fallback_and_version():
         wide.n_events, rel=1e-6
     )
     assert (
-        m.map_version == pe.n_seen
+        m.map_version == 3 * cal.n_seen + pe.n_open + pe.n_open_converted
         and m.model == "cvr"
         and m.n == pytest.approx(cal.with_pending(pe.fold(wide.curve(2 * DAY), 2 * DAY), pe.last_event_ms).n_effective)
     )

@@ -81,6 +81,32 @@ def test_labels_follow_the_true_probabilities():
     assert sum(s.size for (model, _), (s, _) in gen.truth().items() if model == "cvr") == clicked.sum()
 
 
+def test_cvr_truth_is_the_probability_of_a_conversion_within_the_window():
+    """Simulated: the share of conversions landing within the window of their impression matches
+    conversion_in_window, and cvr's truth is P(conversion | click) times it."""
+    scenario = replace(QUIET, conversion_window_s=3600.0)  # median 30 min, sigma 2: ~64% within 1 h
+    gen, ticks, messages = _run(scenario, ticks=20, n=5000, drain_ms=10 * 86_400_000)
+    imp_ts = {}
+    for m in messages:
+        if m.topic == "ad-impressions":
+            for ev in decode(m.value, IMPRESSION, Limits(1 << 20, 64, T0 * 2)):
+                imp_ts[ev.impression_id] = ev.ts
+    delays = [
+        a.ts - imp_ts[a.impression_id]
+        for m in messages
+        if m.topic == "ad-conversions"
+        for a in decode(m.value, CONVERSION, Limits(1 << 20, 64, T0 * 2))
+    ]
+    share = float(np.mean(np.array(delays) <= 3_600_000))
+    n = len(delays)
+    expected = scenario.conversion_in_window
+    assert 0.6 < expected < 0.66 and abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+    clicked = np.concatenate([t.clicked for t in ticks])
+    p_eventual = np.concatenate([t.p_true[1] for t in ticks])[clicked]
+    truth = np.concatenate([p for (model, _), (_, p) in gen.truth().items() if model == "cvr"])
+    assert truth.sum() == pytest.approx(p_eventual.sum() * expected)
+
+
 def _decode_all(messages):
     kinds = {"ad-impressions": IMPRESSION, "ad-clicks": CLICK, "ad-conversions": CONVERSION}
     valid, invalid = [], 0

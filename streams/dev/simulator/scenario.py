@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,17 @@ class TrafficScenario:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.speed <= 0 or self.max_batch_events < 1 or self.reservoir_size < 1:
             raise ValueError("speed, max_batch_events and reservoir_size must be positive")
+
+    @property
+    def conversion_in_window(self) -> float:
+        """P(a conversion lands within `conversion_window_s` of its impression | it happens): the lognormal
+        delay from the click, its window shortened by the mean click delay (seconds against a window of
+        hours or days). cvr's truth is P(conversion | click) times this: the quantity its maps estimate."""
+        room = self.conversion_window_s - self.click_delay_mean_s
+        if room <= 0:
+            return 0.0
+        z = (math.log(room) - math.log(self.conversion_delay_median_s)) / self.conversion_delay_sigma
+        return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
     @property
     def models(self) -> tuple[ModelSpec, ModelSpec]:

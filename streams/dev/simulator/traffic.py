@@ -104,7 +104,8 @@ class TrafficGenerator:
         )
         self._bends = _bends(self._rng, self._mean_logits)
         self._drift_ms = None if scenario.drift_at_s is None else self.t0_ms + int(scenario.drift_at_s * 1000)
-        # cvr's truth holds clicked impressions only: its population (config: population = "click").
+        # cvr's truth holds clicked impressions only: its population (config: population = "click"); its
+        # probability is that of a conversion within the window (scenario.conversion_in_window).
         self._truth = {(m.name, k): Reservoir(scenario.reservoir_size) for m in scenario.models for k in self._seg_keys}
         self._run = f"{int(self._rng.integers(1 << 32)):08x}"  # id namespace: reruns don't collide
         self._prefix = np.frombuffer(f"imp-{self._run}-".encode(), dtype=np.uint8)
@@ -136,11 +137,12 @@ class TrafficGenerator:
                 scores[m, idx] = sample_scores(rng, idx.size, self._mean_logits[m, s], spec.score_sd)
                 p_true[m, idx] = bends[m][s].p_true(scores[m, idx])
         clicked = rng.random(n) < p_true[0]
+        in_window = sc.conversion_in_window
         converted = clicked & (rng.random(n) < p_true[1])
         for s, idx in enumerate(members):
             self._truth[(sc.ctr.name, self._seg_keys[s])].add(scores[0, idx], p_true[0, idx])
             hit = idx[clicked[idx]]
-            self._truth[(sc.cvr.name, self._seg_keys[s])].add(scores[1, hit], p_true[1, hit])
+            self._truth[(sc.cvr.name, self._seg_keys[s])].add(scores[1, hit], p_true[1, hit] * in_window)
 
         out: list[Message] = []
         self._emit(ts, seg, scores, clicked, converted, out)

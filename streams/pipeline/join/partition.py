@@ -47,6 +47,7 @@ import numpy as np
 import orjson
 
 from streams.pipeline.config import ModelConfig
+from streams.pipeline.delayed import JoinFacts
 from streams.pipeline.events import CLICK, Action, Impression, ImpressionEvent, Prediction
 from streams.pipeline.join.clock import JoinClock
 from streams.pipeline.join.due import DueQueue
@@ -99,6 +100,7 @@ class PartitionJoin:
         self.counters: Counter[str] = Counter()
         self.orphans: list[Action] = []
         self._out: list[dict[str, np.ndarray]] = []
+        self.facts = JoinFacts()  # open windows of label_delay = "corrected" models (streams.pipeline.delayed)
 
     # the interned tables, for readers of drained examples
     models = property(lambda self: self.tables.models)
@@ -162,6 +164,10 @@ class PartitionJoin:
         model = self.tables.group_model[groups[in_slots][open_slots]]
         due = ts[slot_imp[in_slots][open_slots]] + self.tables.rules.untouched_due[model]
         self.due.push(due, slot_index)
+        rules = self.tables.rules.rules
+        opens = np.array([r.config.corrected and not r.post_click for r in rules], bool)[model]
+        if opens.any():  # a conversion model's window opens at the impression (post-click ones: at the click)
+            self._fact(slot_index[opens])
         if self.early:
             for i, row in zip(chosen.tolist(), range(first_row, first_row + len(chosen)), strict=True):
                 waiting = self.early.pop(impressions[i].impression_id, None)
@@ -218,10 +224,43 @@ class PartitionJoin:
             return
         seen[action.impression_id] = action.ts
         rows.touched[row] = True
+        self._delay_facts(action, ts, rules, start)
         if action.kind == CLICK:  # a post-click model's slot now waits for its conversion window
             for slot, rule in enumerate(rules, start):
                 if rule.post_click and slots.open[slot]:
                     self.due.push(np.array([rule.due(ts, action.ts)]), np.array([slot]))
+
+    def _fact(self, slots: np.ndarray) -> None:
+        """Windows opened at their impressions (vectorised)."""
+        store = self.pending
+        rows = store.slots.row[slots]
+        self.facts.add(
+            store.slots.group[slots], store.slots.score[slots], store.rows.ts[rows], store.rows.holdout[rows]
+        )
+
+    def _delay_facts(self, action: Action, ts: int, rules: list, start: int) -> None:
+        """Corrected models: a post-click window opens at its click (with a conversion seen before it); a
+        first in-window conversion of an open window (a post-click one: once clicked). Per action, scalars."""
+        slots = self.pending.slots
+        for slot, rule in enumerate(rules, start):
+            if not (rule.config.corrected and slots.open[slot]):
+                continue
+            if action.kind == CLICK:
+                if rule.post_click and action.ts <= ts + rule.click_window:
+                    self._fact_one(slot, ts)
+                    conversion_ts = self.converted.get(action.impression_id)
+                    if conversion_ts is not None and conversion_ts <= ts + rule.window:
+                        self._fact_one(slot, ts, conversion_ts)
+            elif action.ts <= ts + rule.window:
+                click_ts = self.clicked.get(action.impression_id)
+                if not rule.post_click or (click_ts is not None and click_ts <= ts + rule.click_window):
+                    self._fact_one(slot, ts, action.ts)
+
+    def _fact_one(self, slot: int, ts: int, conversion_ts: int | None = None) -> None:
+        store = self.pending
+        row = int(store.slots.row[slot])
+        group, score = int(store.slots.group[slot]), float(store.slots.score[slot])
+        self.facts.add_one(group, score, ts, bool(store.rows.holdout[row]), conversion_ts)
 
     # -- event-time progress -------------------------------------------------------------------
     def expire(self) -> None:
@@ -288,7 +327,7 @@ class PartitionJoin:
         new_row, new_slot = self.pending.compact()
         self.ids.remap(new_row)
         self.due.remap(new_slot)
-        if not self._out:  # drained examples hold indices into the tables as they are
+        if not self._out and not self.facts:  # drained examples and facts hold indices into the tables
             slots = self.pending.slots
             slots.group[:] = self.tables.prune(slots.group)
 
@@ -297,6 +336,11 @@ class PartitionJoin:
         out, orphans = self._out, self.orphans
         self._out, self.orphans = [], []
         return self.tables.labeled(out), orphans
+
+    def drain_facts(self) -> tuple[Labeled | None, Labeled | None]:
+        """The windows opened and first conversions since the last drain (streams.pipeline.delayed)."""
+        opened, converted = self.facts.take()
+        return (self.tables.labeled(opened) if opened else None, self.tables.labeled(converted) if converted else None)
 
     # -- snapshots (format: streams.pipeline.join.snapshot) --------------------------------------
     def snapshot(self) -> bytes:
