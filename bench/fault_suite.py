@@ -3,14 +3,18 @@
     .venv/bin/python bench/fault_suite.py                 # tests/faults with the production-length faults
     .venv/bin/python bench/fault_suite.py --soak 600      # ... then a 10-minute soak against a worker
     .venv/bin/python bench/fault_suite.py --soak 600 --skip-tests   # the soak alone
+    .venv/bin/python bench/fault_suite.py --broker apache -- -k producers   # one file, on Apache Kafka
 
 The fault scenarios are the pytest tests in tests/faults (each starts its own broker, Redis and `recal worker`
 processes): the issue #6 faults (crash, Redis, broker, hostile input) and the producer-side ones of issue #13
-(20,000 distinct segment values against the cardinality cap, a calibrator config change between two restarts,
+(impressions dated 1-23 h ahead, a CRC32-partitioned producer, 20,000 distinct segment values against the
+cardinality cap, models listed twice in one impression, a calibrator config change between two restarts,
 duplicated and fenced snapshots, kafka:// broker URLs with a bearer token). This script runs them with a
 results file (FAULT_RESULTS) and the full fault lengths (Redis down 30 s, broker frozen 15 s, 100,000 hostile
-messages), then prints one row per scenario: faults injected, events sent, labels expected vs counted, dead
-letters by reason, max worker RSS, outcome.
+messages, the default cardinality cap of 10,000), then prints one row per scenario: faults injected, events
+sent, labeled examples and positives (one number where expected and observed agree, both and MISMATCH where
+not), dead letters by reason expected and observed, max worker RSS, PASS/FAIL (the test's outcome: its
+assertions are the exact checks).
 
 The soak drives `streams.dev.simulator.run_simulation` at a steady rate against one worker, samples the worker's
 RSS and /stats every 10 s, and reports the RSS slope after warm-up, the pending join state against
@@ -53,6 +57,8 @@ def run_tests(args: argparse.Namespace, results: Path) -> tuple[int, dict[str, s
         "FAULT_BROKER_PAUSE_S": str(args.broker_pause),
         "FAULT_HOSTILE_N": str(args.hostile),
         "FAULT_SEED": str(args.seed),
+        "FAULT_MAX_SEGMENTS": str(args.max_segments),
+        **({"RECAL_TEST_BROKER": args.broker} if args.broker else {}),
     }
     cmd = [
         sys.executable,
@@ -195,26 +201,38 @@ def soak(duration_s: float, rate: float, speed: float, sample_s: float = 10.0) -
 
 
 # -- the table ---------------------------------------------------------------------------------------------
+def _count(expected, observed) -> str:
+    """`expected / observed`, or one number where they agree, or '-' where the scenario defines none."""
+    if expected is None or observed is None:
+        return "-"
+    return f"{expected:,}" if expected == observed else f"{expected:,} / {observed:,} (MISMATCH)"
+
+
+def _letters(letters: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(letters.items(), key=lambda kv: -kv[1])) or "none"
+
+
 def table(rows: list[dict], outcomes: dict[str, str]) -> str:
+    """One row per scenario: expected and observed counts (one number where they agree) and PASS/FAIL,
+    which is the test's outcome (its assertions are the exact checks)."""
     lines = [
-        "| scenario | faults injected | events sent | labels expected | labels counted | dead letters by reason"
-        " | max RSS MB | result |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | faults injected | events sent | labeled examples | positives | dead letters expected"
+        " | dead letters observed | max RSS MB | result |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         letters = row.get("dead_letters") or {}
         expected = row.get("dead_letters_expected")
-        dl = ", ".join(f"{k} {v:,}" for k, v in sorted(letters.items(), key=lambda kv: -kv[1]))
-        if expected is not None:
-            dl = (
-                f"{sum(letters.values()):,} of {sum(expected.values()):,} expected "
-                + ("(every reason matches)" if letters == expected else "(MISMATCH)")
-                + f": {dl}"
-            )
+        outcome = outcomes.get(row["test"], "?")
+        result = {"passed": "PASS", "failed": "FAIL"}.get(outcome, outcome)
+        expected_text = "-" if expected is None else _letters(expected)
+        observed_text = _letters(letters) if letters or expected is not None else "-"
         lines.append(
             f"| {row['scenario']} | {row.get('faults', 0):,} | {row.get('events_sent', 0):,} "
-            f"| {row.get('labels_expected', 0):,} | {row.get('labels_counted', 0):,} | {dl or '-'} "
-            f"| {row.get('max_rss_mb', '-')} | {outcomes.get(row['test'], '?')} |"
+            f"| {_count(row.get('labels_expected'), row.get('labels_counted'))} "
+            f"| {_count(row.get('positives_expected'), row.get('positives_counted'))} "
+            f"| {expected_text} | {observed_text} "
+            f"| {row.get('max_rss_mb', '-')} | {result} |"
         )
     other = [f"{name}: {o}" for name, o in outcomes.items() if name not in {r["test"] for r in rows}]
     if other:
@@ -229,6 +247,10 @@ def main() -> int:
     parser.add_argument("--broker-pause", type=float, default=15.0, help="seconds the broker is frozen")
     parser.add_argument("--hostile", type=int, default=100_000, help="malformed messages sent")
     parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument(
+        "--max-segments", type=int, default=10_000, help="the cardinality cap against 20,000 segment values"
+    )
+    parser.add_argument("--broker", default="", help="tansu | apache | both (default: $RECAL_TEST_BROKER or tansu)")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak traffic (0: no soak)")
     parser.add_argument("--soak-rate", type=float, default=2000.0, help="impressions per wall second")
     parser.add_argument("--soak-speed", type=float, default=60.0, help="event seconds per wall second")

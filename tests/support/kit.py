@@ -197,13 +197,15 @@ class Scenario:
 
 
 # -- Kafka helpers -------------------------------------------------------------------------------------
-async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5) -> None:
+async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5, **producer_args) -> None:
+    """`producer_args`: more AIOKafkaProducer settings (e.g. a `partitioner` other than murmur2)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=broker,
         linger_ms=linger_ms,
         max_request_size=4 << 20,
         max_batch_size=1 << 20,
         request_timeout_ms=60_000,
+        **producer_args,
     )
     await producer.start()
     try:
@@ -215,8 +217,8 @@ async def produce_async(broker: str, messages: list[Message], linger_ms: int = 5
         await producer.stop()
 
 
-def produce(broker: str, messages: list[Message]) -> None:
-    asyncio.run(produce_async(broker, messages))
+def produce(broker: str, messages: list[Message], **producer_args) -> None:
+    asyncio.run(produce_async(broker, messages, **producer_args))
 
 
 def produce_then_ticks(broker: str, messages: list[Message], ticks: list[Message]) -> None:
@@ -373,3 +375,8 @@ def wait_for_counts(redis_url: str, ns: str, expected: dict, worker: WorkerProce
 def labels_counted(counts: dict) -> int:
     """The labels `wait_for_counts`'s counts hold: over the models, the `*` segment's n."""
     return sum(c[0] for (_, segment), c in counts.items() if segment == "*" and c)
+
+
+def positives_counted(counts: dict) -> int:
+    """The positives of the same counts: over the models, the `*` segment's positives."""
+    return sum(c[1] for (_, segment), c in counts.items() if segment == "*" and c)

@@ -79,12 +79,14 @@ class ReferenceJoin:
             else:
                 self.early.setdefault(action.impression_id, []).append(action)
                 self.counters[f"early_{_kind(action)}"] += 1
-        if impressions:  # the newest; with a wall clock, at most max(wall + skew, p99 of the last 4,096)
+        if impressions:  # the newest; with a wall clock, one beyond wall + skew at most the p99 of the last 4,096
             self.recent_ts = (self.recent_ts + [e.ts for e in impressions])[-4096:]
             candidate = max(e.ts for e in impressions)
-            if now_ms is not None:
+            if now_ms is not None and candidate > now_ms + self.skew:
                 ranked = sorted(self.recent_ts)
-                candidate = min(candidate, max(now_ms + self.skew, ranked[math.ceil(0.99 * (len(ranked) - 1))]))
+                in_bound = [e.ts for e in impressions if e.ts <= now_ms + self.skew]
+                quantile = min(candidate, ranked[math.ceil(0.99 * (len(ranked) - 1))])
+                candidate = max(max(in_bound, default=self.clock), quantile)
             self.clock = max(self.clock, candidate)
 
     def _apply(self, action: Action) -> None:

@@ -121,8 +121,9 @@ def test_the_reference_run_sees_every_path():
 
 
 # -- #13 item 1: a future-dated impression must not freeze the partition -------------------------
-def _traffic(rng: random.Random, n: int, future: bool):
-    """Impressions 10 ms apart with clicks; with `future`, 0.1% of them 1-23 h ahead of the stream."""
+def _traffic(rng: random.Random, n: int, future: bool, behind_ms: int = 0):
+    """Impressions 10 ms apart with clicks; with `future`, 0.1% of them 1-23 h ahead of the stream;
+    wall time `behind_ms` ahead of the stream (a worker catching up on a backlog)."""
     batches = []
     for b in range(n // 500):
         imps, acts = [], []
@@ -136,11 +137,10 @@ def _traffic(rng: random.Random, n: int, future: bool):
             imps.append(ImpressionEvent(iid, ts, [Prediction("ctr", "v1", 0.25)], {"placement": "feed"}))
             if i % 7 == 0:
                 acts.append(Action(CLICK, iid, ts + 1_000, f"c{i}"))
-        batches.append((imps, acts, T0 + (b + 1) * 5_000))  # wall time keeps up with the stream
+        batches.append((imps, acts, T0 + (b + 1) * 5_000 + behind_ms))  # wall time keeps up with the stream
     end = T0 + 30 * 3_600_000  # then a day later: every window closes
-    batches.append(
-        ([ImpressionEvent(f"t{k}", end, [Prediction("ctr", "v9", 0.5)], None) for k in range(4096)], [], end)
-    )
+    ticks = [ImpressionEvent(f"t{k}", end, [Prediction("ctr", "v9", 0.5)], None) for k in range(4096)]
+    batches.append((ticks, [], end + behind_ms))
     return batches
 
 
@@ -154,11 +154,14 @@ def _run(batches, skew_ms: int) -> tuple[list[tuple], Counter]:
     return got, join.counters
 
 
-@pytest.mark.parametrize("skew_ms", [1_000, 5_000])
-def test_future_dated_impressions_do_not_close_the_windows_of_the_others(skew_ms):
-    """Before: the clock was the newest impression, so one at +1-23 h closed every window."""
-    clean, clean_counters = _run(_traffic(random.Random(5), 60_000, future=False), skew_ms)
-    batches = _traffic(random.Random(5), 60_000, future=True)
+@pytest.mark.parametrize(
+    "skew_ms, behind_ms", [(1_000, 0), (5_000, 0), (1_000, 3_600_000)], ids=["skew1s", "skew5s", "backlog1h"]
+)
+def test_future_dated_impressions_do_not_close_the_windows_of_the_others(skew_ms, behind_ms):
+    """Before: the clock was the newest impression, so one at +1-23 h closed every window. Then, with the
+    stream an hour behind wall time (a backlog), one such impression still pulled the clock to wall time."""
+    clean, clean_counters = _run(_traffic(random.Random(5), 60_000, future=False, behind_ms=behind_ms), skew_ms)
+    batches = _traffic(random.Random(5), 60_000, future=True, behind_ms=behind_ms)
     futures = {e.impression_id for imps, _, _ in batches for e in imps if e.impression_id.startswith("future")}
     assert 30 <= len(futures) <= 100
     dirty, dirty_counters = _run(batches, skew_ms)

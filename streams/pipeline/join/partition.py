@@ -12,8 +12,8 @@ Per batch (`process`), in this order:
    applied if some prediction's window covers it (else `late_*`), once (`duplicate_*`); one for an
    impression decided recently, or older than the grace period, is late; any other waits up to
    `grace` for its impression (`early_*`), then is an orphan (`orphan_*`, dead-lettered).
-3. The clock moves to the batch's newest impression, but given wall time (`now_ms`) no further than
-   the larger of wall time plus `clock_skew_ms` and a high quantile of recent impression times
+3. The clock moves to the batch's newest impression, but given wall time (`now_ms`) one ahead of wall
+   time plus `clock_skew_ms` moves it no further than a high quantile of recent impression times
    (`JoinClock`): one impression an hour ahead cannot close every window at once (#13 item 1).
    Clicks never move it.
 
