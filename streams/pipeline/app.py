@@ -27,6 +27,7 @@ from streams.pipeline.join_worker import JoinWorker
 from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.publisher import MapPublisher, RetryingPublisher
 from streams.pipeline.refresh import Refresher
+from streams.pipeline.topics import PARTIALS_TABLE
 from streams.pipeline.urls import faust_brokers
 from streams.pipeline.web import register_pages
 
@@ -86,7 +87,7 @@ def create_app(config: Config) -> faust.App:
         value_serializer="raw",
         partitions=config.partitions,
     )
-    table = app.Table("partials", default=None, key_type=bytes, value_type=bytes, partitions=config.partitions)
+    table = app.Table(PARTIALS_TABLE, default=None, key_type=bytes, value_type=bytes, partitions=config.partitions)
     aggregator = Aggregator(config.model)
     cache = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
     publisher = RetryingPublisher(MapPublisher(cache, prefix=config.prefix))

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.pipeline.config import Config
 from streams.pipeline.partitioners import partition_of
 
-__all__ = ["ensure_topics", "ids_covering_partitions", "partition_of"]
+__all__ = ["PARTIALS_TABLE", "ensure_topics", "ids_covering_partitions", "partials_changelog", "partition_of"]
+
+PARTIALS_TABLE = "partials"  # the Faust table the aggregation agent keeps; its changelog is ours to create
+
+
+def partials_changelog(config: Config) -> str:
+    """The partials table's changelog topic, named as Faust names it (`{app id}-{table}-changelog`)."""
+    return f"{config.app_id}-{PARTIALS_TABLE}-changelog"
 
 
 def ids_covering_partitions(prefix: str, partitions: int) -> list[str]:
@@ -56,8 +66,29 @@ async def ensure_topics(config: Config, create_sources: bool = False) -> int:
             (topics.deadletter, config.partitions),
         ]
         new = [NewTopic(t, p, config.replication_factor) for t, p in internal if t not in existing]
+        changelog = partials_changelog(config)
+        if changelog not in existing:  # compacted, as Faust declares it
+            compact = {"cleanup.policy": "compact"}
+            new.append(NewTopic(changelog, config.partitions, config.replication_factor, topic_configs=compact))
         if new:
             await admin.create_topics(new)
+            await _wait_for_partitions(admin, {t.name: t.num_partitions for t in new})
         return n
     finally:
         await admin.close()
+
+
+async def _wait_for_partitions(admin: AIOKafkaAdminClient, want: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Until the metadata shows every new topic with all its partitions. A broker may answer CreateTopics
+    before its metadata has them (Apache Kafka's controller propagates them a moment later); a Faust
+    consumer that starts in that moment caches the changelog with 0 partitions, and its table refuses
+    every partial (PartitionsMismatch) until the metadata's next refresh, minutes later."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(want))
+        seen = {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+        if all(seen.get(t, 0) >= n for t, n in want.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics created but not visible with their partitions after {timeout_s:.0f} s: {want}")
+        await asyncio.sleep(0.1)

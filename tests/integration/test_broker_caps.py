@@ -7,9 +7,12 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.pipeline.broker_caps import start_producer
+from streams.pipeline.config import load_config
+from streams.pipeline.topics import ensure_topics, partials_changelog
 from tests.support.kit import config_text, consume_all, new_ns
 
 
@@ -48,3 +51,22 @@ def test_worker_reports_its_producer_mode(stack, start_worker):
     worker = start_worker(config_text(new_ns()))
     worker.wait_ready()
     assert worker.stats()["idempotent_producer"] == asyncio.run(grants_producer_id(stack.broker_url))
+
+
+async def changelog_partitions_seen_at_once(config) -> int:
+    """What a client started right after `ensure_topics` (as Faust's consumer is) sees of the partials changelog."""
+    await ensure_topics(config, create_sources=True)
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.broker)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([partials_changelog(config)])
+        return len(described["partitions"])
+    finally:
+        await admin.close()
+
+
+def test_ensure_topics_creates_the_partials_changelog_visible_with_all_its_partitions(stack, tmp_path):
+    path = tmp_path / "recal.toml"
+    path.write_text(config_text(new_ns()))
+    config = load_config(path, broker=stack.broker_url, redis=stack.redis_url)
+    assert asyncio.run(changelog_partitions_seen_at_once(config)) == config.partitions
