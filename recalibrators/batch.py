@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .histogram import BinSpec
+from .histogram import BinSpec, Histogram
 from .validation import check_batch, check_timestamps
 
-__all__ = ["PreparedBatch", "prepare_batch"]
+__all__ = ["PreparedBatch", "add_part", "prepare_batch"]
 
 _Part = tuple  # (idx, s, z, y, w | None, t): one histogram's share of a batch
 
@@ -60,3 +60,21 @@ def prepare_batch(
     return PreparedBatch(
         s.shape[0], t_max, parts[0] if parts[0][0].size else None, parts[1] if parts[1][0].size else None
     )
+
+
+def add_part(hist: Histogram, part: _Part, half_life: float, t_ref: int) -> None:
+    """Add one part of a prepared batch to `hist`, each example decayed from its time to `t_ref`.
+
+    >>> spec = BinSpec(8, -8.0, 4.0, 1e-7)
+    >>> hist = Histogram(spec)
+    >>> add_part(hist, prepare_batch(spec, [0.1, 0.2], [0, 1], ts_ms=0).main, half_life=10.0, t_ref=10)
+    >>> hist.total_weight, hist.total_positives
+    (1.0, 0.5)
+    """
+    idx, s, z, y, w, t = part
+    if isinstance(t, int):
+        decay = 2.0 ** ((t - t_ref) / half_life)
+        hist.add(idx, s, z, y, decay if w is None else w * decay)
+    else:
+        decay = np.exp2((t - t_ref) / half_life)
+        hist.add(idx, s, z, y, decay if w is None else np.multiply(decay, w, out=decay))

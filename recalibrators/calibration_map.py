@@ -24,46 +24,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import orjson
+
+from . import map_json
+from .map_json import _BAND, SCHEMA_VERSION, _is_int, _is_number
 
 __all__ = ["MAX_KNOTS", "SCHEMA_VERSION", "CalibrationMap", "identity_map"]
 
-SCHEMA_VERSION = 2
 MAX_KNOTS = 4096  # sanity bound: calibrator maps have n_bins + 2 knots
 _GRID = 1024  # cells of the sqrt(score) lookup grid used by `apply` on large batches
 _MAX_WALK = 3  # grid cells holding more knots than this fall back to np.interp
-
-# What a reader needs to apply a map; everything else is optional and unknown fields are ignored, so a
-# newer publisher never makes an older reader drop its maps.
-_REQUIRED = {"schema": int, "model": str, "model_version": str, "segment": dict, "version": int, "x": list, "y": list}
-_OPTIONAL = {
-    "updated_at": int,
-    "method": str,
-    "n": float,
-    "positives": float,
-    "last_event_ms": int,
-    "platt": dict,
-    "metrics": dict,
-    "prior": dict,
-    "y_lo": list,
-    "y_hi": list,
-    "ess": list,
-}
-_BAND = ("y_lo", "y_hi", "ess")  # optional per-knot confidence (recalibrators.hierarchy); readers may ignore
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_numbers(name: str, values: list) -> None:
-    """JSON booleans and strings are never numbers (numpy would silently convert both)."""
-    if not all(_is_number(v) for v in values):
-        raise ValueError(f"{name} must be an array of numbers")
 
 
 def _meta_items(name: str, value: object) -> tuple | None:
@@ -75,14 +44,6 @@ def _meta_items(name: str, value: object) -> tuple | None:
         if not isinstance(k, str) or not (isinstance(v, str) or (_is_number(v) and math.isfinite(v))):
             raise ValueError(f"{name} must map strings to finite numbers or strings, got {k!r}: {v!r}")
     return items
-
-
-def _provenance(prior: dict | None) -> dict | None:
-    """`prior` is provenance only (the contract fixes no type beyond an object): its entries that are
-    not strings or finite numbers are dropped, never a reason to reject a map that applies fine."""
-    if prior is None:
-        return None
-    return {k: v for k, v in prior.items() if isinstance(v, str) or (_is_number(v) and math.isfinite(v))}
 
 
 def _knots(name: str, values: object) -> np.ndarray:
@@ -266,77 +227,12 @@ class CalibrationMap:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> bytes:
-        doc: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "model": self.model,
-            "model_version": self.model_version,
-            "segment": dict(self.segment),
-            "version": self.map_version,
-            "updated_at": self.updated_at,
-            "method": self.method,
-            "n": self.n,
-            "positives": self.positives,
-            "last_event_ms": self.last_event_ms,
-            "x": self.x,
-            "y": self.y,
-        }
-        if self.platt is not None:
-            doc["platt"] = {"a": self.platt[0], "b": self.platt[1]}
-        if self.metrics is not None:
-            doc["metrics"] = dict(self.metrics)
-        if self.prior is not None:
-            doc["prior"] = dict(self.prior)
-        for name in _BAND:
-            if getattr(self, name) is not None:
-                doc[name] = getattr(self, name)
-        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        return map_json.encode(self)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> CalibrationMap:
         """Parse and validate a schema-2 map; ValueError for anything a reader must not apply."""
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"calibration map is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ValueError("calibration map JSON must be an object")
-        if not _is_int(doc.get("schema")) or doc["schema"] != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema {doc.get('schema')!r} (expected {SCHEMA_VERSION})")
-        missing = sorted(set(_REQUIRED) - set(doc))
-        if missing:
-            raise ValueError(f"calibration map JSON is missing fields: {missing}")
-        for key, typ in (_REQUIRED | _OPTIONAL).items():
-            if key not in doc:
-                continue
-            v = doc[key]
-            ok = _is_number(v) if typ is float else (_is_int(v) if typ is int else isinstance(v, typ))
-            if not ok:
-                raise ValueError(f"field {key!r} must be {typ.__name__}, got {type(v).__name__}")
-        for name in ("x", "y", *_BAND):
-            if name in doc:
-                _check_numbers(name, doc[name])
-        platt = doc.get("platt")
-        if platt is not None:
-            if not ("a" in platt and "b" in platt):
-                raise ValueError("platt must be an object with keys 'a' and 'b'")
-            platt = (platt["a"], platt["b"])
-        return cls(
-            x=doc["x"],
-            y=doc["y"],
-            method=doc.get("method", ""),
-            n=doc.get("n", 0.0),
-            positives=doc.get("positives", 0.0),
-            last_event_ms=doc.get("last_event_ms", 0),
-            model=doc["model"],
-            model_version=doc["model_version"],
-            segment=doc["segment"],
-            map_version=doc["version"],
-            updated_at=doc.get("updated_at", 0),
-            platt=platt,
-            metrics=doc.get("metrics"),
-            prior=_provenance(doc.get("prior")),
-            **{name: doc[name] for name in _BAND if name in doc},
-        )
+        return cls(**map_json.decode(data))
 
     def _key(self) -> tuple:
         return (

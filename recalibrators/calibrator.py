@@ -8,67 +8,18 @@ aligning to the later T and adding.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import struct
 from typing import Any
 
 import numpy as np
-import orjson
 
-from .batch import PreparedBatch, prepare_batch
+from .batch import PreparedBatch, add_part, prepare_batch
 from .calibration_map import CalibrationMap
-from .histogram import BinSpec, Histogram
-from .isotonic import cap_by_prior_evidence, eb_prior_strength, match_total, shrunk_isotonic
-from .logit import logit, sigmoid
-from .platt import fit_platt
+from .calibrator_codec import CalibratorState, decode, encode
+from .calibrator_config import METHODS, CalibratorConfig
+from .calibrator_fit import Fit, fit_map, rebin
+from .histogram import Histogram
 
 __all__ = ["METHODS", "Calibrator", "CalibratorConfig"]
-
-METHODS = ("isotonic", "platt")
-_FORMAT = 1
-_HEADER = struct.Struct("<I")
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibratorConfig:
-    """Calibrator settings; equal configs are required to merge two calibrators.
-
-    method          "isotonic": Bayes-shrunk PAV over the bins (default); "platt": the Platt curve only.
-    n_bins          logit-uniform bins on [logit_lo, logit_hi]; 96 keeps a worst-case state under 8 KB.
-    half_life_ms    event-time half-life of the fitting histogram.
-    holdout_half_life_ms  shorter half-life of the held-back histogram the quality gate evaluates on.
-    prior_strength  m: pseudo-impressions of the prior (Platt or previous map) per bin; None (default) picks a
-                    per-bin m by empirical Bayes from how far the data departs from the prior.
-    ridge           Platt ridge toward (a, b) = (1, 0), or toward the prior map's Platt parameters.
-    clip            scores are clipped to [clip, 1 - clip] before the logit.
-    """
-
-    method: str = "isotonic"
-    n_bins: int = 96
-    logit_lo: float = -8.0
-    logit_hi: float = 4.0
-    half_life_ms: float = 6 * 3600 * 1000.0
-    holdout_half_life_ms: float = 3600 * 1000.0
-    prior_strength: float | None = None
-    ridge: float = 1.0
-    clip: float = 1e-7
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("half_life_ms", "holdout_half_life_ms"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.prior_strength is not None and not self.prior_strength > 0:
-            raise ValueError(f"prior_strength must be > 0 or None, got {self.prior_strength!r}")
-        if not self.ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
-        _ = self.bins  # validates the bin layout
-
-    @functools.cached_property
-    def bins(self) -> BinSpec:
-        return BinSpec(self.n_bins, self.logit_lo, self.logit_hi, self.clip)
 
 
 class Calibrator:
@@ -110,7 +61,7 @@ class Calibrator:
         self._holdout = Histogram(spec, with_logit=False)
         self._t_ref: int | None = None
         self._n_seen = 0
-        self._fit: tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str] | None = None
+        self._fit: Fit | None = None
 
     # ---- state accessors -------------------------------------------------------------------------------
     @property
@@ -164,7 +115,7 @@ class Calibrator:
             (batch.held, self._holdout, cfg.holdout_half_life_ms),
         ):
             if part is not None:
-                self._add(hist, half_life, *part)
+                add_part(hist, part, half_life, self._t_ref)
         self._n_seen += batch.n
         self._fit = None
 
@@ -189,30 +140,12 @@ class Calibrator:
             self._holdout.scale(2.0 ** (-dt / self.config.holdout_half_life_ms))
             self._t_ref = t_max
 
-    def _add(
-        self,
-        hist: Histogram,
-        half_life: float,
-        idx: np.ndarray,
-        s: np.ndarray,
-        z: np.ndarray,
-        y: np.ndarray,
-        w: np.ndarray | None,
-        t: int | np.ndarray,
-    ) -> None:
-        if isinstance(t, int):
-            decay = 2.0 ** ((t - self._t_ref) / half_life)
-            hist.add(idx, s, z, y, decay if w is None else w * decay)
-        else:
-            decay = np.exp2((t - self._t_ref) / half_life)
-            hist.add(idx, s, z, y, decay if w is None else np.multiply(decay, w, out=decay))
-
     # ---- fitting ---------------------------------------------------------------------------------------
     def to_map(self, **meta: Any) -> CalibrationMap:
         """Publishable map. Defaults: n/positives/last_event_ms from the state, map_version=n_seen,
         updated_at=last_event_ms (event time, so replays reproduce maps); any field may be overridden."""
         if self._fit is None:
-            self._fit = self._compute_fit()
+            self._fit = fit_map(self._main, self.config, self.prior)
         x, y, platt, method = self._fit
         return CalibrationMap(x=x, y=y, method=method, platt=platt, **(self.map_meta() | meta))
 
@@ -237,41 +170,6 @@ class Calibrator:
         self._holdout.scale(factor)
         self._fit = None
 
-    def _compute_fit(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, str]:
-        cfg, h, prior = self.config, self._main, self.prior
-        if h.total_weight <= 0.0:
-            if prior is not None:
-                return prior.x, prior.y, prior.platt, prior.method
-            return np.array([0.0, 1.0]), np.array([0.0, 1.0]), None, "identity"
-        ok = h.nonempty()
-        w = np.where(ok, h.weight, 0.0)
-        p = np.where(ok, h.positives, 0.0)
-        x = h.mean_score()
-        center = prior.platt if prior is not None and prior.platt is not None else (1.0, 0.0)
-        a, b = fit_platt(w[ok], p[ok], h.mean_logit()[ok], ridge=cfg.ridge, center=center)
-        platt_knots = sigmoid(a * logit(x) + b)
-        # Platt's limits at s=0 and s=1 (a >= 0 is enforced by the fit).
-        ends = (0.0, 1.0) if a > 0 else (float(sigmoid(b)),) * 2
-        if cfg.method == "platt":
-            y = platt_knots
-        else:
-            base = platt_knots if prior is None else prior.apply(x)
-            if prior is not None:
-                ends = (prior.apply_one(0.0), prior.apply_one(1.0))
-            m = cfg.prior_strength if cfg.prior_strength is not None else eb_prior_strength(w, p, base)
-            if prior is not None and cfg.prior_strength is None:
-                m = cap_by_prior_evidence(m, w, x, prior.n, None if prior.ess is None else (prior.x, prior.ess))
-            y = np.clip(shrunk_isotonic(w, p, base, m), 0.0, 1.0)
-            if prior is None:  # a previous model's map is not fitted to this data: its total may be off
-                y = match_total(y, w, p, cfg.ridge)
-        x = np.concatenate(([0.0], x, [1.0]))
-        y = np.concatenate(([min(ends[0], y[0])], y, [max(ends[1], y[-1])]))
-        # Bin means are strictly increasing in exact arithmetic; drop any knot rounding made non-increasing.
-        keep = np.concatenate(([True], np.diff(x) > 0))
-        if not keep.all():
-            x, y = x[keep], y[keep]
-        return x, y, (a, b), cfg.method
-
     def with_pending(self, sums: np.ndarray, t_ref: int) -> Calibrator:
         """A copy whose fitting histogram also holds `sums` ((4, n_bins) W, WY, WS, WZ decayed as of `t_ref`
         with this half-life): the delayed-feedback correction's open windows, folded in at refresh time
@@ -289,9 +187,8 @@ class Calibrator:
     # ---- merge & persistence ---------------------------------------------------------------------------
     def with_config(self, config: CalibratorConfig) -> Calibrator:
         """This state under another config (changed n_bins, half-life, method or prior strength): the decayed
-        sums and n_seen are kept. When the bins differ, each old bin's sums move whole to the new bin holding
-        its mean logit, so totals (weight, positives, score sums) stay exact and no example moves by more than
-        one old bin width. New half-lives apply from the next event on.
+        sums and n_seen are kept, moved to the new bins by `calibrator_fit.rebin` when the bins differ (totals
+        stay exact). New half-lives apply from the next event on.
 
         >>> old = Calibrator(CalibratorConfig(n_bins=96))
         >>> old.learn_batch([0.1, 0.2, 0.9], [0, 1, 1], ts_ms=0)
@@ -301,21 +198,7 @@ class Calibrator:
         """
         out = Calibrator(config, self.prior)
         out._t_ref, out._n_seen = self._t_ref, self._n_seen
-        for src, dst in ((self._main, out._main), (self._holdout, out._holdout)):
-            if src.spec == dst.spec:
-                dst.sums[:] = src.sums
-                continue
-            used = np.any(src.sums != 0.0, axis=0)
-            w = src.sums[0, used]
-            safe_w = np.where(w != 0.0, w, 1.0)
-            if src.with_logit:
-                z = np.where(w != 0.0, src.sums[3, used] / safe_w, src.spec.center_logits[used])
-            else:
-                mean = np.where(w != 0.0, src.sums[2, used] / safe_w, sigmoid(src.spec.center_logits[used]))
-                z = dst.spec.clip_logit(mean)[1]
-            idx = dst.spec.index(z)
-            for row in range(dst.sums.shape[0]):
-                dst.sums[row] = np.bincount(idx, weights=src.sums[row, used], minlength=dst.spec.n_bins)
+        out._main, out._holdout = rebin(self._main, out.config.bins), rebin(self._holdout, out.config.bins)
         return out
 
     def merge(self, other: Calibrator) -> Calibrator:
@@ -337,63 +220,13 @@ class Calibrator:
         return out
 
     def to_bytes(self) -> bytes:
-        """u32 header length | orjson header | per histogram: packed non-empty-bin mask + those columns
-        (float64 LE) | prior knots x, y (float64 LE). No pickle; <= 8 KB for the default config."""
-        header: dict[str, Any] = {
-            "format": _FORMAT,
-            "config": dataclasses.asdict(self.config),
-            "t_ref": self._t_ref,
-            "n_seen": self._n_seen,
-        }
-        parts = []
-        for hist in (self._main, self._holdout):
-            mask = np.any(hist.sums != 0.0, axis=0)
-            parts.append(np.packbits(mask).tobytes())
-            parts.append(np.ascontiguousarray(hist.sums[:, mask], dtype="<f8").tobytes())
-        if self.prior is not None:
-            prior_doc = orjson.loads(self.prior.to_json())
-            del prior_doc["x"], prior_doc["y"]
-            header["prior"] = prior_doc
-            header["prior_knots"] = int(self.prior.x.size)
-            parts.append(self.prior.x.astype("<f8").tobytes() + self.prior.y.astype("<f8").tobytes())
-        head = orjson.dumps(header)
-        return _HEADER.pack(len(head)) + head + b"".join(parts)
+        """The state as bytes (`recalibrators.calibrator_codec`); no pickle, <= 8 KB for the default config."""
+        return encode(CalibratorState(self.config, self.prior, self._main, self._holdout, self._t_ref, self._n_seen))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Calibrator:
-        try:
-            (hlen,) = _HEADER.unpack_from(data, 0)
-            header = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
-            if header.get("format") != _FORMAT:
-                raise ValueError(f"unsupported calibrator format {header.get('format')!r}")
-            config = CalibratorConfig(**header["config"])
-            buf = memoryview(data)[_HEADER.size + hlen :]
-            spec = config.bins
-            hists = []
-            for rows in (4, 3):
-                nmask = (spec.n_bins + 7) // 8
-                mask = np.unpackbits(np.frombuffer(buf[:nmask], dtype=np.uint8))[: spec.n_bins].astype(bool)
-                k = int(mask.sum())
-                cols = np.frombuffer(buf[nmask : nmask + 8 * rows * k], dtype="<f8").reshape(rows, k)
-                sums = np.zeros((rows, spec.n_bins))
-                sums[:, mask] = cols
-                hists.append(Histogram(spec, with_logit=rows == 4, sums=sums))
-                buf = buf[nmask + 8 * rows * k :]
-            prior = None
-            if "prior" in header:
-                n = header["prior_knots"]
-                knots = np.frombuffer(buf[: 16 * n], dtype="<f8")
-                prior_doc = header["prior"] | {"x": knots[:n].tolist(), "y": knots[n:].tolist()}
-                prior = CalibrationMap.from_json(orjson.dumps(prior_doc))
-                buf = buf[16 * n :]
-            if len(buf):
-                raise ValueError(f"{len(buf)} trailing bytes")
-        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"corrupt calibrator state: {exc!r}") from None
-        except ValueError as exc:
-            raise ValueError(f"corrupt calibrator state: {exc}") from None
-        out = cls(config, prior)
-        out._main, out._holdout = hists
-        out._t_ref = header["t_ref"]
-        out._n_seen = header["n_seen"]
+        state = decode(data)
+        out = cls(state.config, state.prior)
+        out._main, out._holdout = state.main, state.holdout
+        out._t_ref, out._n_seen = state.t_ref, state.n_seen
         return out

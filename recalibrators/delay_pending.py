@@ -33,49 +33,23 @@ dropped and they enter at maturity only; their counts stay (`floor_ms`), so the 
 
 from __future__ import annotations
 
-import dataclasses
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .calibration_map import CalibrationMap
 from .calibrator import Calibrator, CalibratorConfig
 from .delay import DelayCurve, DelayModel, advance_reference, align, select_curve
 from .delay_cohorts import CohortTable
-from .histogram import BinSpec
+from .delay_pending_codec import PendingState, decode, encode
+from .delay_pending_config import PendingConfig
 from .logit import logit
 from .validation import check_batch, check_timestamps
 
 __all__ = ["PendingConfig", "PendingExposure", "corrected", "corrected_map", "corrected_version"]
 
-_FORMAT = 2  # 1: no converted-count column, no floor (never persisted by a stream worker)
-_HEADER = struct.Struct("<I")
 W, WY, WS = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class PendingConfig:
-    """bins and half_life_ms: the calibrator's (the sums fold into its histogram). n_cohorts: start cohorts
-    per window. n_groups: consecutive calibrator bins sharing one age profile (bytes vs. resolution)."""
-
-    bins: BinSpec
-    half_life_ms: float
-    window_ms: int
-    n_cohorts: int = 12
-    n_groups: int = 4
-
-    def __post_init__(self) -> None:
-        if not (self.window_ms > 0 and self.half_life_ms > 0):
-            raise ValueError("need window_ms > 0 and half_life_ms > 0")
-        if not (1 <= self.n_cohorts <= 256 and 1 <= self.n_groups <= self.bins.n_bins):
-            raise ValueError("need 1 <= n_cohorts <= 256 and 1 <= n_groups <= n_bins")
-
-    @property
-    def group(self) -> np.ndarray:
-        return np.arange(self.bins.n_bins) * self.n_groups // self.bins.n_bins
 
 
 class PendingExposure:
@@ -88,7 +62,7 @@ class PendingExposure:
         self.sums = np.zeros((3, config.bins.n_bins))
         # columns: decayed opened mass per bin group, then the exact (undecayed) counts of open windows and of
         # those that converted
-        self.cohorts = CohortTable(-(-config.window_ms // config.n_cohorts), config.n_groups + 2)
+        self.cohorts = CohortTable(config.cohort_ms, config.n_groups + 2)
         self._t_ref: int | None = None
         # windows that started before floor_ms (open at a settings change) are counted but carry no exposure
         self.floor_ms: int | None = None
@@ -237,49 +211,14 @@ class PendingExposure:
         return out
 
     def to_bytes(self) -> bytes:
-        """u32 header length | orjson header | packed non-empty-bin mask + those columns of (w, y, s) |
-        cohort table (CohortTable.to_bytes, the two count columns as int32). Lossless."""
-        cfg = self.config
-        header = {
-            "format": _FORMAT,
-            "bins": [cfg.bins.n_bins, cfg.bins.logit_lo, cfg.bins.logit_hi, cfg.bins.clip],
-            "half_life_ms": cfg.half_life_ms,
-            "window_ms": cfg.window_ms,
-            "n_cohorts": cfg.n_cohorts,
-            "n_groups": cfg.n_groups,
-            "t_ref": self._t_ref,
-            "floor_ms": self.floor_ms,
-            "cohorts": int(self.cohorts.ids.size),
-        }
-        mask = np.any(self.sums != 0.0, axis=0)
-        body = np.packbits(mask).tobytes() + np.ascontiguousarray(self.sums[:, mask], dtype="<f8").tobytes()
-        head = orjson.dumps(header)
-        return _HEADER.pack(len(head)) + head + body + self.cohorts.to_bytes(n_counts=2)
+        """The state as bytes (`recalibrators.delay_pending_codec`); lossless."""
+        return encode(PendingState(self.config, self.sums, self.cohorts, self._t_ref, self.floor_ms))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PendingExposure:
-        try:
-            (hlen,) = _HEADER.unpack_from(data, 0)
-            h = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
-            if h.get("format") != _FORMAT:
-                raise ValueError(f"unsupported pending-exposure format {h.get('format')!r}")
-            n_bins, lo, hi, clip = h["bins"]
-            cfg = PendingConfig(BinSpec(n_bins, lo, hi, clip), h["half_life_ms"], h["window_ms"])
-            cfg = dataclasses.replace(cfg, n_cohorts=h["n_cohorts"], n_groups=h["n_groups"])
-            out = cls(cfg)
-            buf = memoryview(data)[_HEADER.size + hlen :]
-            nmask = (n_bins + 7) // 8
-            mask = np.unpackbits(np.frombuffer(buf[:nmask], dtype=np.uint8))[:n_bins].astype(bool)
-            k = int(mask.sum())
-            out.sums[:, mask] = np.frombuffer(buf[nmask : nmask + 24 * k], dtype="<f8").reshape(3, k)
-            rest = buf[nmask + 24 * k :]
-            out.cohorts, buf = CohortTable.from_buffer(out.cohorts.width_ms, cfg.n_groups + 2, h["cohorts"], rest, 2)
-            if len(buf):
-                raise ValueError(f"{len(buf)} trailing bytes")
-            out._t_ref = h["t_ref"]
-            out.floor_ms = h["floor_ms"]
-        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"corrupt pending-exposure state: {exc!r}") from None
+        state = decode(data)
+        out = cls(state.config)
+        out.sums, out.cohorts, out._t_ref, out.floor_ms = state.sums, state.cohorts, state.t_ref, state.floor_ms
         return out
 
 

@@ -44,116 +44,45 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
-from recalibrators.calibrator import Calibrator, CalibratorConfig
+from recalibrators.calibrator import Calibrator
 from recalibrators.gate import QualityGate, prior_contradicted
-from recalibrators.segments import MODEL_WIDE, fallback_chain, parse_segment_key
+from recalibrators.segments import MODEL_WIDE, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.delayed import corrected_candidate, delay_config, immature_refusal
 from streams.pipeline.drift import SilentDrift
 from streams.pipeline.map_metrics import DriftAlerts, map_metrics
+from streams.pipeline.map_state import (
+    WARM_START_Z,
+    MapState,
+    encode_partial,
+    merged,
+    warm_start_prior,
+    with_held_back,
+)
 from streams.pipeline.partials import calibrator_config
-from streams.pipeline.records import pack, unpack
+from streams.pipeline.records import unpack
 from streams.pipeline.shrinkage import Shrinkage
+from streams.pipeline.version_infos import VersionInfo, VersionInfos
 from streams.pipeline.versions import ModelVersions
+
+# MapState, encode_partial, merged, with_held_back, VersionInfo and WARM_START_Z moved; still importable here.
+__all__ = [
+    "WARM_START_Z",
+    "Aggregator",
+    "MapKey",
+    "MapState",
+    "VersionInfo",
+    "encode_partial",
+    "merged",
+    "with_held_back",
+]
 
 log = logging.getLogger("recal.aggregate")
 
 MapKey = str  # str(MapField): "{esc(model)}:{esc(model_version)}:{segment_key}"
-# A warm start's prior serves only while the key's data departs from it by no more than chance (chi-square
-# excess <= 0 z): keeping a wrong prior costs far more than dropping a right one, whose fallback is the key's
-# own fit. Measured (bench_versions' v2, per finest segment of 500 / 2,000 / 100,000 examples, L1 x 1e-4):
-# z = 2 gives 65.8 / 34.9 / 19.2, z = 0 gives 61.2 / 27.2 / 17.95, the own fit 54.3 / 27.2 / 17.95.
-WARM_START_Z = 0.0
-
-
-def encode_partial(
-    partition: int, model: str, model_version: str, segment: str, calibrator: Calibrator, delayed: bytes | None = None
-) -> bytes:
-    """delayed: the key's `streams.pipeline.delayed.DelayedPartial` (label_delay = "corrected"), a second blob."""
-    header = {"partition": partition, "model": model, "model_version": model_version, "segment": segment}
-    return pack(header, [calibrator.to_bytes(), *([delayed] if delayed is not None else [])])
-
-
-class MapState:
-    """What the aggregator holds for one key: the latest partial per partition and the warm-start prior."""
-
-    def __init__(self) -> None:
-        self.partials: dict[int, bytes] = {}  # partition -> calibrator bytes
-        self.delayed: dict[int, bytes] = {}  # partition -> DelayedPartial bytes (corrected models)
-        self.prior: CalibrationMap | None = None
-        self.prior_chosen = False  # chosen once, with the key's first partial: a prior that moved would move the map
-
-    def examples(self) -> int:
-        return sum(Calibrator.from_bytes(blob).n_seen for blob in self.partials.values())
-
-    def encode(self) -> bytes:
-        header = {
-            "partitions": sorted(self.partials),
-            "prior": None if self.prior is None else self.prior.to_json().decode(),
-            "prior_chosen": self.prior_chosen,
-            "delayed": sorted(self.delayed),
-        }
-        blobs = [self.partials[p] for p in sorted(self.partials)] + [self.delayed[p] for p in sorted(self.delayed)]
-        return pack(header, blobs)
-
-    @classmethod
-    def decode(cls, data: bytes) -> MapState:
-        """ValueError for anything else, e.g. a schema-1 state left in the table by an older worker."""
-        try:
-            header, blobs = unpack(data)
-            state = cls()
-            n = len(header["partitions"])
-            state.partials = {int(p): bytes(b) for p, b in zip(header["partitions"], blobs[:n], strict=True)}
-            state.delayed = {int(p): bytes(b) for p, b in zip(header.get("delayed", []), blobs[n:], strict=True)}
-            if header["prior"] is not None:
-                state.prior = CalibrationMap.from_json(header["prior"])
-            state.prior_chosen = bool(header["prior_chosen"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not an aggregator state: {exc!r}") from None
-        return state
-
-
-def merged(
-    partials: dict[int, bytes], prior: CalibrationMap | None, config: CalibratorConfig | None = None
-) -> Calibrator:
-    """Merge partition partials in partition order (deterministic float summation). Partials saved under
-    other settings (a config change, a rolling restart) are carried over to `config` first."""
-    calibrators = [Calibrator.from_bytes(partials[p]) for p in sorted(partials)]
-    config = config or calibrators[0].config
-    calibrators = [c if c.config == config else c.with_config(config) for c in calibrators]
-    total = Calibrator(config, prior)
-    for calibrator in calibrators:
-        total = total.merge(calibrator)
-    return total
-
-
-def with_held_back(calibrator: Calibrator) -> Calibrator:
-    """`calibrator` whose fitting histogram also holds its held-back examples, as decayed in the holdout (its
-    shorter half-life: recent ones count fully). A bin's held-back mean logit is the logit of its mean score
-    (the holdout keeps no logit sums; bins are 1/8 logit wide). n_seen is unchanged."""
-    held = calibrator.holdout
-    z = calibrator.config.bins.clip_logit(held.mean_score())[1]
-    sums = np.where(held.nonempty(), np.vstack((held.sums, held.sums[0] * z)), 0.0)
-    return calibrator.with_pending(sums, calibrator.last_event_ms)
-
-
-@dataclass
-class VersionInfo:
-    """One model version as `{prefix}:versions:{model}` shows it (from the keys of its model-wide map)."""
-
-    first_event_ms: int
-    last_event_ms: int
-    examples: int
-    state: str = "live"  # live | retired
-
-    def as_json(self) -> dict[str, int | str]:
-        return dict(vars(self))
 
 
 class Aggregator:
@@ -174,8 +103,7 @@ class Aggregator:
         self.build_errors = 0  # keys whose map build raised (skipped, see take_dirty)
         self.metrics_seconds = 0.0  # time spent computing map metrics (cost of the dashboard numbers)
         self.live = ModelVersions(model_config, report_retired=True)
-        self.versions: dict[str, dict[str, VersionInfo]] = {}  # model -> model_version -> info
-        self.versions_changed: set[str] = set()  # models whose version infos changed since the last take
+        self.version_infos = VersionInfos()  # what `{prefix}:versions:{model}` shows (see take_versions)
         self.dropped_partials = 0  # partials of a version beyond the cap (too_many_versions)
         self.retired_keys: list[MapKey] = []  # keys of retired versions whose build-side state is still held
         self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
@@ -199,14 +127,16 @@ class Aggregator:
             return None
         current = state if state is not None else self.states.get(key) or MapState()
         if not current.prior_chosen:
-            current.prior, current.prior_chosen = self._prior(field, self._model_config(field.model)), True
+            cfg = self._model_config(field.model)
+            current.prior = warm_start_prior(field, cfg, self.live, self.published, self.states)
+            current.prior_chosen = True
         current.partials[header["partition"]] = bytes(blobs[0])
         if len(blobs) > 1:
             current.delayed[header["partition"]] = bytes(blobs[1])
         self.states[key] = current
         self.dirty.setdefault(key)  # an already changed key keeps its place in the queue
         if field.segment_key == MODEL_WIDE:
-            self._track_version(field, current, calibrator.last_event_ms)
+            self.version_infos.track(field, current.examples(), calibrator.last_event_ms)
         return current
 
     def restore(self, key: MapKey, state: MapState) -> None:
@@ -216,15 +146,6 @@ class Aggregator:
         self.published.pop(key, None)  # the map is gone from Redis: publish without a change bound
         self.judged.pop(key, None)
 
-    def _track_version(self, field: MapField, state: MapState, event_ms: int) -> None:
-        info = self.versions.setdefault(field.model, {}).get(field.model_version)
-        examples = state.examples()
-        if info is None:
-            info = VersionInfo(event_ms, event_ms, examples)
-            self.versions[field.model][field.model_version] = info
-        info.last_event_ms, info.examples, info.state = max(info.last_event_ms, event_ms), examples, "live"
-        self.versions_changed.add(field.model)
-
     def take_versions(self) -> dict[str, dict[str, VersionInfo]]:
         """Retire idle versions; the version infos of every model that changed, for the publisher."""
         for model, live in self.live.models.items():
@@ -232,12 +153,9 @@ class Aggregator:
                 log.info(
                     "model %s version %s retired: no labels for %d ms of event time", model, model_version, live.idle_ms
                 )
-                if (info := self.versions.get(model, {}).get(model_version)) is not None:
-                    info.state = "retired"
-                    self.versions_changed.add(model)
+                self.version_infos.retire(model, model_version)
                 self._forget_partials(model, model_version)
-        changed, self.versions_changed = self.versions_changed, set()
-        return {model: dict(self.versions[model]) for model in sorted(changed) if model in self.versions}
+        return self.version_infos.take()
 
     def _forget_partials(self, model: str, model_version: str) -> None:
         """On the event loop: drop a retired version's partials (the bulk of its memory: partitions x calibrator
@@ -249,24 +167,6 @@ class Aggregator:
             del self.states[key]
             self.dirty.pop(key, None)
         self.retired_keys.extend(retired)
-
-    def _prior(self, field: MapField, cfg: ModelConfig) -> CalibrationMap | None:
-        """The warm-start prior of a new key: the source version's map along the segment's fallback chain."""
-        if cfg.on_new_version != "warm_start":
-            return None
-        source = cfg.warm_start_from or self.live[field.model].most_recent(before=field.model_version)
-        if not source or source == field.model_version:
-            return None
-        segment = parse_segment_key(field.segment_key)
-        for seg in fallback_chain(segment, [list(segment), *cfg.segment_by]):
-            key = str(MapField(field.model, source, seg))
-            if (m := self.published.get(key)) is not None:
-                return m
-            if (state := self.states.get(key)) is not None and state.partials:
-                calibrator = merged(state.partials, state.prior, calibrator_config(cfg))
-                if calibrator.n_effective >= cfg.min_samples:
-                    return calibrator.to_map(model=field.model, model_version=source, segment=parse_segment_key(seg))
-        return None
 
     def _gate(self, cfg: ModelConfig, candidate: CalibrationMap) -> QualityGate:
         return QualityGate(  # a shrunk map stands on its parent's data: no min_samples cliff
@@ -346,11 +246,7 @@ class Aggregator:
         snapshot = {}
         for key in keys:
             del self.dirty[key]
-            state = self.states[key]
-            copy = MapState()
-            copy.partials, copy.prior, copy.prior_chosen = dict(state.partials), state.prior, state.prior_chosen
-            copy.delayed = dict(state.delayed)
-            snapshot[key] = copy
+            snapshot[key] = self.states[key].copy()
         return snapshot
 
     def carry(self, keys: list[MapKey]) -> None:
