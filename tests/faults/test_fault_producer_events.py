@@ -101,7 +101,7 @@ def crc32_covering_namespace(n: int, step_ms: int) -> str:
 def test_a_crc32_partitioned_producer_joins_exactly(stack, start_worker, record, partitioner):
     """Every message on crc32(key) % n, as confluent-kafka puts it. With the default check (murmur2) the
     events on the other partition are re-keyed, exactly those; with `partitioner = "crc32"` none is."""
-    n, step_ms = 1_000, 20
+    n, step_ms = 500, 20  # 10 s of event time, sent about in real time
     ns = crc32_covering_namespace(n, step_ms)
     scenario = Scenario(ns, n=n, step_ms=step_ms)
     everything = scenario.messages + scenario.closers() + scenario.ticks()
