@@ -227,7 +227,13 @@ def corrected(
 ) -> tuple[Calibrator, float]:
     """(the calibrator with the corrected open windows folded in, matured_fraction: the share of its fitting
     weight whose windows have closed). With nothing pending or no curve it is the calibrator itself."""
-    out = calibrator.with_pending(pending.fold(curve, now_ms), pending.last_event_ms)
+    sums, t_ref = pending.fold(curve, now_ms), pending.last_event_ms
+    if now_ms is not None and t_ref is not None and t_ref > now_ms:
+        # A window dated ahead of the clock (within max_future_skew) must not move the map's decay reference
+        # past it: that decayed every matured example by 2**(-lead / half_life). Its sums are re-expressed
+        # as of the clock instead (it then weighs 2**(lead / half_life), about 1, as the join's clock bounds it).
+        sums, t_ref = sums * 2.0 ** ((t_ref - now_ms) / pending.config.half_life_ms), now_ms
+    out = calibrator.with_pending(sums, t_ref)
     total = out.n_effective
     matured = calibrator.n_effective * 2.0 ** (
         -(out.last_event_ms - calibrator.last_event_ms) / pending.config.half_life_ms

@@ -288,6 +288,25 @@ def test_with_pending_zero_is_identity_and_matured_fraction():
     assert corrected(cal, pe, None)[1] == 1.0  # no curve: no correction, the waited-for map
 
 
+def test_a_window_dated_ahead_of_the_clock_does_not_decay_the_matured_examples():
+    """Open windows an hour to a day ahead of the partition clock (impressions within max_future_skew, #13
+    item 1): the corrected map keeps the clock as its decay reference, the matured weight is not cut."""
+    rng = np.random.default_rng(8)
+    cal = Calibrator(CalibratorConfig(half_life_ms=2 * DAY))
+    s = 1 / (1 + np.exp(-rng.normal(-3, 1, 5000)))
+    cal.learn_batch(s, (rng.random(s.size) < s).astype(int), ts_ms=np.arange(s.size))
+    pe = PendingExposure.for_calibrator(cal.config, WINDOW)
+    ahead = 5000 + rng.integers(3_600_000, 23 * 3_600_000, 20)
+    pe.add(s[:20], ahead)
+    pe.convert(s[:5], ahead[:5])
+    edges = DelayConfig(window_ms=WINDOW).edges
+    clock = cal.last_event_ms  # the partition clock: the newest impression
+    out, matured = corrected(cal, pe, DelayCurve(edges, true_g(edges), "true", 0.0), now_ms=clock)
+    assert out.last_event_ms == clock  # before: the newest window's start, up to 23 h ahead
+    assert matured * out.n_effective == pytest.approx(cal.n_effective, rel=1e-12)  # before: cut by up to 2**-0.48
+    assert out.n_effective > cal.n_effective  # the windows' conversions are in
+
+
 def test_corrected_map_metadata_fallback_and_version():
     rng = np.random.default_rng(6)
     cfg = CalibratorConfig(half_life_ms=2 * DAY)
