@@ -160,6 +160,14 @@ def _median_ratio() -> float:
     return math.exp(SIGMA * float(_norm_ppf(0.5 * norm_cdf((math.log(WINDOW) - MU) / SIGMA))))
 
 
+def _observe_two_days(dm: DelayModel, rng, n: int) -> None:
+    """`n` windows started over two days (p = 0.2), with the conversions seen by the end of day 2."""
+    start, conv, conv_at = lognormal_stream(rng, n, 2 * DAY, p=0.2)
+    dm.learn_starts(start)
+    seen = conv & (conv_at < 2 * DAY)
+    dm.learn_conversions(start[seen], conv_at[seen])
+
+
 def test_no_conversions_no_curve_and_fallback_chain():
     cfg = DelayConfig(window_ms=WINDOW, min_events=50)
     thin, wide, empty = DelayModel(cfg), DelayModel(cfg), DelayModel(cfg)
@@ -167,10 +175,7 @@ def test_no_conversions_no_curve_and_fallback_chain():
     assert empty.curve() is None
     rng = np.random.default_rng(2)
     for dm, n in ((thin, 200), (wide, 20_000)):
-        start, conv, conv_at = lognormal_stream(rng, n, 2 * DAY, p=0.2)
-        dm.learn_starts(start)
-        seen = conv & (conv_at < 2 * DAY)
-        dm.learn_conversions(start[seen], conv_at[seen])
+        _observe_two_days(dm, rng, n)
     assert 0 < thin.n_events < 50 <= wide.n_events
     assert select_curve([thin, wide])[1] == 1
     assert select_curve([wide, thin])[1] == 0
@@ -185,10 +190,7 @@ def test_a_segment_curve_takes_its_tail_beyond_its_horizon_from_the_coarser_leve
     segment, parent = DelayModel(cfg), DelayModel(cfg)
     rng = np.random.default_rng(4)
     for dm, n in ((segment, 4_000), (parent, 40_000)):
-        start, conv, conv_at = lognormal_stream(rng, n, 2 * DAY, p=0.2)
-        dm.learn_starts(start)
-        seen = conv & (conv_at < 2 * DAY)
-        dm.learn_conversions(start[seen], conv_at[seen])
+        _observe_two_days(dm, rng, n)
     own, tail = segment.curve(2 * DAY), parent.curve(2 * DAY)
     assert own.method == tail.method == "life_table+lognormal"
     curve, level = select_curve([segment, parent], 2 * DAY)
@@ -272,11 +274,17 @@ def test_corrected_rate_is_unbiased_with_the_true_curve():
     assert seen.sum() / n < 0.5 * p
 
 
-def test_with_pending_zero_is_identity_and_matured_fraction():
-    rng = np.random.default_rng(5)
+def _matured_calibrator(rng) -> tuple[Calibrator, np.ndarray]:
+    """A calibrator (half-life 2 days) of 5,000 matured examples at event times 0..4,999, and their scores."""
     cal = Calibrator(CalibratorConfig(half_life_ms=2 * DAY))
     s = 1 / (1 + np.exp(-rng.normal(-3, 1, 5000)))
     cal.learn_batch(s, (rng.random(s.size) < s).astype(int), ts_ms=np.arange(s.size))
+    return cal, s
+
+
+def test_with_pending_zero_is_identity_and_matured_fraction():
+    rng = np.random.default_rng(5)
+    cal, s = _matured_calibrator(rng)
     same = cal.with_pending(np.zeros((4, cal.config.n_bins)), 10**9)
     assert same.to_map().to_json() == cal.to_map().to_json()
     pe = PendingExposure.for_calibrator(cal.config, WINDOW)
@@ -292,9 +300,7 @@ def test_a_window_dated_ahead_of_the_clock_does_not_decay_the_matured_examples()
     """Open windows an hour to a day ahead of the partition clock (impressions within max_future_skew, #13
     item 1): the corrected map keeps the clock as its decay reference, the matured weight is not cut."""
     rng = np.random.default_rng(8)
-    cal = Calibrator(CalibratorConfig(half_life_ms=2 * DAY))
-    s = 1 / (1 + np.exp(-rng.normal(-3, 1, 5000)))
-    cal.learn_batch(s, (rng.random(s.size) < s).astype(int), ts_ms=np.arange(s.size))
+    cal, s = _matured_calibrator(rng)
     pe = PendingExposure.for_calibrator(cal.config, WINDOW)
     ahead = 5000 + rng.integers(3_600_000, 23 * 3_600_000, 20)
     pe.add(s[:20], ahead)
