@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import random
 import re
 import statistics
@@ -40,6 +41,7 @@ from streams.pipeline.partitioners import partition_of
 
 MODELS = ("ctr", "ctr_b", "ctr_c")
 PARTITIONS = 4
+STALL_LOG = "100ms"  # the worker logs every stall beyond the bound, with what held the loop (counted below)
 CONFIG_TOML = """
 [defaults]
 label = "click"
@@ -99,6 +101,20 @@ def rebalances(log: str, ns: str) -> int:
     return sum(max(0, joins.count(group) - 1) for group in set(joins))
 
 
+STALL_LINE = re.compile(r"^\[(\S+ \S+?),\d+\] .*(event loop held|garbage collection)", re.M)
+
+
+def stall_counts(log: str, traffic_started: float) -> str:
+    """The worker's stall log (`stall_log`): stalls in the first minute of traffic (the backlog's 30,000 new
+    keys) and after it, and how many of all were garbage collections."""
+    first = after = gcs = 0
+    for m in STALL_LINE.finditer(log):
+        at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+        first, after = (first + 1, after) if at - traffic_started < 60 else (first, after + 1)
+        gcs += m.group(2) == "garbage collection"
+    return f"{first} / {after} / {gcs}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -108,7 +124,7 @@ def main() -> None:
     ns = f"refresh-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-refresh-"))
     config_path = tmp / "worker.toml"
-    config_path.write_text(CONFIG_TOML + namespace_toml(ns, partitions=PARTITIONS))
+    config_path.write_text(CONFIG_TOML + namespace_toml(ns, partitions=PARTITIONS, stall_log=STALL_LOG))
     samples: list[dict] = []
     with DevStack() as stack:
         worker = WorkerProcess(config_path, stack.broker_url, stack.redis_url, tmp / "worker.log")
@@ -118,7 +134,7 @@ def main() -> None:
             sender = loop.run_in_executor(
                 None, lambda: asyncio.run(traffic(stack.broker_url, ns, args.sites, args.rate, args.minutes * 60))
             )
-            started = time.monotonic()
+            started, wall = time.monotonic(), time.time()
             while not sender.done():
                 loop.run_until_complete(asyncio.sleep(1.0))
                 s = worker.stats(timeout_s=2.0)
@@ -152,6 +168,7 @@ def main() -> None:
         ("maps published", f"{last['maps_published']:,}", f"{3 * args.sites:,} keys"),
         ("event loop stall, max since start", f"{last['loop_lag_max_ms']:.0f} ms", "100 ms"),
         ("consumer-group rebalances during the run", str(rebalances(log, ns)), "0"),
+        ("stalls over 100 ms: first minute / after / of them garbage collections", stall_counts(log, wall), "0"),
     ]
     print("| measure | worker | reference / bound |")
     print("|---|---|---|")

@@ -17,7 +17,7 @@ from .calibration_map import CalibrationMap
 from .calibrator_config import CalibratorConfig
 from .histogram import Histogram
 
-__all__ = ["CalibratorState", "decode", "encode"]
+__all__ = ["CalibratorState", "decode", "encode", "peek"]
 
 _FORMAT = 1
 _HEADER = struct.Struct("<I")
@@ -63,6 +63,24 @@ def encode(state: CalibratorState) -> bytes:
         parts.append(prior.x.astype("<f8").tobytes() + prior.y.astype("<f8").tobytes())
     head = orjson.dumps(header)
     return _HEADER.pack(len(head)) + head + b"".join(parts)
+
+
+def peek(data: bytes) -> tuple[int, int]:
+    """(last_event_ms, n_seen) from the header alone: what an aggregator needs of every partial it receives,
+    without building the histograms (`decode` costs ~10x more). ValueError as `decode`.
+
+    >>> cfg = CalibratorConfig(n_bins=8)
+    >>> peek(encode(CalibratorState(cfg, None, Histogram(cfg.bins), Histogram(cfg.bins, with_logit=False), 5, 2)))
+    (5, 2)
+    """
+    try:
+        (hlen,) = _HEADER.unpack_from(data, 0)
+        header = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
+        if header.get("format") != _FORMAT:
+            raise ValueError(f"unsupported calibrator format {header.get('format')!r}")
+        return header["t_ref"] or 0, int(header["n_seen"])
+    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"corrupt calibrator state: {exc!r}") from None
 
 
 def decode(data: bytes) -> CalibratorState:

@@ -245,6 +245,9 @@ class Config:
     session_timeout_ms: int = 6_000
     rebalance_timeout_ms: int = 0  # 0: max(60 s, 3 x session_timeout); revoke snapshots must fit in half of it
     snapshot_read_timeout_ms: int = 60_000  # bound on reading one partition's snapshot back
+    stall_log_ms: int = (
+        1_000  # log what held the event loop when it was held longer (streams/pipeline/stalls.py); 0: off
+    )
     on_lost_snapshot: str = "fail"  # fail | start_empty: a partition whose snapshots are unreadable
     web_port: int = 6066
     web_host: str = "127.0.0.1"  # bind address of the web endpoints: 0.0.0.0 in a container (env RECAL_WEB_HOST)
@@ -298,6 +301,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         "clock_skew",
         "rebalance_timeout",
         "snapshot_read_timeout",
+        "stall_log",
     ):
         if key in worker:
             worker[f"{key}_ms"] = parse_duration_ms(worker.pop(key))

@@ -88,7 +88,7 @@ class PartitionOutput:
             letter = deadletters.orphan(reason, action.impression_id, action.ts, action.action_id, state.partition)
             sends.append(await self.deadletters.send(letter))
         if len(examples):
-            record, per_model = state.fold(examples)
+            record, per_model = await state.fold(examples)
             self.stats.labeled.update(per_model)
             sends.append(await self.producer.send(self.topics.labeled, record, partition=state.partition))
         if expired:

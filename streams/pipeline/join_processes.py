@@ -32,10 +32,11 @@ _REPORT_S = 0.5
 
 
 def partial_message(
-    partition: int, key: tuple[str, str, str], calibrator, delayed: bytes | None = None
+    partition: int, key: tuple[str, str, str], calibrator: bytes, delayed: bytes | None = None
 ) -> tuple[bytes, bytes]:
     """(key, value) of a partial on the partials topic: keyed by map, so one aggregator owns a map.
-    delayed: the key's open windows and delay models (label_delay = "corrected"; streams.pipeline.delayed)."""
+    calibrator: the partial calibrator's bytes; delayed: the key's open windows and delay models
+    (label_delay = "corrected"; streams.pipeline.delayed)."""
     model, model_version, segment = key
     field = str(MapField(model, model_version, segment)).encode()
     return field, encode_partial(partition, model, model_version, segment, calibrator, delayed)

@@ -28,11 +28,18 @@ WARM_START_Z = 0.0
 
 
 def encode_partial(
-    partition: int, model: str, model_version: str, segment: str, calibrator: Calibrator, delayed: bytes | None = None
+    partition: int,
+    model: str,
+    model_version: str,
+    segment: str,
+    calibrator: Calibrator | bytes,
+    delayed: bytes | None = None,
 ) -> bytes:
-    """delayed: the key's `streams.pipeline.delayed.DelayedPartial` (label_delay = "corrected"), a second blob."""
+    """calibrator: the state, or its bytes (`Calibrator.to_bytes`); delayed: the key's
+    `streams.pipeline.delayed.DelayedPartial` (label_delay = "corrected"), a second blob."""
     header = {"partition": partition, "model": model, "model_version": model_version, "segment": segment}
-    return pack(header, [calibrator.to_bytes(), *([delayed] if delayed is not None else [])])
+    blob = calibrator if isinstance(calibrator, bytes) else calibrator.to_bytes()
+    return pack(header, [blob, *([delayed] if delayed is not None else [])])
 
 
 class MapState:
@@ -43,6 +50,13 @@ class MapState:
         self.delayed: dict[int, bytes] = {}  # partition -> DelayedPartial bytes (corrected models)
         self.prior: CalibrationMap | None = None
         self.prior_chosen = False  # chosen once, with the key's first partial: a prior that moved would move the map
+        self._prior_json: str | None = None
+
+    def prior_json(self) -> str | None:
+        """The prior's JSON, made once: the table stores the state on every partial, the prior never changes."""
+        if self.prior is not None and self._prior_json is None:
+            self._prior_json = self.prior.to_json().decode()
+        return self._prior_json
 
     def examples(self) -> int:
         return sum(Calibrator.from_bytes(blob).n_seen for blob in self.partials.values())
@@ -51,13 +65,13 @@ class MapState:
         """A snapshot for the refresh thread: the dicts copied (their bytes and the prior are never mutated)."""
         copy = MapState()
         copy.partials, copy.prior, copy.prior_chosen = dict(self.partials), self.prior, self.prior_chosen
-        copy.delayed = dict(self.delayed)
+        copy.delayed, copy._prior_json = dict(self.delayed), self._prior_json
         return copy
 
     def encode(self) -> bytes:
         header = {
             "partitions": sorted(self.partials),
-            "prior": None if self.prior is None else self.prior.to_json().decode(),
+            "prior": self.prior_json(),
             "prior_chosen": self.prior_chosen,
             "delayed": sorted(self.delayed),
         }
@@ -74,7 +88,7 @@ class MapState:
             state.partials = {int(p): bytes(b) for p, b in zip(header["partitions"], blobs[:n], strict=True)}
             state.delayed = {int(p): bytes(b) for p, b in zip(header.get("delayed", []), blobs[n:], strict=True)}
             if header["prior"] is not None:
-                state.prior = CalibrationMap.from_json(header["prior"])
+                state.prior, state._prior_json = CalibrationMap.from_json(header["prior"]), header["prior"]
             state.prior_chosen = bool(header["prior_chosen"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an aggregator state: {exc!r}") from None

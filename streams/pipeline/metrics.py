@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from recalibrators.serving.keys import MapField
 from streams.pipeline.join_stats import Stats, process_report, segment_keys
+from streams.pipeline.stalls import StallWatch
 
 log = logging.getLogger("recal.metrics")
 
@@ -60,19 +61,28 @@ class LoopMonitor:
     """How late the event loop wakes a task that sleeps `interval` seconds: the longest stall of the loop
     (a batch, an encode, anything that holds it). `max_s` since start, `recent_max_s` since the last scrape."""
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.05, watch: StallWatch | None = None) -> None:
         self.interval = interval
         self.max_s = 0.0
         self.recent_max_s = 0.0
+        self.watch = watch  # logs what held the loop (`[worker] stall_log`)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - before - self.interval)
-            self.max_s = max(self.max_s, lag)
-            self.recent_max_s = max(self.recent_max_s, lag)
+        if self.watch is not None:
+            self.watch.start()
+        try:
+            while True:
+                before = loop.time()
+                await asyncio.sleep(self.interval)
+                if self.watch is not None:
+                    self.watch.beat = time.monotonic()
+                lag = max(0.0, loop.time() - before - self.interval)
+                self.max_s = max(self.max_s, lag)
+                self.recent_max_s = max(self.recent_max_s, lag)
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
 
     def take_recent(self) -> float:
         recent, self.recent_max_s = self.recent_max_s, 0.0

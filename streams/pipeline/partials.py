@@ -24,6 +24,10 @@ from streams.pipeline.config import ModelConfig
 log = logging.getLogger("recal.partials")
 
 CalibratorKey = tuple[str, str, str]  # model, model version, segment key
+# Groups learned between two pauses of `learn_steps`: ~25 us per (calibrator, group) pair when most keys are new,
+# so 250 groups of 1-3 levels each hold the loop for ~10-20 ms (more while another thread holds the GIL).
+STEP_GROUPS = 250
+LEARNED = ("score", "label", "ts", "holdout")  # the columns learn_grouped takes, in its order
 
 
 @functools.lru_cache(maxsize=1024)  # one per model config; its bins are computed once
@@ -73,13 +77,34 @@ class PartialCalibrators:
         self, columns: dict[str, np.ndarray], models: list[str], versions: list[str], segments: list[dict[str, str]]
     ) -> None:
         """Fold a batch of examples in; indices in `columns` point into the three string tables."""
+        for _ in self.learn_steps(columns, models, versions, segments):
+            pass
+
+    def learn_steps(
+        self, columns: dict[str, np.ndarray], models: list[str], versions: list[str], segments: list[dict[str, str]]
+    ) -> Iterator[None]:
+        """`learn`, pausing (one `yield`) after every STEP_GROUPS groups, so a caller on the event loop can
+        hand it back: a window expiry of ~20,000 keys' examples, most of them new keys, held the loop for
+        2 s. Bit-identical to `learn`: the groups are learned in the same order, each calibrator's own
+        (calibrator, group) pairs too."""
         if not len(columns["label"]):
             return
         order, starts = batch_groups(columns)
-        # One pass over the groups for their fallback chains, then every histogram update of the batch at once
-        # per bin layout (recalibrators.grouped: bit-identical to learning group by group).
+        ends = np.r_[starts[1:], len(order)]
+        for begin in range(0, len(starts), STEP_GROUPS):
+            if begin:
+                yield
+            end = min(begin + STEP_GROUPS, len(starts))
+            rows = order[starts[begin] : ends[end - 1]]  # these groups' rows, in group order
+            step = {name: columns[name][rows] for name in ("model", "version", "segment", *LEARNED)}
+            self._learn_groups(step, models, versions, segments, starts[begin:end] - starts[begin])
+
+    def _learn_groups(self, columns, models, versions, segments, starts: np.ndarray) -> None:
+        """Rows already in group order (group g: rows starts[g] .. starts[g + 1]): one pass over the groups for
+        their fallback chains, then every histogram update at once per bin layout (recalibrators.grouped:
+        bit-identical to learning group by group)."""
         targets: dict[BinSpec, list[tuple[Calibrator, int]]] = {}
-        for g, first in enumerate(order[starts]):
+        for g, first in enumerate(starts.tolist()):
             model = models[columns["model"][first]]
             version = versions[columns["version"][first]]
             cfg = self._model_config(model)
@@ -93,20 +118,24 @@ class PartialCalibrators:
                 pairs.append((calibrator, g))
                 self.dirty.add(key)
                 self._blobs.pop(key, None)
+        order = np.arange(len(columns["label"]))
         for pairs in targets.values():
-            learn_grouped(order, starts, pairs, columns["score"], columns["label"], columns["ts"], columns["holdout"])
+            learn_grouped(order, starts, pairs, *(columns[name] for name in LEARNED))
 
     def take_dirty(self) -> list[tuple[CalibratorKey, Calibrator]]:
         dirty, self.dirty = self.dirty, set()
         return [(key, self.calibrators[key]) for key in sorted(dirty)]
 
+    def blob(self, key: CalibratorKey) -> bytes:
+        """The calibrator's bytes, encoded once per change: the partial sent for it and the next snapshot share them."""
+        blob = self._blobs.get(key)
+        if blob is None:
+            blob = self._blobs[key] = self.calibrators[key].to_bytes()
+        return blob
+
     def to_blobs(self) -> tuple[list[list[str]], list[bytes]]:
         keys = sorted(self.calibrators)
-        cached = self._blobs
-        for k in keys:
-            if k not in cached:
-                cached[k] = self.calibrators[k].to_bytes()
-        return [list(k) for k in keys], [cached[k] for k in keys]
+        return [list(k) for k in keys], [self.blob(k) for k in keys]
 
     @classmethod
     def from_blobs(

@@ -8,7 +8,8 @@ its inputs from the offsets stored in it, so no label is lost or counted twice. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,23 +65,28 @@ class PartitionState:
             if facts is not None:
                 learn(facts.columns, facts.models, facts.versions, facts.segments)
 
-    def take_partials(self) -> list[tuple[tuple[str, str, str], Calibrator, bytes | None]]:
-        """Changed keys: (key, partial calibrator, its DelayedPartial bytes for corrected models, else None).
-        A corrected key may have open windows and no matured example yet: its calibrator is empty."""
+    def take_partials(self) -> Iterator[tuple[tuple[str, str, str], bytes, bytes | None]]:
+        """Changed keys: (key, partial calibrator's bytes, its DelayedPartial bytes for corrected models, else
+        None), each encoded as it is taken. A corrected key may have open windows and no matured example
+        yet: its calibrator is empty."""
         keys = {key for key, _ in self.partials.take_dirty()} | set(self.delayed.take_dirty())
-        out = []
         for key in sorted(keys):
             cfg = self.delayed.model_config(key[0])
-            calibrator = self.partials.calibrators.get(key) or Calibrator(calibrator_config(cfg))
-            out.append((key, calibrator, self.delayed.partial(key).encode() if cfg.corrected else None))
-        return out
+            if key in self.partials.calibrators:
+                blob = self.partials.blob(key)
+            else:
+                blob = Calibrator(calibrator_config(cfg)).to_bytes()
+            yield key, blob, self.delayed.partial(key).encode() if cfg.corrected else None
 
-    def fold(self, examples: Labeled) -> tuple[bytes, dict[str, int]]:
+    async def fold(self, examples: Labeled) -> tuple[bytes, dict[str, int]]:
         """Learn the examples into the partials; return the labeled record and the count per model.
-        The record's header carries only the models, versions and segments its examples use."""
+        The record's header carries only the models, versions and segments its examples use. The event
+        loop is handed back between learning steps (`PartialCalibrators.learn_steps`); the join worker's
+        lock keeps checkpoints and rebalances out until the fold is done."""
         tables = {"models": examples.models, "versions": examples.versions, "segments": examples.segments}
         columns, tables = compact_tables(examples.arrays(), tables)
-        self.partials.learn(columns, tables["models"], tables["versions"], tables["segments"])
+        for _ in self.partials.learn_steps(columns, tables["models"], tables["versions"], tables["segments"]):
+            await asyncio.sleep(0)
         self.delayed.matured(columns, tables["models"], tables["versions"], tables["segments"])
         models, counts = np.unique(columns["model"], return_counts=True)
         self.seq += 1

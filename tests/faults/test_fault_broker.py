@@ -20,6 +20,12 @@ from tests.support.kit import PacedProducer, Scenario, config_text, labels_count
 PAUSE_S = float(os.environ.get("FAULT_BROKER_PAUSE_S", "15"))
 
 
+@pytest.fixture
+def stack(private_stack):
+    """The broker is frozen: a broker and Redis of this test's own."""
+    return private_stack
+
+
 @pytest.mark.slow
 def test_broker_frozen_then_thawed(stack, start_worker, record):
     ns = new_ns()

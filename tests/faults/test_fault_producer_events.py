@@ -21,7 +21,6 @@ import pytest
 from streams.pipeline.partitioners import partition_of
 from streams.pipeline.topics import ids_covering_partitions
 from tests.faults.exact import run_exact
-from tests.support.fixtures import shared_stack  # noqa: F401  (requested by `stack` below)
 from tests.support.kit import (
     PARTITIONS,
     PLACEMENTS,
@@ -31,13 +30,6 @@ from tests.support.kit import (
     impression,
     new_ns,
 )
-
-
-@pytest.fixture
-def stack(shared_stack):  # noqa: F811
-    """Nothing here pauses or restarts the broker or Redis: these scenarios share one per session."""
-    return shared_stack
-
 
 SEED = int(os.environ.get("FAULT_SEED", "6"))
 

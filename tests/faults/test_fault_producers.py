@@ -20,7 +20,6 @@ import pytest
 
 from streams.pipeline.topics import ids_covering_partitions
 from tests.faults.exact import LoopLagSampler, finish, rebalances
-from tests.support.fixtures import shared_stack  # noqa: F401  (requested by `stack` below)
 from tests.support.kit import (
     PARTITIONS,
     PLACEMENTS,
@@ -35,13 +34,6 @@ from tests.support.kit import (
     produce,
     wait_for_counts,
 )
-
-
-@pytest.fixture
-def stack(shared_stack):  # noqa: F811
-    """Nothing here pauses or restarts the broker or Redis: these scenarios share one per session."""
-    return shared_stack
-
 
 N_DISTINCT = 20_000
 # small, so the run is quick; the arithmetic is the same at the default 10,000 (`fault_suite.py` runs that)

@@ -37,6 +37,12 @@ SLACK_S = 2.0
 BACKOFF_CAP_S = 30.0  # RetryingPublisher's default cap: today's real bound on the republish delay
 
 
+@pytest.fixture
+def stack(private_stack):
+    """Redis is stopped and restarted empty: a broker and Redis of this test's own."""
+    return private_stack
+
+
 @pytest.mark.slow
 def test_redis_outage_and_empty_restart(stack, start_worker, record):
     ns = new_ns()

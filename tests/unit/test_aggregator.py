@@ -131,6 +131,26 @@ def test_the_stored_state_wins_over_a_stale_in_memory_copy():
     assert agg.states["ctr:v1:*"].partials == {}
 
 
+def test_the_agent_decodes_a_stored_state_only_when_another_process_stored_it(monkeypatch):
+    """`add_stored`: the table's bytes are this process's own last ones (the same object) -> the in-memory
+    state, no decode; anything else (the key moved here, a recovered table) -> decoded, and it wins."""
+    agg = aggregator()
+    key = "ctr:v1:*"
+    stored = agg.add_stored(key, encode_partial(0, "ctr", "v1", "*", calibrator(1_000)), None)
+    decodes = []
+    real = MapState.decode
+    monkeypatch.setattr(MapState, "decode", classmethod(lambda cls, data: decodes.append(data) or real(data)))
+    stored = agg.add_stored(key, encode_partial(1, "ctr", "v1", "*", calibrator(500, seed=1)), stored)
+    assert decodes == [] and sorted(MapState.decode(stored).partials) == [0, 1]
+    foreign = MapState()
+    foreign.partials = {0: calibrator(3_000).to_bytes(), 1: calibrator(2_000, seed=1).to_bytes()}
+    table_bytes = foreign.encode()
+    agg.add_stored(key, encode_partial(2, "ctr", "v1", "*", calibrator(400, seed=2)), table_bytes)
+    assert decodes[-1] is table_bytes
+    (m,) = agg.take_dirty(T0)
+    assert m.map_version == 3_000 + 2_000 + 400
+
+
 def test_max_change_is_relative():
     """`max_change` bounds |candidate - live| / live: a 30% move of tiny probabilities (absolute < 0.003)
     is refused, and passes when the bound is 0.5."""

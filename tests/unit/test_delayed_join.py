@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recalibrators.calibrator import Calibrator
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.delayed import DelayedFeedback
 from streams.pipeline.events import CLICK, CONVERSION, Action, Impression
@@ -100,12 +101,13 @@ def test_partition_snapshot_carries_the_delayed_state_and_old_snapshots_restore(
     state.join.add_impression(_imp("a", T0))
     state.join.add_action(Action(CONVERSION, "a", T0 + 3_000, "v"))
     state.learn_facts()
-    ((_, calibrator, delayed),) = [p for p in state.take_partials() if p[0][0] == "cvr" and p[0][2] == "*"]
-    assert calibrator.n_seen == 0 and delayed is not None  # open windows go out before any example matured
-    blob = state.snapshot_blob()
-    back = PartitionState.from_blob(0, blob, new_join, MODELS.get)
+    ((_, blob, delayed),) = [p for p in state.take_partials() if p[0][0] == "cvr" and p[0][2] == "*"]
+    # open windows go out before any example matured
+    assert Calibrator.from_bytes(blob).n_seen == 0 and delayed is not None
+    snapshot = state.snapshot_blob()
+    back = PartitionState.from_blob(0, snapshot, new_join, MODELS.get)
     assert back.delayed.to_bytes() == state.delayed.to_bytes()
-    header, blobs = unpack(blob)
+    header, blobs = unpack(snapshot)
     del header["delayed"], header["blobs"]
     old = PartitionState.from_blob(0, pack(header, [bytes(b) for b in blobs[:-1]]), new_join, MODELS.get)
     assert not old.delayed.pending and old.join.is_pending("a")
