@@ -52,7 +52,7 @@ from recalibrators.gate import QualityGate, prior_contradicted
 from recalibrators.segments import MODEL_WIDE, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
-from streams.pipeline.delayed import corrected_candidate, delay_config, immature_refusal
+from streams.pipeline.delayed import corrected_candidate, delay_config, immature_refusal, merge_delayed
 from streams.pipeline.drift import SilentDrift
 from streams.pipeline.map_metrics import DriftAlerts, map_metrics
 from streams.pipeline.map_state import (
@@ -216,8 +216,9 @@ class Aggregator:
         corrected = cfg.corrected
         full = with_held_back(calibrator)
         if corrected:  # open windows folded in (streams.pipeline.delayed); map_version counts them too
-            candidate = corrected_candidate(cfg, full, state.delayed, **meta)
-            judged = corrected_candidate(cfg, calibrator, state.delayed, **meta)  # for the gate
+            delayed = merge_delayed(cfg, state.delayed)  # decoded and merged once for both fits
+            candidate = corrected_candidate(cfg, full, delayed, **meta)
+            judged = corrected_candidate(cfg, calibrator, delayed, **meta)  # for the gate
         else:
             candidate = self.shrinkage.fit(key, full, meta) or full.to_map(**meta)
             judged = self.shrinkage.fit(key, calibrator, meta, pool=False) or calibrator.to_map(**meta)  # for the gate

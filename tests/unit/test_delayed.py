@@ -254,3 +254,19 @@ def test_a_settings_change_between_runs_is_carried_over_and_ends_at_the_waited_f
     assert pe.cohorts.ids.size == 0 and np.all(pe.sums == 0.0) and pe.n_open == 0
     final = corrected_candidate(changed, after.calibrators["*"], {0: after.partial("*")})
     assert final.to_json() == corrected_candidate(changed, after.calibrators["*"], {}).to_json()
+
+
+def test_keys_share_the_merged_delay_model_of_a_common_level_and_the_result_is_unchanged():
+    """A model's coarse level is the same for every key: merged (and its curve fitted) once, not per key."""
+    from streams.pipeline.delayed import merge_delayed
+
+    partitions = _run(_stream(3, n=8_000), 2, DAY)
+    a, b = ({i: p.partial(site) for i, p in enumerate(partitions)} for site in ("site=a", "site=b"))
+    merged_a, merged_b = merge_delayed(CFG, a), merge_delayed(CFG, b)
+    assert merged_a.chain[-1] is merged_b.chain[-1]  # the model-wide level
+    assert merged_a.chain[0] is not merged_b.chain[0]
+    by_decode = [DelayedPartial.decode(a[i]) for i in sorted(a)]  # each partition's models decoded on their own
+    for level, model in enumerate(merged_a.chain):
+        alone = by_decode[0].chain[level].merge(by_decode[1].chain[level])
+        assert model.to_bytes() == alone.to_bytes()
+        assert np.array_equal(model.curve(merged_a.now_ms).g, alone.curve(merged_a.now_ms).g)
