@@ -245,9 +245,7 @@ class Config:
     session_timeout_ms: int = 6_000
     rebalance_timeout_ms: int = 0  # 0: max(60 s, 3 x session_timeout); revoke snapshots must fit in half of it
     snapshot_read_timeout_ms: int = 60_000  # bound on reading one partition's snapshot back
-    stall_log_ms: int = (
-        1_000  # log what held the event loop when it was held longer (streams/pipeline/stalls.py); 0: off
-    )
+    stall_log_ms: int = 1_000  # log what held the event loop when held longer (stalls.py); 0: off
     on_lost_snapshot: str = "fail"  # fail | start_empty: a partition whose snapshots are unreadable
     web_port: int = 6066
     web_host: str = "127.0.0.1"  # bind address of the web endpoints: 0.0.0.0 in a container (env RECAL_WEB_HOST)

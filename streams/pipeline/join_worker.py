@@ -83,6 +83,7 @@ class JoinWorker:
         self._stopping = asyncio.Event()
         self._n_partitions = 0
         self.ready = asyncio.Event()
+        self._closed = False  # set by `stop` with its final checkpoint
         self._reported_default: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
         self.idempotent = False  # the broker granted a producer id (broker_caps.start_producer)
@@ -152,6 +153,7 @@ class JoinWorker:
         if self.consumer is not None:
             async with self._lock:
                 await self.checkpoints.write(list(self.parts.values()))
+                self._closed = True  # `run`, waiting for the lock, must not touch the state past this checkpoint
             await self.consumer.stop()
         for client in (self._state_reader, self.producer):
             if client is not None:
@@ -173,9 +175,13 @@ class JoinWorker:
                 startup.mark("first_batch")
             for part in slices(batch, SLICE_RECORDS):
                 async with self._lock:
+                    if self._closed:
+                        return
                     await self._process(part)
                 await asyncio.sleep(0)  # heartbeats, the agent and the refresh timer between slices
             async with self._lock:
+                if self._closed:  # `stop` wrote the final checkpoint (and closes the producer) meanwhile
+                    return
                 now = time.monotonic()
                 if now - last_checkpoint >= self.config.checkpoint_interval_ms / 1000:
                     last_checkpoint = last_partials = now
