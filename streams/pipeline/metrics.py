@@ -70,16 +70,16 @@ class LoopMonitor:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         if self.watch is not None:
-            self.watch.start()
+            self.watch.start(self.interval)
         try:
             while True:
                 before = loop.time()
                 await asyncio.sleep(self.interval)
-                if self.watch is not None:
-                    self.watch.beat = time.monotonic()
                 lag = max(0.0, loop.time() - before - self.interval)
                 self.max_s = max(self.max_s, lag)
                 self.recent_max_s = max(self.recent_max_s, lag)
+                if self.watch is not None:
+                    self.watch.woke(lag)
         finally:
             if self.watch is not None:
                 self.watch.stop()

@@ -33,13 +33,13 @@ def test_a_stall_is_logged_with_the_function_that_held_the_loop(caplog):
     (record,) = [r for r in caplog.records if r.name == "recal.loop"]
     message = record.getMessage()
     held = float(message.split("held ")[1].split(" s")[0])
-    assert 0.3 <= held < 1.0 and watch.stalls == 1
+    assert 0.35 <= held < 0.6 and watch.stalls == 1  # the loop's own measure: how late the monitor woke
     assert "MainThread" in message and "hold_the_loop" in message
 
 
 def test_a_long_garbage_collection_is_logged_as_such_and_stop_unhooks_it(caplog):
     watch = StallWatch(threshold_s=0.0)  # every collection is "long"
-    watch.start()
+    watch.start(interval=0.05)
     with caplog.at_level(logging.WARNING, logger="recal.loop"):
         gc.collect()
         watch.stop()
