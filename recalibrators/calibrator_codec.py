@@ -6,8 +6,10 @@ prior knots x, y (float64 LE).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -72,15 +74,14 @@ def peek(data: bytes) -> tuple[int, int]:
     >>> cfg = CalibratorConfig(n_bins=8)
     >>> peek(encode(CalibratorState(cfg, None, Histogram(cfg.bins), Histogram(cfg.bins, with_logit=False), 5, 2)))
     (5, 2)
+    >>> peek(b"\\x02\\x00\\x00\\x00[]")
+    Traceback (most recent call last):
+    ...
+    ValueError: corrupt calibrator state: unsupported calibrator format None
     """
-    try:
-        (hlen,) = _HEADER.unpack_from(data, 0)
-        header = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
-        if header.get("format") != _FORMAT:
-            raise ValueError(f"unsupported calibrator format {header.get('format')!r}")
+    with _corrupt_state():
+        header, _ = _read_header(data)
         return header["t_ref"] or 0, int(header["n_seen"])
-    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"corrupt calibrator state: {exc!r}") from None
 
 
 def decode(data: bytes) -> CalibratorState:
@@ -91,13 +92,10 @@ def decode(data: bytes) -> CalibratorState:
     ...
     ValueError: corrupt calibrator state: unsupported calibrator format None
     """
-    try:
-        (hlen,) = _HEADER.unpack_from(data, 0)
-        header = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
-        if header.get("format") != _FORMAT:
-            raise ValueError(f"unsupported calibrator format {header.get('format')!r}")
+    with _corrupt_state():
+        header, start = _read_header(data)
         config = CalibratorConfig(**header["config"])
-        buf = memoryview(data)[_HEADER.size + hlen :]
+        buf = memoryview(data)[start:]
         spec = config.bins
         hists = []
         for rows in (4, 3):
@@ -118,8 +116,25 @@ def decode(data: bytes) -> CalibratorState:
             buf = buf[16 * n :]
         if len(buf):
             raise ValueError(f"{len(buf)} trailing bytes")
+    return CalibratorState(config, prior, hists[0], hists[1], header["t_ref"], header["n_seen"])
+
+
+def _read_header(data: bytes) -> tuple[dict[str, Any], int]:
+    """(the orjson header, the offset where the histograms start), the format checked."""
+    (hlen,) = _HEADER.unpack_from(data, 0)
+    header = orjson.loads(data[_HEADER.size : _HEADER.size + hlen])
+    fmt = header.get("format") if isinstance(header, dict) else None
+    if fmt != _FORMAT:
+        raise ValueError(f"unsupported calibrator format {fmt!r}")
+    return header, _HEADER.size + hlen
+
+
+@contextlib.contextmanager
+def _corrupt_state() -> Iterator[None]:
+    """Any failure to read the bytes as ValueError("corrupt calibrator state: ...")."""
+    try:
+        yield
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"corrupt calibrator state: {exc!r}") from None
     except ValueError as exc:
         raise ValueError(f"corrupt calibrator state: {exc}") from None
-    return CalibratorState(config, prior, hists[0], hists[1], header["t_ref"], header["n_seen"])

@@ -11,6 +11,7 @@ import numpy as np
 
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.calibrator import Calibrator, CalibratorConfig
+from recalibrators.calibrator_codec import peek
 from recalibrators.segments import fallback_chain, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
@@ -59,7 +60,7 @@ class MapState:
         return self._prior_json
 
     def examples(self) -> int:
-        return sum(Calibrator.from_bytes(blob).n_seen for blob in self.partials.values())
+        return sum(peek(blob)[1] for blob in self.partials.values())
 
     def copy(self) -> MapState:
         """A snapshot for the refresh thread: the dicts copied (their bytes and the prior are never mutated)."""
