@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import queue
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from recalibrators.serving.keys import MapField
@@ -53,7 +53,7 @@ def process_count(requested: int) -> int:
         return os.cpu_count() or 1
 
 
-async def paced(items: list, every: int = 256):
+async def paced(items: Iterable, every: int = 256):
     """`items`, handing the event loop back after every `every` of them: a partials tick of thousands of
     keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh)."""
     for i, item in enumerate(items):
