@@ -261,6 +261,20 @@ class WorkerProcess:
         except (OSError, ValueError):
             return {}
 
+    def log_tail(self, lines: int = 30) -> str:
+        """The last `lines` lines of the worker's log that say something (aiokafka's subscription tables left
+        out), for an error message: CI keeps the output of a failed run, not the files it wrote."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        said = [
+            line
+            for line in text.splitlines()
+            if line.strip() and line[0] not in "+|" and "Updating subscribed topics" not in line
+        ]
+        return "\n".join(said[-lines:])
+
     def sample(self) -> None:
         """Called on every poll of `wait_for`; subclasses record what they watch (memory, say)."""
 
@@ -270,13 +284,15 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"worker exited with code {self.proc.returncode}, see {self.log_path}")
+                raise RuntimeError(
+                    f"worker exited with code {self.proc.returncode}, see {self.log_path}; it ends:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(self.url("/readyz"), timeout=1):
                     return
             except OSError:
                 time.sleep(0.2)
-        raise TimeoutError(f"worker not ready in {timeout_s:.0f}s, see {self.log_path}")
+        raise TimeoutError(f"worker not ready in {timeout_s:.0f}s, see {self.log_path}; it ends:\n{self.log_tail()}")
 
     def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition", poll_s: float = 0.3) -> dict:
         """Poll /stats until `predicate(stats)` holds; returns those stats."""
@@ -284,13 +300,15 @@ class WorkerProcess:
         stats: dict = {}
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"worker died, see {self.log_path}")
+                raise RuntimeError(f"worker died, see {self.log_path}; it ends:\n{self.log_tail()}")
             self.sample()
             stats = self.stats() or stats
             if stats and predicate(stats):
                 return stats
             time.sleep(poll_s)
-        raise TimeoutError(f"timed out waiting for {what}; last stats {stats}; log {self.log_path}")
+        raise TimeoutError(
+            f"timed out waiting for {what}; last stats {stats}; log {self.log_path}; it ends:\n{self.log_tail()}"
+        )
 
     def kill(self) -> None:
         self.proc.kill()

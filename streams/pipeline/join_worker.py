@@ -248,6 +248,7 @@ class _Rebalance(ConsumerRebalanceListener):
             partitions = sorted({tp.partition for tp in assigned} - set(w.parts))
             w._n_partitions = len(w.consumer.partitions_for_topic(w.topics.impressions) or ()) or w._n_partitions
             blobs = await w._snapshots.claim_all(partitions)  # one round trip for all, not four per partition
+            unread: list[TopicPartition] = []
             for partition in partitions:
                 state = w.parts[partition] = self._restore(partition, blobs[partition])
                 for topic in w.topics.sources:
@@ -257,7 +258,9 @@ class _Rebalance(ConsumerRebalanceListener):
                     if topic in state.offsets:
                         w.consumer.seek(tp, state.offsets[topic])
                     else:
-                        await w.consumer.seek_to_beginning(tp)
+                        unread.append(tp)
+            if unread:  # one offset reset for all: one each waited out a fetch in turn (4 s for 12 on Apache Kafka)
+                await w.consumer.seek_to_beginning(*unread)
             w.ready.set()
             startup.mark("restored")
 

@@ -24,9 +24,10 @@ Robustness (#13 item 12):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
@@ -94,18 +95,15 @@ class SnapshotStore:
         await self._producer.partitions_for(self.topic)
         await self._reader.topics()  # one Metadata round trip
         partitions = self._reader.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        if tps:
-            self._reader.assign(tps)
+        if tps := [TopicPartition(self.topic, p) for p in sorted(partitions)]:
             await self._reader.end_offsets(tps)
 
     async def claim_all(self, partitions: list[int]) -> dict[int, bytes | None]:
         """`claim` of several partitions at once: one end-offsets lookup for all of them (a partition that
         never had a record has no snapshot to read) and the claim records sent together. Each lookup can
-        wait up to the reader's idle fetch (`fetch_max_wait_ms`, 500 ms) on the same connection: on an empty
-        state this is one wait instead of two per partition (the start of a new worker: 1.8 s -> 0.02 s)."""
+        wait up to the reader's idle fetch (`fetch_max_wait_ms`, `join_clients.state_reader`) on the same
+        connection: on an empty state this is one wait instead of two per partition."""
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        self._reader.assign(tps)
         ends = await self._reader.end_offsets(tps)
         found = {
             p: (None, 0) if ends[tp] == 0 else await self._read_latest(p) for p, tp in zip(partitions, tps, strict=True)
@@ -157,11 +155,11 @@ class SnapshotStore:
         if expected is None:
             return  # never claimed (tests, tools): no fence
         tp = TopicPartition(self.topic, partition)
-        self._reader.assign([tp])
         end = (await self._reader.end_offsets([tp]))[tp]
         if end == expected:
             return
-        header = await self._header_at(tp, end - 1)
+        with self._reading(tp):
+            header = await self._header_at(tp, end - 1)
         theirs, ours = header.get("epoch", 0), self._epoch.get(partition, 0)
         if theirs > ours:
             raise Fenced(f"{self.topic}[{partition}] was claimed with epoch {theirs} (ours {ours})")
@@ -175,8 +173,11 @@ class SnapshotStore:
 
     async def _read_latest(self, partition: int) -> tuple[bytes | None, int]:
         """(the newest complete snapshot or None, the highest epoch seen)."""
-        tp = TopicPartition(self.topic, partition)
-        self._reader.assign([tp])
+        with self._reading(TopicPartition(self.topic, partition)) as tp:
+            return await self._read_latest_of(tp)
+
+    async def _read_latest_of(self, tp: TopicPartition) -> tuple[bytes | None, int]:
+        partition = tp.partition
         deadline = time.monotonic() + self.read_timeout_s
         begin = (await self._reader.beginning_offsets([tp]))[tp]
         end = (await self._reader.end_offsets([tp]))[tp]
@@ -213,6 +214,16 @@ class SnapshotStore:
             )
         log.error("%s; starting the partition empty (on_lost_snapshot = start_empty)", message)
         return None, epoch or 0
+
+    @contextlib.contextmanager
+    def _reading(self, tp: TopicPartition) -> Iterator[TopicPartition]:
+        """The reader assigned to `tp` for a read, and to nothing after it: an idle reader has no fetch in
+        flight (the next `assign` would wait it out) and does not poll the broker between checkpoints."""
+        self._reader.assign([tp])
+        try:
+            yield tp
+        finally:
+            self._reader.unsubscribe()
 
     async def _header_at(self, tp: TopicPartition, offset: int, deadline: float | None = None) -> dict:
         self._reader.seek(tp, offset)

@@ -151,6 +151,9 @@ class SilentReader:
     def assign(self, tps) -> None:
         pass
 
+    def unsubscribe(self) -> None:
+        pass
+
     def seek(self, tp, offset) -> None:
         pass
 
