@@ -49,6 +49,7 @@ async def ensure_topics(config: Config, create_sources: bool = False) -> int:
             await admin.create_topics(
                 [NewTopic(t, config.partitions, config.replication_factor) for t in missing_sources]
             )
+            await _wait_for_partitions(admin, dict.fromkeys(missing_sources, config.partitions))
             existing.update(missing_sources)
         elif missing_sources:
             raise RuntimeError(f"source topics missing: {missing_sources} (create them, or pass --create-topics)")
@@ -82,7 +83,8 @@ async def _wait_for_partitions(admin: AIOKafkaAdminClient, want: dict[str, int],
     """Until the metadata shows every new topic with all its partitions. A broker may answer CreateTopics
     before its metadata has them (Apache Kafka's controller propagates them a moment later); a Faust
     consumer that starts in that moment caches the changelog with 0 partitions, and its table refuses
-    every partial (PartitionsMismatch) until the metadata's next refresh, minutes later."""
+    every partial (PartitionsMismatch) until the metadata's next refresh, minutes later; and the
+    co-partitioning check would count a source created a moment ago without its partitions."""
     deadline = time.monotonic() + timeout_s
     while True:
         described = await admin.describe_topics(list(want))
