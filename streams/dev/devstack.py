@@ -205,6 +205,9 @@ class DevStack:
         self.broker.stop()
 
 
+_LOG_NOISE = ("Updating subscribed topics", "Unsubscribed all topics")  # aiokafka, on every (un)assign
+
+
 class WorkerProcess:
     """A `recal worker` subprocess on a free web port: read its /stats, wait for /readyz, stop or kill it.
 
@@ -262,7 +265,7 @@ class WorkerProcess:
             return {}
 
     def log_tail(self, lines: int = 30) -> str:
-        """The last `lines` lines of the worker's log that say something (aiokafka's subscription tables left
+        """The last `lines` lines of the worker's log that say something (aiokafka's subscription changes left
         out), for an error message: CI keeps the output of a failed run, not the files it wrote."""
         try:
             text = self.log_path.read_text(errors="replace")
@@ -271,7 +274,7 @@ class WorkerProcess:
         said = [
             line
             for line in text.splitlines()
-            if line.strip() and line[0] not in "+|" and "Updating subscribed topics" not in line
+            if line.strip() and line[0] not in "+|" and not any(noise in line for noise in _LOG_NOISE)
         ]
         return "\n".join(said[-lines:])
 

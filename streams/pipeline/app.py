@@ -79,6 +79,11 @@ def create_app(config: Config) -> faust.App:
         broker_heartbeat_interval=max(0.5, config.session_timeout_ms / 5000),
         producer_acks=-1,
         table_cleanup_interval=60,
+        # No standby copies of other workers' table partitions: on Apache Kafka a standby partition promoted to
+        # active after a worker died sometimes never finished its recovery ("No event received for active tp ...
+        # since recovery start", for good), and the agent never consumed a partial again. Without standbys the new
+        # owner reads the compacted changelog from its start, as it does after every restart of a memory store.
+        table_standby_replicas=0,
     )
     partials_topic = app.topic(
         config.topics.partials,
