@@ -18,10 +18,10 @@ async def producer(config: Config) -> tuple[AIOKafkaProducer, bool]:
 
 
 def state_reader(config: Config) -> AIOKafkaConsumer:
-    """Point reads only (a header, a snapshot's run). Each `assign` waits out the fetch already in flight, which
-    a broker holds up to `fetch_max_wait_ms` when it has nothing new: at the default 500 ms, restoring four
-    partitions took 2.1 s on Apache Kafka (up to 9.6 s in CI, long enough for a rebalance to expel the worker)
-    and 0.1 s at 10 ms."""
+    """Point reads only (a header, then a snapshot's run). Each seek of a read waits out the fetch already in
+    flight, which a broker holds up to `fetch_max_wait_ms` when it has nothing new: at the default 500 ms a claim
+    of four snapshots took 2.1 s on Apache Kafka (up to 9.6 s in CI, long enough for a rebalance to expel the
+    worker); at 10 ms, 0.15 s."""
     return AIOKafkaConsumer(**config.kafka_client_args(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)
 
 

@@ -100,9 +100,7 @@ class SnapshotStore:
 
     async def claim_all(self, partitions: list[int]) -> dict[int, bytes | None]:
         """`claim` of several partitions at once: one end-offsets lookup for all of them (a partition that
-        never had a record has no snapshot to read) and the claim records sent together. Each lookup can
-        wait up to the reader's idle fetch (`fetch_max_wait_ms`, `join_clients.state_reader`) on the same
-        connection: on an empty state this is one wait instead of two per partition."""
+        never had a record has no snapshot to read) and the claim records sent together."""
         tps = [TopicPartition(self.topic, p) for p in partitions]
         ends = await self._reader.end_offsets(tps)
         found = {
