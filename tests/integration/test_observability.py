@@ -2,7 +2,7 @@
 
 One `recal worker` subprocess serves the whole module (starting one costs seconds), against the shared
 embedded broker and a Redis of its own (the readiness test kills and restarts it). Traffic comes in
-three waves with known miscalibration (placement=search over-predicts 2x, then 1.65x, then 1.3x;
+three waves with known miscalibration (placement=search over-predicts 2.4x, then 2.1x, then 1.8x;
 feed 1.4x), so the maps carry metrics and a history of several refreshes that the gate lets through.
 """
 
@@ -47,7 +47,7 @@ def wave(ns: str, k: int, rng: np.random.Generator) -> tuple[list[tuple[str, str
         iid, ts = f"{ns}-w{k}-{i}", start + i * 10
         placement = "search" if i % 2 else "feed"
         score = float(np.clip(rng.beta(2, 12), 0.01, 0.6))
-        truth = score / (2.0 - 0.35 * k) if placement == "search" else score * 0.7  # search drifts
+        truth = score / (2.4 - 0.3 * k) if placement == "search" else score * 0.7  # search drifts
         messages.append(
             (
                 f"{ns}-impressions",
@@ -188,7 +188,9 @@ def test_metrics_move_as_events_flow(observed):
     assert sum(v for k, v in after.items() if k.startswith("recal_join_pending{")) >= 0
     age = after['recal_map_age_seconds{model="ctr",model_version="v1",segment="placement=search"}']
     assert 0 <= age < 60
-    # placement=search over-predicts 2x..1.3x: raw ratio well above 1 and an alert; calibrated nearer 1.
+    # placement=search over-predicts 2.4x..1.8x: raw ratio well above 1 and an alert; calibrated nearer 1.
+    # The map (century half-life) is fitted on all three waves, the metrics on the held-back last one: the map
+    # lags the drift (expected calibrated ratio ~0.87), so the drift must stay large for "nearer 1" to be sure.
     raw = after['recal_map_calibration_ratio{model="ctr",model_version="v1",scores="raw",segment="placement=search"}']
     cal = after[
         'recal_map_calibration_ratio{model="ctr",model_version="v1",scores="calibrated",segment="placement=search"}'
