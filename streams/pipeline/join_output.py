@@ -31,6 +31,7 @@ class PartitionOutput:
     ) -> None:
         self.config, self.topics, self.stats = config, config.topics, stats
         self.producer, self.deadletters, self.consumer = producer, dead_letters, consumer
+        self._impression_sources = {self.topics.impressions, self.topics.rekeyed}  # what moves the clock
 
     async def batch(self, routed: Routed, state: PartitionState) -> list[asyncio.Future]:
         """The sends of one partition's joined batch."""
@@ -59,14 +60,23 @@ class PartitionOutput:
         """Whether the partition's click/conversion inputs are read up to (nearly) their end. While
         they lag, windows stay open: expiring now would turn unread clicks into late ones. An unknown end (no
         fetch answered for that partition yet, e.g. just after an assignment) counts as lagging, and so does a
-        partition a rebalance has taken away before its revocation reached us (`highwater` asserts on it)."""
+        partition a rebalance has taken away before its revocation reached us (`highwater` asserts on it).
+
+        An end is only known as of the fetch that reported it: a partition whose fetched records were still
+        buffered is left out of the next fetches, so its end can be older than the impressions that moved the
+        clock (clicks produced before a closing impression, unread, and counted late: seen on Apache Kafka).
+        So each end must come from a fetch no older than the newest one of the impression sources."""
         assigned = self.consumer.assignment()
-        for topic in self.topics.sources[1:]:
-            tp = TopicPartition(topic, state.partition)
-            if tp not in assigned:
-                return False
+        tps = [TopicPartition(topic, state.partition) for topic in self.topics.sources]
+        if any(tp not in assigned for tp in tps):
+            return False
+        polls = {tp: self.consumer.last_poll_timestamp(tp) for tp in tps}
+        clock_fetched = max((polls[tp] or 0 for tp in tps if tp.topic in self._impression_sources), default=0)
+        for tp in tps[1:]:
             highwater = self.consumer.highwater(tp)
-            if highwater is None or highwater - state.offsets.get(topic, 0) > self.config.max_label_lag:
+            if highwater is None or highwater - state.offsets.get(tp.topic, 0) > self.config.max_label_lag:
+                return False
+            if (polls[tp] or 0) < clock_fetched:
                 return False
         return True
 

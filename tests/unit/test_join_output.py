@@ -24,3 +24,36 @@ def test_a_partition_no_longer_assigned_counts_as_lagging_and_does_not_raise():
         return lost, no_fetch_yet
 
     assert asyncio.run(check()) == (False, False)
+
+
+def test_an_end_reported_before_the_impressions_that_moved_the_clock_counts_as_lagging():
+    """The Apache Kafka failure: a clicks partition whose records sat in the fetch buffer was left out of the
+    fetch that brought a closing impression, so its known end predated clicks produced before that impression."""
+
+    async def check() -> list[bool]:
+        config = load_config(None)
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+        tps = [TopicPartition(topic, 0) for topic in config.topics.sources]
+        consumer.assign(tps)
+        assignment = consumer._subscription.subscription.assignment
+        output = PartitionOutput(config, None, None, consumer, None)
+        read = SimpleNamespace(partition=0, offsets={tp.topic: 10 for tp in tps})
+
+        def fetched(polled_ms: dict[str, int], highwater: int = 10) -> bool:
+            for tp in tps:
+                state = assignment.state_value(tp)
+                state.highwater, state.timestamp = highwater, polled_ms.get(tp.topic, 1_000)
+            return output.labels_caught_up(read)
+
+        try:
+            return [
+                fetched({}),  # every end from the same fetch, all read: caught up
+                fetched({config.topics.clicks: 999}),  # clicks' end older than the impressions' fetch
+                fetched({config.topics.impressions: 999}),  # impressions fetched before the others: fine
+                fetched({config.topics.rekeyed: 1_001}),  # re-keyed impressions moved the clock later
+                fetched({}, highwater=11),  # one record unread on every label topic
+            ]
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(check()) == [True, False, True, False, False]
