@@ -109,6 +109,22 @@ def create_app(config: Config) -> faust.App:
     # recovery, which serialised two consumer-group joins (~5 s each on the embedded broker).
     app.add_dependency(JoinService(join, loop_monitor, loop=app.loop, beacon=app.beacon))
 
+    async def save(event, stored: bytes) -> None:
+        """`table[event.key] = stored`, its changelog record handed to the producer before the event is acked.
+        Faust's own write queues the record in a buffer whose flush before a commit stops waiting after 0.1 s
+        without progress: under load the partials' offsets were committed before their changelog records were
+        sent, and after a SIGKILL the new owner recovered the table without those keys' states, for good (the
+        committed partials are never read again). The commit's flush does wait for what the producer holds."""
+        table.data[event.key] = stored
+        await table.changelog_topic.send(
+            key=event.key,
+            value=stored,
+            partition=event.message.partition,
+            key_serializer=table.key_serializer,
+            value_serializer=table.value_serializer,
+            callback=table._on_changelog_sent,
+        )
+
     @app.agent(partials_topic, concurrency=1)  # stateful: keep at 1 (faust-streaming #606)
     async def aggregate(stream):
         handled = 0
@@ -121,10 +137,11 @@ def create_app(config: Config) -> faust.App:
             key = event.key.decode()
             try:
                 stored = aggregator.add_stored(key, event.value, table.get(event.key))
-                if stored is not None:  # None: a version beyond the model's cap, dropped and counted
-                    table[event.key] = stored
             except ValueError as exc:
                 log.warning("dropping malformed partial for %s: %s", key, exc)
+                continue
+            if stored is not None:  # None: a version beyond the model's cap, dropped and counted
+                await save(event, stored)
 
     index_key = RedisKeys(config.prefix).index
     tracker = MapTracker()  # the maps this worker published last: map age and calibration gauges

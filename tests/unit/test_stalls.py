@@ -24,7 +24,7 @@ def test_a_stall_is_logged_with_the_function_that_held_the_loop(caplog):
         await asyncio.sleep(0.05)
         hold_the_loop(0.05)  # below the threshold: not logged
         await asyncio.sleep(0.05)
-        hold_the_loop(0.4)
+        hold_the_loop(0.8)  # long enough that a watch thread the OS schedules late still samples it (CI: none in 0.4 s)
         await asyncio.sleep(0.1)
         ticker.cancel()
 
@@ -33,7 +33,7 @@ def test_a_stall_is_logged_with_the_function_that_held_the_loop(caplog):
     (record,) = [r for r in caplog.records if r.name == "recal.loop"]
     message = record.getMessage()
     held = float(message.split("held ")[1].split(" s")[0])
-    assert 0.35 <= held < 0.6 and watch.stalls == 1  # the loop's own measure: how late the monitor woke
+    assert 0.75 <= held < 1.2 and watch.stalls == 1  # the loop's own measure: how late the monitor woke
     assert "MainThread" in message and "hold_the_loop" in message
 
 
