@@ -112,9 +112,10 @@ def create_app(config: Config) -> faust.App:
     async def save(event, stored: bytes) -> None:
         """`table[event.key] = stored`, its changelog record handed to the producer before the event is acked.
         Faust's own write queues the record in a buffer whose flush before a commit stops waiting after 0.1 s
-        without progress: under load the partials' offsets were committed before their changelog records were
-        sent, and after a SIGKILL the new owner recovered the table without those keys' states, for good (the
-        committed partials are never read again). The commit's flush does wait for what the producer holds."""
+        without progress: under load a partial's offset could be committed before its changelog record was sent,
+        and after a SIGKILL the new owner would recover the table without that key's state, for good (committed
+        partials are never read again). The commit's flush does wait for what the producer holds. (A take-over on
+        Apache Kafka still loses state another way: docs/pipeline.md, "Known issue".)"""
         table.data[event.key] = stored
         await table.changelog_topic.send(
             key=event.key,

@@ -313,20 +313,20 @@ def read_map(redis_url: str, ns: str, model: str, segment: str) -> CalibrationMa
 
 
 def wait_for_map(stack: DevStack, ns, model, segment, n, positives, worker, timeout_s=60.0) -> CalibrationMap:
-    """Until the (model, segment) map holds exactly n labels, `positives` of them positive."""
-    last: list[CalibrationMap | None] = [None]
+    """Until the (model, segment) map holds exactly n labels, `positives` of them positive; returns that map."""
+    last: CalibrationMap | None = None
 
     def done(_stats) -> bool:
-        m = last[0] = read_map(stack.redis_url, ns, model, segment)
-        return m is not None and round(m.n) == n and round(m.positives) == positives
+        nonlocal last
+        last = read_map(stack.redis_url, ns, model, segment)
+        return last is not None and round(last.n) == n and round(last.positives) == positives
 
     try:
         worker.wait_for(done, timeout_s, f"{model}:{segment} map with n={n}, positives={positives}")
     except TimeoutError as exc:  # what Redis held tells a lost label from a map never published
-        m = last[0]
-        held = "none" if m is None else f"n={m.n:g}, positives={m.positives:g}, map_version={m.map_version}"
+        held = "none" if last is None else f"n={last.n:g}, positives={last.positives:g}, map_version={last.map_version}"
         raise TimeoutError(f"last {model}:{segment} map in Redis: {held}; {exc}") from None
-    return read_map(stack.redis_url, ns, model, segment)
+    return last
 
 
 def map_counts(redis_url: str, ns: str, keys) -> dict[tuple[str, str], list[int]]:

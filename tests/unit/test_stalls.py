@@ -24,7 +24,8 @@ def test_a_stall_is_logged_with_the_function_that_held_the_loop(caplog):
         await asyncio.sleep(0.05)
         hold_the_loop(0.05)  # below the threshold: not logged
         await asyncio.sleep(0.05)
-        hold_the_loop(0.8)  # long enough that a watch thread the OS schedules late still samples it (CI: none in 0.4 s)
+        # long enough that a watch thread the OS schedules late still samples it (one full suite: none in 0.4 s)
+        hold_the_loop(0.8)
         await asyncio.sleep(0.1)
         ticker.cancel()
 
