@@ -1,10 +1,10 @@
 """Partial calibrators of all partitions -> one calibration map per (model, model version, segment key).
 
-Every live model version is calibrated at once and gets its own maps: the key (the partials topic's
-record key, the table key and the Redis field) is `recalibrators.serving.keys.MapField`. The aggregator
+Every live model version is calibrated at once and gets its own maps: the key (of the partials topic's
+records and the Redis field) is `recalibrators.serving.keys.MapField`. The aggregator
 keeps, per key, the latest partial state of every partition, merges them (exact: sums add), runs the
 quality gate against the map of that key it published last, and hands accepted maps to the publisher.
-Pure state and logic; `streams.pipeline.app` wires it to a Faust agent, a table and a timer.
+Pure state and logic; `streams.pipeline.partials_consumer` feeds it, `streams.pipeline.app`'s timer builds.
 
 Versions (`streams.pipeline.versions`): a partial of a version beyond the model's cap of live versions
 is dropped and counted (the join dead-letters its impressions); versions retire after `version_idle` of
@@ -18,7 +18,8 @@ with the most recent traffic; the choice is stored with the key and named in the
 Another version's map is a guess, not evidence about this one: the warm fit serves only while the key's
 own data does not contradict the prior (`recalibrators.gate.prior_contradicted`, a chi-square goodness
 of fit, `WARM_START_Z`); once it does, the key's own fit (no prior) serves. The prior is chosen when the
-key's first partial arrives, so it is in the state the table stores (a restart or a move keeps it).
+key's first partial arrives and stored in the partials topic (`streams.pipeline.partials_topic`): a restart or a
+move keeps it.
 
 Refresh off the event loop, in slices (`streams.pipeline.app`'s timer): `take_slice` runs on the loop and
 takes the oldest changed keys (at most `max_keys`) with a copy of their partials, so the agent's `add` never
@@ -92,7 +93,6 @@ class Aggregator:
     def __init__(self, model_config: Callable[[str], ModelConfig], *, with_metrics: bool = True) -> None:
         self._model_config = model_config
         self.states: dict[MapKey, MapState] = {}
-        self.stored: dict[MapKey, bytes] = {}  # what `add_stored` last gave the table per key (the same object)
         self.dirty: dict[MapKey, None] = {}  # changed keys, oldest first (an ordered set)
         self.carried: set[MapKey] = set()  # keys the last refresh slice left unbuilt (see `carry`)
         self.published: dict[MapKey, CalibrationMap] = {}  # what this process last handed out
@@ -107,7 +107,8 @@ class Aggregator:
         self.live = ModelVersions(model_config, report_retired=True)
         self.version_infos = VersionInfos()  # what `{prefix}:versions:{model}` shows (see take_versions)
         self.dropped_partials = 0  # partials of a version beyond the cap (too_many_versions)
-        self.retired_keys: list[MapKey] = []  # keys of retired versions whose build-side state is still held
+        self.retired_keys: list[MapKey] = []  # keys retired or moved away whose build-side state is still held
+        self.chosen_priors: list[MapKey] = []  # keys whose warm-start prior was chosen since `take_chosen_priors`
         self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
         self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
@@ -115,10 +116,11 @@ class Aggregator:
     def drift(self) -> dict[MapKey, bool]:
         return self.drift_alerts.alerts
 
-    def add(self, key: MapKey, record: bytes, state: MapState | None = None) -> MapState | None:
-        """Fold one partial record in; `state` is the stored (table) state of the key, which is never older
-        than this process's copy (the key may have lived on another worker since). None: dropped, because
-        the model already has its cap of live versions."""
+    def add(self, key: MapKey, record: bytes, *, choose_prior: bool = True) -> MapState | None:
+        """Fold one partial record in. None: dropped, because the model already has its cap of live versions.
+        `choose_prior`: a new key takes its warm-start prior now (`take_chosen_priors` then names it); False while
+        a partition is read from its start, where the prior record the key's first owner wrote may still follow
+        (`adopt_prior`) and the source version's partials may not all be in yet (`choose_priors` after)."""
         header, blobs = unpack(record)
         field = MapField(header["model"], header["model_version"], header["segment"])
         if key != str(field):
@@ -127,11 +129,9 @@ class Aggregator:
         if not self.live.admit(field.model, field.model_version, last_event_ms):
             self.dropped_partials += 1
             return None
-        current = state if state is not None else self.states.get(key) or MapState()
-        if not current.prior_chosen:
-            cfg = self._model_config(field.model)
-            current.prior = warm_start_prior(field, cfg, self.live, self.published, self.states)
-            current.prior_chosen = True
+        current = self.states.get(key) or MapState()
+        if choose_prior and not current.prior_chosen:
+            self._choose_prior(key, current)
         current.partials[header["partition"]] = bytes(blobs[0])
         if len(blobs) > 1:
             current.delayed[header["partition"]] = bytes(blobs[1])
@@ -141,25 +141,49 @@ class Aggregator:
             self.version_infos.track(field, current.examples(), last_event_ms)
         return current
 
-    def add_stored(self, key: MapKey, record: bytes, stored: bytes | None) -> bytes | None:
-        """The agent's `add`: `stored` is the table's bytes for the key; returns the key's new bytes for the
-        table (None: dropped). The stored state is decoded only when it is not the one this process stored
-        last (the key lived on another worker since, or the table was recovered): decoding and encoding
-        every partition's partial on every partial was a third of the agent's time."""
-        own = self.stored.get(key)
-        fresh = bool(stored) and (stored is not own or key not in self.states)
-        state = self.add(key, record, MapState.decode(stored) if fresh else None)
-        if state is None:
-            return None
-        self.stored[key] = encoded = state.encode()
-        return encoded
+    def _choose_prior(self, key: MapKey, state: MapState) -> None:
+        field = MapField.parse(key)
+        state.prior = warm_start_prior(field, self._model_config(field.model), self.live, self.published, self.states)
+        state.prior_chosen = True
+        self.chosen_priors.append(key)
 
-    def restore(self, key: MapKey, state: MapState) -> None:
-        """Adopt the stored state (Redis lost its maps) and mark the key for a rebuild."""
-        self.states[key] = state
-        self.dirty.setdefault(key)
-        self.published.pop(key, None)  # the map is gone from Redis: publish without a change bound
-        self.judged.pop(key, None)
+    def choose_priors(self, keys: list[MapKey]) -> None:
+        """The warm-start prior of each of `keys` that has none chosen yet (a partition read from its start)."""
+        for key in keys:
+            state = self.states.get(key)
+            if state is not None and not state.prior_chosen:
+                self._choose_prior(key, state)
+
+    def take_chosen_priors(self) -> list[tuple[MapKey, str | None]]:
+        """(key, prior JSON or None) of every prior chosen since the last call: to be stored with the key."""
+        chosen, self.chosen_priors = self.chosen_priors, []
+        return [(key, self.states[key].prior_json()) for key in dict.fromkeys(chosen) if key in self.states]
+
+    def adopt_prior(self, key: MapKey, prior_json: str | None) -> None:
+        """The prior stored with the key (its record may come before the key's partials: compaction keeps only
+        the latest record of each)."""
+        state = self.states.setdefault(key, MapState())
+        if state.prior_chosen and state.prior_json() == prior_json:
+            return
+        state.prior = None if prior_json is None else CalibrationMap.from_json(prior_json)
+        state._prior_json, state.prior_chosen = prior_json, True
+        if state.partials:
+            self.dirty.setdefault(key)
+
+    def forget(self, keys: list[MapKey]) -> None:
+        """On the event loop: drop the state of keys another aggregator owns now (a rebalance moved them)."""
+        for key in keys:
+            self.states.pop(key, None)
+            self.dirty.pop(key, None)
+        self.retired_keys.extend(keys)
+
+    def republish_all(self) -> None:
+        """Redis lost its maps: rebuild every key this aggregator owns, published without a change bound."""
+        for key, state in self.states.items():
+            if state.partials:
+                self.dirty.setdefault(key)
+            self.published.pop(key, None)
+            self.judged.pop(key, None)
 
     def take_versions(self) -> dict[str, dict[str, VersionInfo]]:
         """Retire idle versions; the version infos of every model that changed, for the publisher."""
@@ -175,12 +199,11 @@ class Aggregator:
     def _forget_partials(self, model: str, model_version: str) -> None:
         """On the event loop: drop a retired version's partials (the bulk of its memory: partitions x calibrator
         state per key) and queue its merged states in the shrinkage for the refresh thread, which owns them.
-        Its maps stay (published, and the gate's baseline should it come back: then the table's stored state,
-        passed to `add`, brings its partials back)."""
+        Its maps stay (published, and the gate's baseline should it come back: the join partitions' partials,
+        absolute states, bring its state back)."""
         retired = [k for k in self.states if MapField.parse(k)[:2] == (model, model_version)]
         for key in retired:
             del self.states[key]
-            self.stored.pop(key, None)
             self.dirty.pop(key, None)
         self.retired_keys.extend(retired)
 

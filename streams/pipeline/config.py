@@ -187,20 +187,6 @@ class KafkaSecurity:
 
         return ssl.create_default_context(cafile=self.ssl_cafile or None)
 
-    def faust_credentials(self):
-        """The same settings for Faust's own clients (agents, tables, leader election)."""
-        import faust
-
-        context = self._ssl_context() if "SSL" in self.security_protocol else None
-        if self.security_protocol.startswith("SASL"):
-            return faust.SASLCredentials(
-                username=self.sasl_username,
-                password=self.sasl_password,
-                mechanism=self.sasl_mechanism or "PLAIN",
-                ssl_context=context,
-            )
-        return faust.SSLCredentials(context) if context is not None else None
-
     def client_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"security_protocol": self.security_protocol}
         if "SSL" in self.security_protocol:

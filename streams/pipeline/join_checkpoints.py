@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.pipeline.join_processes import paced
 from streams.pipeline.join_stats import Stats
+from streams.pipeline.partials_topic import paced
 from streams.pipeline.partition_state import PartitionState
 from streams.pipeline.snapshots import Fenced, SnapshotStore
 

@@ -18,28 +18,16 @@ import multiprocessing
 import os
 import queue
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from recalibrators.serving.keys import MapField
 from streams.pipeline import join_clients
-from streams.pipeline.aggregator import encode_partial
 from streams.pipeline.config import Config
+from streams.pipeline.partials_topic import send_partials
 
 log = logging.getLogger("recal.join")
 
 _REPORT_S = 0.5
-
-
-def partial_message(
-    partition: int, key: tuple[str, str, str], calibrator: bytes, delayed: bytes | None = None
-) -> tuple[bytes, bytes]:
-    """(key, value) of a partial on the partials topic: keyed by map, so one aggregator owns a map.
-    calibrator: the partial calibrator's bytes; delayed: the key's open windows and delay models
-    (label_delay = "corrected"; streams.pipeline.delayed)."""
-    model, model_version, segment = key
-    field = str(MapField(model, model_version, segment)).encode()
-    return field, encode_partial(partition, model, model_version, segment, calibrator, delayed)
 
 
 def process_count(requested: int) -> int:
@@ -51,15 +39,6 @@ def process_count(requested: int) -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # no affinity mask on this platform
         return os.cpu_count() or 1
-
-
-async def paced(items: Iterable, every: int = 256):
-    """`items`, handing the event loop back after every `every` of them: a partials tick of thousands of
-    keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh)."""
-    for i, item in enumerate(items):
-        if i and not i % every:
-            await asyncio.sleep(0)
-        yield item
 
 
 class JoinProcesses:
@@ -112,14 +91,10 @@ async def _run(config: Config, index: int, report: Callable[[tuple], None]) -> N
 
     producer, _ = await join_clients.producer(config)
 
-    async def send_partials(partials) -> None:
-        sends = []
-        async for partition, key, calibrator, delayed in paced(partials):
-            k, v = partial_message(partition, key, calibrator, delayed)
-            sends.append(await producer.send(config.topics.partials, v, key=k))
-        await asyncio.gather(*sends)
+    async def on_partials(partials) -> None:
+        await send_partials(producer, config.topics.partials, partials)
 
-    worker = JoinWorker(config, on_partials=send_partials)
+    worker = JoinWorker(config, on_partials=on_partials)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,7 @@
 """One map key's state in the aggregator: the partitions' partials, their merge, and a new key's warm-start prior.
 
 A partial record (`encode_partial`) carries one partition's calibrator for one key; `MapState` holds the latest
-per partition (and its encoding in the aggregator's table); `merged` adds them up. A new version's key takes
+per partition; `merged` adds them up. A new version's key takes
 its prior from the source version's map along the segment's fallback chain (`warm_start_prior`).
 """
 
@@ -16,7 +16,7 @@ from recalibrators.segments import fallback_chain, parse_segment_key
 from recalibrators.serving.keys import MapField
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.partials import calibrator_config
-from streams.pipeline.records import pack, unpack
+from streams.pipeline.records import pack
 from streams.pipeline.versions import ModelVersions
 
 __all__ = ["WARM_START_Z", "MapState", "encode_partial", "merged", "warm_start_prior", "with_held_back"]
@@ -54,7 +54,7 @@ class MapState:
         self._prior_json: str | None = None
 
     def prior_json(self) -> str | None:
-        """The prior's JSON, made once: the table stores the state on every partial, the prior never changes."""
+        """The prior's JSON, made once (the prior record's value, `streams.pipeline.partials_topic`)."""
         if self.prior is not None and self._prior_json is None:
             self._prior_json = self.prior.to_json().decode()
         return self._prior_json
@@ -68,32 +68,6 @@ class MapState:
         copy.partials, copy.prior, copy.prior_chosen = dict(self.partials), self.prior, self.prior_chosen
         copy.delayed, copy._prior_json = dict(self.delayed), self._prior_json
         return copy
-
-    def encode(self) -> bytes:
-        header = {
-            "partitions": sorted(self.partials),
-            "prior": self.prior_json(),
-            "prior_chosen": self.prior_chosen,
-            "delayed": sorted(self.delayed),
-        }
-        blobs = [self.partials[p] for p in sorted(self.partials)] + [self.delayed[p] for p in sorted(self.delayed)]
-        return pack(header, blobs)
-
-    @classmethod
-    def decode(cls, data: bytes) -> MapState:
-        """ValueError for anything else, e.g. a schema-1 state left in the table by an older worker."""
-        try:
-            header, blobs = unpack(data)
-            state = cls()
-            n = len(header["partitions"])
-            state.partials = {int(p): bytes(b) for p, b in zip(header["partitions"], blobs[:n], strict=True)}
-            state.delayed = {int(p): bytes(b) for p, b in zip(header.get("delayed", []), blobs[n:], strict=True)}
-            if header["prior"] is not None:
-                state.prior, state._prior_json = CalibrationMap.from_json(header["prior"]), header["prior"]
-            state.prior_chosen = bool(header["prior_chosen"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not an aggregator state: {exc!r}") from None
-        return state
 
 
 def merged(

@@ -106,9 +106,11 @@ class RecalCollector:
         clock: Callable[[], float] = time.time,
         loop_monitor: LoopMonitor | None = None,
         refresher=None,
+        partials=None,
     ) -> None:
         self.loop_monitor = loop_monitor
         self.refresher = refresher
+        self.partials = partials  # PartialsConsumer
         self.join = join
         self.publisher = publisher
         self.aggregator = aggregator
@@ -221,6 +223,19 @@ class RecalCollector:
             "Changed keys whose maps are not built yet (a refresh builds a time-bounded slice, the rest waits).",
             value=len(getattr(self.aggregator, "dirty", ())),
         )
+        if self.partials is not None:
+            yield _counter("recal_partials_read", "Partials topic records read.", None, self.partials.records)
+            yield _counter(
+                "recal_partials_malformed",
+                "Partials topic records that are neither a partial nor a prior (logged, skipped).",
+                None,
+                self.partials.malformed,
+            )
+            yield GaugeMetricFamily(
+                "recal_partials_catching_up",
+                "Partials partitions being read from their start (assigned to this worker; their maps are partial).",
+                value=len(self.partials.catching_up),
+            )
         if self.refresher is not None:
             yield GaugeMetricFamily(
                 "recal_refresh_seconds",

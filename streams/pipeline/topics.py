@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.pipeline.config import Config
 from streams.pipeline.partitioners import partition_of
 
-__all__ = ["PARTIALS_TABLE", "ensure_topics", "ids_covering_partitions", "partials_changelog", "partition_of"]
+__all__ = ["COMPACT", "ensure_topics", "ids_covering_partitions", "partition_of"]
 
-PARTIALS_TABLE = "partials"  # the Faust table the aggregation agent keeps; its changelog is ours to create
+log = logging.getLogger("recal.topics")
 
-
-def partials_changelog(config: Config) -> str:
-    """The partials table's changelog topic, named as Faust names it (`{app id}-{table}-changelog`)."""
-    return f"{config.app_id}-{PARTIALS_TABLE}-changelog"
+COMPACT = {"cleanup.policy": "compact"}  # the partials topic: the aggregator's state (streams.pipeline.partials_topic)
 
 
 def ids_covering_partitions(prefix: str, partitions: int) -> list[str]:
@@ -60,23 +59,44 @@ async def ensure_topics(config: Config, create_sources: bool = False) -> int:
         if wrong:
             raise RuntimeError(f"topics must be co-partitioned with {topics.impressions} ({n} partitions): {wrong}")
         internal = [
-            (topics.rekeyed, n),
-            (topics.labeled, n),
-            (topics.state, n),
-            (topics.partials, config.partitions),
-            (topics.deadletter, config.partitions),
+            (topics.rekeyed, n, {}),
+            (topics.labeled, n, {}),
+            (topics.state, n, {}),
+            (topics.partials, config.partitions, COMPACT),
+            (topics.deadletter, config.partitions, {}),
         ]
-        new = [NewTopic(t, p, config.replication_factor) for t, p in internal if t not in existing]
-        changelog = partials_changelog(config)
-        if changelog not in existing:  # compacted, as Faust declares it
-            compact = {"cleanup.policy": "compact"}
-            new.append(NewTopic(changelog, config.partitions, config.replication_factor, topic_configs=compact))
+        new = [NewTopic(t, p, config.replication_factor, topic_configs=c) for t, p, c in internal if t not in existing]
+        if topics.partials in existing:
+            await _compact(admin, topics.partials)
         if new:
             await admin.create_topics(new)
             await _wait_for_partitions(admin, {t.name: t.num_partitions for t in new})
         return n
     finally:
         await admin.close()
+
+
+async def _compact(admin: AIOKafkaAdminClient, topic: str) -> None:
+    """Make an existing partials topic compacted (one an older worker created with the broker's default
+    retention, which would delete the partials of cold maps). A broker that refuses is logged, not fatal."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+    try:
+        (described,) = await admin.describe_configs([resource])
+        policy = next((c[1] for c in described.resources[0][4] if c[0] == "cleanup.policy"), None)
+        if policy == COMPACT["cleanup.policy"]:
+            return
+        # AlterConfigs replaces the topic's whole override set; the partials topic has no other one of ours.
+        (altered,) = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, COMPACT)])
+        if altered.resources[0][0]:
+            raise RuntimeError(f"error {altered.resources[0][0]}: {altered.resources[0][1]}")
+        log.warning("topic %s had cleanup.policy=%s: now compact (it holds the aggregator's state)", topic, policy)
+    except Exception as exc:  # the worker runs on without compaction, which costs only read time
+        log.warning(
+            "could not make topic %s compacted (%r): set cleanup.policy=compact on it, or the partials of maps "
+            "that see no traffic for the topic's retention are lost on the next take-over",
+            topic,
+            exc,
+        )
 
 
 async def _wait_for_partitions(admin: AIOKafkaAdminClient, want: dict[str, int], timeout_s: float = 30.0) -> None:

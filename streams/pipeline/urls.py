@@ -55,11 +55,6 @@ def parse_brokers(value: str | list[str] | tuple[str, ...]) -> str:
     return ",".join(hosts)
 
 
-def faust_brokers(brokers: str) -> list[str]:
-    """Normalised bootstrap servers as the URL list Faust expects."""
-    return [f"kafka://{host}" for host in brokers.split(",")]
-
-
 def has_password(url: str) -> bool:
     return bool(urlsplit(url).password)
 

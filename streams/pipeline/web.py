@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from streams.pipeline.aggregator import Aggregator
     from streams.pipeline.config import Config
     from streams.pipeline.join_worker import JoinWorker
+    from streams.pipeline.partials_consumer import PartialsConsumer
     from streams.pipeline.publisher import RetryingPublisher
     from streams.pipeline.refresh import Refresher
 
@@ -79,6 +80,7 @@ def register_pages(
     metrics: CollectorRegistry,
     loop_monitor: LoopMonitor | None = None,
     refresher: Refresher | None = None,
+    partials: PartialsConsumer | None = None,
 ) -> None:
     # Probes use their own client: short timeouts, and never queued behind a slow publish.
     probe = redis.Redis.from_url(config.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -185,6 +187,8 @@ def register_pages(
                 "gate_held": len(aggregator.refused),
                 "publish_errors": publisher.errors,
                 "version_partials_dropped": aggregator.dropped_partials,  # too_many_versions at the aggregator
+                "partials_malformed": partials.malformed if partials else None,  # neither a partial nor a prior
+                "partials_catching_up": sorted(partials.catching_up) if partials else None,  # read from their start
                 "drift_alerts": sorted(k for k, alert in dict(aggregator.drift).items() if alert),
                 "refresh_last_s": round(refresher.last_seconds, 3) if refresher else None,  # map building per tick
                 "refresh_max_s": round(refresher.max_seconds, 3) if refresher else None,

@@ -7,12 +7,13 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
 from streams.pipeline.broker_caps import start_producer
 from streams.pipeline.config import load_config
-from streams.pipeline.topics import ensure_topics, partials_changelog
+from streams.pipeline.topics import ensure_topics
 from tests.support.kit import config_text, consume_all, new_ns
 
 
@@ -53,20 +54,50 @@ def test_worker_reports_its_producer_mode(stack, start_worker):
     assert worker.stats()["idempotent_producer"] == asyncio.run(grants_producer_id(stack.broker_url))
 
 
-async def changelog_partitions_seen_at_once(config) -> int:
-    """What a client started right after `ensure_topics` (as Faust's consumer is) sees of the partials changelog."""
-    await ensure_topics(config, create_sources=True)
+async def partials_topic_seen_at_once(config, create_first: bool) -> tuple[int, str | None]:
+    """(partitions, cleanup.policy) of the partials topic as a client started right after `ensure_topics` sees
+    them; `create_first`: an older worker created it with the broker's default retention."""
     admin = AIOKafkaAdminClient(bootstrap_servers=config.broker)
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([partials_changelog(config)])
-        return len(described["partitions"])
+        if create_first:
+            await admin.create_topics([NewTopic(config.topics.partials, config.partitions, 1)])
+        await ensure_topics(config, create_sources=True)
+        (described,) = await admin.describe_topics([config.topics.partials])
+        (configs,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, config.topics.partials)])
+        policy = next((c[1] for c in configs.resources[0][4] if c[0] == "cleanup.policy"), None)
+        return len(described["partitions"]), policy
     finally:
         await admin.close()
 
 
-def test_ensure_topics_creates_the_partials_changelog_visible_with_all_its_partitions(stack, tmp_path):
+async def alters_topic_configs(broker: str, topic: str) -> bool:
+    """Independently of ensure_topics: does the broker take an AlterConfigs request?"""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": "3600000"})])
+    except IncompatibleBrokerVersion:
+        return False
+    finally:
+        await admin.close()
+    return True
+
+
+@pytest.mark.parametrize("created_before", [False, True], ids=["new", "created-by-an-older-worker"])
+def test_ensure_topics_makes_the_partials_topic_compacted_and_visible_with_all_its_partitions(
+    stack, tmp_path, created_before, caplog
+):
+    """The partials topic is the aggregator's state: compacted, or cold maps lose their partials to retention. A
+    partials topic an older worker created is altered to compacted, or, where the broker cannot alter topic
+    configs, the worker says what to set and runs on."""
     path = tmp_path / "recal.toml"
     path.write_text(config_text(new_ns()))
     config = load_config(path, broker=stack.broker_url, redis=stack.redis_url)
-    assert asyncio.run(changelog_partitions_seen_at_once(config)) == config.partitions
+    partitions, policy = asyncio.run(partials_topic_seen_at_once(config, created_before))
+    assert partitions == config.partitions
+    if created_before and not asyncio.run(alters_topic_configs(stack.broker_url, f"{new_ns()}-alter")):
+        assert policy != "compact" and "set cleanup.policy=compact on it" in caplog.text
+    else:
+        assert policy == "compact"

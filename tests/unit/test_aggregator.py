@@ -11,7 +11,7 @@ from recalibrators import Calibrator, CalibratorConfig
 from recalibrators.calibration_map import CalibrationMap
 from recalibrators.serving.keys import MapField
 from streams.dev.synthetic import SBend, make_stream
-from streams.pipeline.aggregator import Aggregator, MapState, encode_partial, with_held_back
+from streams.pipeline.aggregator import Aggregator, encode_partial, with_held_back
 from streams.pipeline.config import ModelConfig
 from streams.pipeline.map_metrics import map_metrics
 
@@ -104,51 +104,53 @@ def test_warm_start_from_the_most_recent_version_or_the_configured_one():
 
 
 def test_the_prior_is_chosen_once_and_survives_a_restart():
+    """A restart reads the partials topic from its start: the stored prior is adopted, never re-chosen from
+    the source version's newer state; keys without a stored prior choose theirs once the read is done."""
     agg = aggregator()
     add(agg, "ctr", "v1", "*", calibrator(20_000))
     agg.take_dirty(T0)
+    assert agg.take_chosen_priors() == [("ctr:v1:*", None)]  # no older version to start from
     state = add(agg, "ctr", "v2", "*", calibrator(500, t0=T0 + HOUR))
     chosen = state.prior
-    restarted = aggregator()  # nothing in memory: only the table's state
+    ((stored_key, stored_prior),) = agg.take_chosen_priors()
+    assert stored_key == "ctr:v2:*" and stored_prior == chosen.to_json().decode()
+    assert agg.take_chosen_priors() == []  # each choice is stored once
+    restarted = aggregator()  # nothing in memory: what the topic holds, in its order
     add(restarted, "ctr", "v1", "*", calibrator(40_000, seed=3))
-    stored = MapState.decode(state.encode())
     key = "ctr:v2:*"
-    restarted.add(key, encode_partial(0, "ctr", "v2", "*", calibrator(600, t0=T0 + HOUR)), stored)
-    assert restarted.states[key].prior == chosen  # not re-chosen from v1's newer state
+    restarted.add(key, encode_partial(0, "ctr", "v2", "*", calibrator(600, t0=T0 + HOUR)), choose_prior=False)
+    assert not restarted.states[key].prior_chosen  # the stored prior may still follow
+    restarted.adopt_prior(key, stored_prior)
+    restarted.choose_priors([key])
+    assert restarted.states[key].prior == chosen and key not in dict(restarted.take_chosen_priors())
+    lost = aggregator()  # the first owner died before it stored the prior
+    add(lost, "ctr", "v1", "*", calibrator(20_000))
+    lost.add(key, encode_partial(0, "ctr", "v2", "*", calibrator(600, t0=T0 + HOUR)), choose_prior=False)
+    lost.choose_priors([key])
+    assert lost.states[key].prior.model_version == "v1" and key in dict(lost.take_chosen_priors())
 
 
-def test_the_stored_state_wins_over_a_stale_in_memory_copy():
-    """A key that moved A -> B -> A: this process's copy is older than the table's."""
+def test_a_prior_record_before_the_partials_and_no_prior_are_kept():
+    """Compaction keeps each key's latest record, so a prior may come before the partials it belongs to; a
+    stored "none" (reset, or no source) is a choice too."""
+    agg = aggregator()
+    agg.adopt_prior("ctr:v2:*", None)
+    assert "ctr:v2:*" not in agg.dirty  # nothing to build without partials
+    add(agg, "ctr", "v1", "*", calibrator(20_000))
+    add(agg, "ctr", "v2", "*", calibrator(500, t0=T0 + HOUR))
+    assert agg.states["ctr:v2:*"].prior is None and agg.take_chosen_priors() == [("ctr:v1:*", None)]
+
+
+def test_forgotten_keys_are_gone_and_republish_rebuilds_every_owned_key():
     agg = aggregator()
     add(agg, "ctr", "v1", "*", calibrator(1_000), partition=0)
-    newer = MapState()
-    newer.partials = {0: calibrator(3_000).to_bytes(), 1: calibrator(2_000, seed=1).to_bytes()}
-    state = agg.add("ctr:v1:*", encode_partial(2, "ctr", "v1", "*", calibrator(500, seed=2)), newer)
-    assert sorted(state.partials) == [0, 1, 2]
+    add(agg, "ctr", "v1", "placement=feed", calibrator(1_000), partition=1)
+    assert len(agg.take_dirty(T0)) == 2
+    agg.forget(["ctr:v1:placement=feed"])  # its partials partition moved to another worker
+    assert set(agg.states) == {"ctr:v1:*"} and agg.retired_keys == ["ctr:v1:placement=feed"]
+    agg.republish_all()  # Redis lost its maps
     (m,) = agg.take_dirty(T0)
-    assert m.map_version == 3_000 + 2_000 + 500
-    agg.restore("ctr:v1:*", MapState())  # the Redis-lost path adopts the table's state too
-    assert agg.states["ctr:v1:*"].partials == {}
-
-
-def test_the_agent_decodes_a_stored_state_only_when_another_process_stored_it(monkeypatch):
-    """`add_stored`: the table's bytes are this process's own last ones (the same object) -> the in-memory
-    state, no decode; anything else (the key moved here, a recovered table) -> decoded, and it wins."""
-    agg = aggregator()
-    key = "ctr:v1:*"
-    stored = agg.add_stored(key, encode_partial(0, "ctr", "v1", "*", calibrator(1_000)), None)
-    decodes = []
-    real = MapState.decode
-    monkeypatch.setattr(MapState, "decode", classmethod(lambda cls, data: decodes.append(data) or real(data)))
-    stored = agg.add_stored(key, encode_partial(1, "ctr", "v1", "*", calibrator(500, seed=1)), stored)
-    assert decodes == [] and sorted(MapState.decode(stored).partials) == [0, 1]
-    foreign = MapState()
-    foreign.partials = {0: calibrator(3_000).to_bytes(), 1: calibrator(2_000, seed=1).to_bytes()}
-    table_bytes = foreign.encode()
-    agg.add_stored(key, encode_partial(2, "ctr", "v1", "*", calibrator(400, seed=2)), table_bytes)
-    assert decodes[-1] is table_bytes
-    (m,) = agg.take_dirty(T0)
-    assert m.map_version == 3_000 + 2_000 + 400
+    assert str(MapField.of(m)) == "ctr:v1:*" and m.map_version == 1_000
 
 
 def test_max_change_is_relative():
@@ -192,9 +194,7 @@ def test_metrics_are_finite_or_absent():
     assert CalibrationMap.from_json(m.to_json()).metrics_dict == metrics
 
 
-def test_schema_1_states_and_keys_are_refused():
-    with pytest.raises(ValueError):
-        MapState.decode(b"\x02\x00\x00\x00{}")
+def test_schema_1_keys_are_refused():
     with pytest.raises(ValueError):
         MapField.parse("ctr:placement=feed")
 

@@ -21,7 +21,7 @@ def test_zero_counts_the_cpus_of_the_affinity_mask_not_the_host(monkeypatch):
 def test_paced_hands_the_loop_back_between_slices():
     import asyncio
 
-    from streams.pipeline.join_processes import paced
+    from streams.pipeline.partials_topic import paced
 
     async def main():
         ran = []

@@ -1,0 +1,99 @@
+"""The partials topic's record layout: the aggregator's whole state, compacted.
+
+One record per (map field, join partition) holds that join partition's latest partial of the map (absolute, not a
+delta: `map_state.encode_partial`), and one record per map field holds the warm-start prior the aggregator chose for
+it. All of a field's records go to one partition, `partition_of(field)`: the aggregator that owns that partition
+owns the map. Compaction keeps the latest record of each key, so reading a partition from its start rebuilds every
+map it owns exactly: no other store, no changelog to keep in step with committed offsets.
+
+    >>> partial_key("ctr:v1:*", 3), prior_key("ctr:v1:*")
+    (b'ctr:v1:*#3', b'ctr:v1:*#prior')
+    >>> record_field(b'ctr:v1:*#3'), record_field(b'ctr:v1:*#prior')
+    ('ctr:v1:*', 'ctr:v1:*')
+    >>> is_prior(b'ctr:v1:*#prior'), is_prior(b'ctr:v1:*#3')
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer
+
+from recalibrators.serving.keys import MapField
+from streams.pipeline.map_state import encode_partial
+from streams.pipeline.partitioners import partition_of
+from streams.pipeline.records import pack, unpack
+
+__all__ = [
+    "decode_prior",
+    "encode_prior",
+    "field_partition",
+    "is_prior",
+    "paced",
+    "partial_key",
+    "prior_key",
+    "record_field",
+    "send_partials",
+]
+
+_PRIOR = "prior"
+
+
+def partial_key(field: str, partition: int) -> bytes:
+    """The key of join partition `partition`'s partial of `field` (the field never ends in `#` + digits or `prior`:
+    everything after the last `#` is the suffix)."""
+    return f"{field}#{partition}".encode()
+
+
+def prior_key(field: str) -> bytes:
+    return f"{field}#{_PRIOR}".encode()
+
+
+def record_field(key: bytes) -> str:
+    return key.decode().rpartition("#")[0]
+
+
+def is_prior(key: bytes) -> bool:
+    return key.endswith(b"#" + _PRIOR.encode())
+
+
+def field_partition(field: str, partitions: int) -> int:
+    """The partials partition of every record of `field` (murmur2 of the field, as Kafka's default partitioner)."""
+    return partition_of(field.encode(), partitions)
+
+
+def encode_prior(prior_json: str | None) -> bytes:
+    """A prior record's value: the chosen prior map's JSON, or none chosen (the key's own fit serves)."""
+    return pack({"prior": prior_json})
+
+
+def decode_prior(value: bytes) -> str | None:
+    """ValueError for anything that is not a prior record."""
+    try:
+        return unpack(value)[0]["prior"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a prior record: {exc!r}") from None
+
+
+async def paced(items: Iterable, every: int = 256):
+    """`items`, handing the event loop back after every `every` of them: a partials tick of thousands of
+    keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh)."""
+    for i, item in enumerate(items):
+        if i and not i % every:
+            await asyncio.sleep(0)
+        yield item
+
+
+async def send_partials(producer: AIOKafkaProducer, topic: str, partials: Iterable) -> None:
+    """Send (join partition, (model, model version, segment), calibrator bytes, delayed bytes or None) items, each
+    to its field's partition, and wait for all of them."""
+    partitions = len(await producer.partitions_for(topic))
+    sends = []
+    async for partition, (model, model_version, segment), calibrator, delayed in paced(partials):
+        field = str(MapField(model, model_version, segment))
+        value = encode_partial(partition, model, model_version, segment, calibrator, delayed)
+        key = partial_key(field, partition)
+        sends.append(await producer.send(topic, value, key=key, partition=field_partition(field, partitions)))
+    await asyncio.gather(*sends)
