@@ -109,6 +109,7 @@ class Aggregator:
         self.dropped_partials = 0  # partials of a version beyond the cap (too_many_versions)
         self.retired_keys: list[MapKey] = []  # keys retired or moved away whose build-side state is still held
         self.chosen_priors: list[MapKey] = []  # keys whose warm-start prior was chosen since `take_chosen_priors`
+        self.retired_records: list[tuple[MapKey, list[int]]] = []  # (retired key, its partitions): see take_retired
         self.shrinkage = Shrinkage(model_config)  # models with shrink_to_parent: children toward parents
         self.silent_drift = SilentDrift()  # models with a drift_detector: forget faster on a detected change
 
@@ -203,9 +204,26 @@ class Aggregator:
         absolute states, bring its state back)."""
         retired = [k for k in self.states if MapField.parse(k)[:2] == (model, model_version)]
         for key in retired:
-            del self.states[key]
+            self.retired_records.append((key, sorted(self.states.pop(key).partials)))
             self.dirty.pop(key, None)
         self.retired_keys.extend(retired)
+
+    def take_retired(self) -> list[tuple[MapKey, list[int]]]:
+        """(key, join partitions) of every key retired since the last call: their partials topic records are to
+        be deleted, or every take-over would read a retired version's state back, for good."""
+        retired, self.retired_records = self.retired_records, []
+        return retired
+
+    def remove(self, key: MapKey, partition: int) -> None:
+        """A deleted partial (a tombstone in the partials topic): a retired key read back from the topic."""
+        state = self.states.get(key)
+        if state is None:
+            return
+        state.partials.pop(partition, None)
+        state.delayed.pop(partition, None)
+        if not state.partials:
+            del self.states[key]
+            self.dirty.pop(key, None)
 
     def _gate(self, cfg: ModelConfig, candidate: CalibrationMap) -> QualityGate:
         return QualityGate(  # a shrunk map stands on its parent's data: no min_samples cliff

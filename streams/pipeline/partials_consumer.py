@@ -9,6 +9,7 @@ that leave are forgotten.
 
 While a partition is read up to the end it had at assignment, new keys wait for their prior (the record of the
 one chosen before may follow); then the keys still without one choose it, and every chosen prior is written back.
+The records of a retired model version's keys are deleted (tombstones); a tombstone read back removes that state.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from streams.pipeline.partials_topic import (
     encode_prior,
     field_partition,
     is_prior,
+    partial_key,
     prior_key,
     record_field,
+    record_partition,
 )
 
 log = logging.getLogger("recal.aggregate")
@@ -85,7 +88,7 @@ class PartialsConsumer:
                 for tp, messages in batch.items():
                     await self._apply(tp.partition, messages)
                 await self._finish_catch_up()
-            await self._store_priors()
+            await self._write_back()
 
     async def _apply(self, partition: int, messages: list) -> None:
         keys = self.keys.get(partition)
@@ -99,15 +102,16 @@ class PartialsConsumer:
                 await asyncio.sleep(0)
             self.positions[partition] = message.offset + 1
             self.records += 1
-            if message.value is None:  # a tombstone: nothing of the key left to hold
-                continue
             try:
                 key = record_field(message.key)
-                if is_prior(message.key):
+                if message.value is None:  # a tombstone: a retired key's record, deleted
+                    if (join_partition := record_partition(message.key)) is not None:
+                        self.aggregator.remove(key, join_partition)
+                elif is_prior(message.key):
                     self.aggregator.adopt_prior(key, decode_prior(message.value))
-                elif self.aggregator.add(key, message.value, choose_prior=not catching_up) is None:
-                    continue  # a version beyond the model's cap (counted by the aggregator)
-                keys.add(key)
+                    keys.add(key)
+                elif self.aggregator.add(key, message.value, choose_prior=not catching_up) is not None:
+                    keys.add(key)  # else a version beyond the model's cap (counted by the aggregator)
             except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
                 self.malformed += 1
                 log.warning("skipping malformed partials record at %d:%d: %s", partition, message.offset, exc)
@@ -127,18 +131,21 @@ class PartialsConsumer:
                     time.monotonic() - self._caught_up_at.pop(partition),
                 )
 
-    async def _store_priors(self) -> None:
-        chosen = self.aggregator.take_chosen_priors()
-        if not chosen:
+    async def _write_back(self) -> None:
+        """The priors chosen since the last call, and the deletion of the retired keys' records."""
+        records = [(prior_key(key), encode_prior(prior), key) for key, prior in self.aggregator.take_chosen_priors()]
+        for key, partitions in self.aggregator.take_retired():
+            records += [(partial_key(key, p), None, key) for p in partitions] + [(prior_key(key), None, key)]
+        if not records:
             return
         assert self.producer is not None and self.consumer is not None
         partitions = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.config.partitions
-        sends = [
-            await self.producer.send(
-                self.topic, encode_prior(prior), key=prior_key(key), partition=field_partition(key, partitions)
-            )
-            for key, prior in chosen
-        ]
+        sends = []
+        for i, (record_key, value, field) in enumerate(records):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)
+            partition = field_partition(field, partitions)
+            sends.append(await self.producer.send(self.topic, value, key=record_key, partition=partition))
         await asyncio.gather(*sends)
 
 

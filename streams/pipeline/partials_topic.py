@@ -4,14 +4,15 @@ One record per (map field, join partition) holds that join partition's latest pa
 delta: `map_state.encode_partial`), and one record per map field holds the warm-start prior the aggregator chose for
 it. All of a field's records go to one partition, `partition_of(field)`: the aggregator that owns that partition
 owns the map. Compaction keeps the latest record of each key, so reading a partition from its start rebuilds every
-map it owns exactly: no other store, no changelog to keep in step with committed offsets.
+map it owns exactly: no other store, no changelog to keep in step with committed offsets. A retired model version's
+records are deleted (tombstones), so the topic holds the live versions' state.
 
     >>> partial_key("ctr:v1:*", 3), prior_key("ctr:v1:*")
     (b'ctr:v1:*#3', b'ctr:v1:*#prior')
-    >>> record_field(b'ctr:v1:*#3'), record_field(b'ctr:v1:*#prior')
-    ('ctr:v1:*', 'ctr:v1:*')
-    >>> is_prior(b'ctr:v1:*#prior'), is_prior(b'ctr:v1:*#3')
-    (True, False)
+    >>> record_field(b'ctr:v1:*#3'), record_field(b'ctr:v1:*#prior'), record_field(b'ctr:v1:*')
+    ('ctr:v1:*', 'ctr:v1:*', 'ctr:v1:*')
+    >>> is_prior(b'ctr:v1:*#prior'), is_prior(b'ctr:v1:*#3'), record_partition(b'ctr:v1:*#3')
+    (True, False, 3)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "partial_key",
     "prior_key",
     "record_field",
+    "record_partition",
     "send_partials",
 ]
 
@@ -52,7 +54,17 @@ def prior_key(field: str) -> bytes:
 
 
 def record_field(key: bytes) -> str:
-    return key.decode().rpartition("#")[0]
+    """The map field of a record's key; a key without a suffix is a partial an older worker keyed by field alone
+    (still a valid partial: its partition is named in the value)."""
+    text = key.decode()
+    head, sep, suffix = text.rpartition("#")
+    return head if sep and (suffix.isdigit() or suffix == _PRIOR) else text
+
+
+def record_partition(key: bytes) -> int | None:
+    """The join partition a partial's key names (None: a prior, or an older worker's key)."""
+    suffix = key.rpartition(b"#")[2]
+    return int(suffix) if suffix.isdigit() else None
 
 
 def is_prior(key: bytes) -> bool:

@@ -243,3 +243,17 @@ def test_a_retired_version_leaves_its_maps_and_drops_its_partials():
     agg.take_dirty(T0)  # the refresh thread prunes its own side
     assert "ctr:v1:placement=feed" not in agg.shrinkage._states and not agg.retired_keys
     assert {"ctr:v1:*", "ctr:v1:placement=feed", "ctr:v2:*"} <= set(agg.published)  # the maps stay
+    # and their records are to be deleted from the partials topic, each partition's and the prior
+    assert agg.take_retired() == [("ctr:v1:*", [0]), ("ctr:v1:placement=feed", [0])] and agg.take_retired() == []
+
+
+def test_a_deleted_partial_read_back_removes_that_partition_and_an_emptied_key():
+    agg = aggregator()
+    add(agg, "ctr", "v1", "*", calibrator(1_000), partition=0)
+    add(agg, "ctr", "v1", "*", calibrator(500, seed=1), partition=1)
+    agg.remove("ctr:v1:*", 0)
+    (m,) = agg.take_dirty(T0)
+    assert m.map_version == 500
+    agg.remove("ctr:v1:*", 1)
+    agg.remove("ctr:v1:never-seen", 0)  # a tombstone of a key this aggregator never held
+    assert agg.states == {} and not agg.dirty
