@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import faust
 import mode
@@ -38,55 +39,33 @@ from streams.pipeline.web import register_pages
 log = logging.getLogger("recal.app")
 
 
-class JoinService(mode.Service):
-    """Runs the JoinWorker inside the Faust worker's lifecycle."""
+class ComponentService(mode.Service):
+    """Runs a component (`start`, `run` and `stop` coroutines) and its background coroutines inside the Faust
+    worker's lifecycle; `name` marks its start-up phase. A crash of `run` stops the worker, so the supervisor
+    restarts it."""
 
-    def __init__(self, worker: JoinWorker, loop_monitor: LoopMonitor, **kwargs) -> None:
-        self.worker = worker
-        self.loop_monitor = loop_monitor
+    def __init__(self, component, name: str, *background: Callable[[], Awaitable[None]], **kwargs) -> None:
+        self.component, self.component_name, self.background = component, name, background
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        startup.mark("join_service")
-        await self.worker.start()
+        startup.mark(self.component_name)
+        await self.component.start()
         self.add_future(self._run())
-        self.add_future(self.loop_monitor.run())
+        for run in self.background:
+            self.add_future(run())
 
     async def _run(self) -> None:
         try:
-            await self.worker.run()
+            await self.component.run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("join worker crashed; stopping so the supervisor restarts us")
+            log.exception("%s crashed; stopping so the supervisor restarts us", self.component_name)
             await self.crash(exc)
 
     async def on_stop(self) -> None:
-        await self.worker.stop()
-
-
-class PartialsService(mode.Service):
-    """Runs the PartialsConsumer inside the Faust worker's lifecycle."""
-
-    def __init__(self, reader: PartialsConsumer, **kwargs) -> None:
-        self.reader = reader
-        super().__init__(**kwargs)
-
-    async def on_start(self) -> None:
-        await self.reader.start()
-        self.add_future(self._run())
-
-    async def _run(self) -> None:
-        try:
-            await self.reader.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("partials consumer crashed; stopping so the supervisor restarts us")
-            await self.crash(exc)
-
-    async def on_stop(self) -> None:
-        await self.reader.stop()
+        await self.component.stop()
 
 
 def create_app(config: Config) -> faust.App:
@@ -111,8 +90,8 @@ def create_app(config: Config) -> faust.App:
     loop_monitor = LoopMonitor(watch=StallWatch(config.stall_log_ms / 1000) if config.stall_log_ms else None)
     # Dependencies, not app.services: those start after the app's own start-up, which would serialise the two
     # consumer-group joins (~5 s each on the embedded broker).
-    app.add_dependency(JoinService(join, loop_monitor, loop=app.loop, beacon=app.beacon))
-    app.add_dependency(PartialsService(partials, loop=app.loop, beacon=app.beacon))
+    app.add_dependency(ComponentService(join, "join_service", loop_monitor.run, loop=app.loop, beacon=app.beacon))
+    app.add_dependency(ComponentService(partials, "partials_service", loop=app.loop, beacon=app.beacon))
 
     index_key = RedisKeys(config.prefix).index
     tracker = MapTracker()  # the maps this worker published last: map age and calibration gauges

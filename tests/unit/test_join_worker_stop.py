@@ -7,7 +7,7 @@ from streams.pipeline.join_worker import JoinWorker
 
 
 def test_run_touches_nothing_after_stop_wrote_the_final_checkpoint():
-    """Faust stops the JoinService while `run` waits for a fetch: `run` then queues for the lock behind
+    """Faust stops the join's ComponentService while `run` waits for a fetch: `run` then queues for the lock behind
     `stop`'s final checkpoint, and must not write another through the producer `stop` closes (that was a
     ProducerClosed crash at shutdown)."""
     config = Config(checkpoint_interval_ms=0)  # every turn of `run` writes a checkpoint
