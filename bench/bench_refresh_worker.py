@@ -96,7 +96,7 @@ async def traffic(broker: str, ns: str, sites: int, rate: float, seconds: float)
 
 
 def rebalances(log: str, ns: str) -> int:
-    """Group joins beyond each group's first: the worker's two groups ({ns}-join and the app's {ns})."""
+    """Group joins beyond each group's first: the worker's two groups ({ns}-join and {ns}-aggregate)."""
     joins = re.findall(r"Joined group '([^']+)'", log)
     return sum(max(0, joins.count(group) - 1) for group in set(joins))
 
