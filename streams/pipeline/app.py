@@ -48,6 +48,9 @@ class ComponentService(mode.Service):
         self.component, self.component_name, self.background = component, name, background
         super().__init__(**kwargs)
 
+    def _repr_name(self) -> str:  # mode's label in logs and graphs: which component, not the class twice
+        return self.component_name
+
     async def on_start(self) -> None:
         startup.mark(self.component_name)
         await self.component.start()
