@@ -52,7 +52,7 @@ class PartialsConsumer:
         self.keys: dict[int, set[str]] = {}  # partials partition -> the map keys read from it
         self.positions: dict[int, int] = {}  # partials partition -> next offset to apply
         self.catching_up: dict[int, int] = {}  # partition read from its start -> its end offset at assignment
-        self._caught_up_at: dict[int, float] = {}  # partition -> when its read from the start began
+        self._read_started: dict[int, float] = {}  # partition -> when its read from the start began (monotonic)
         self.records = 0
         self.malformed = 0  # records that are not a partial or a prior (logged, skipped)
         self._lock = asyncio.Lock()  # a batch is applied whole, or after a rebalance's assignment
@@ -128,7 +128,7 @@ class PartialsConsumer:
                     "partials partition %d read from its start: %d maps in %.2f s",
                     partition,
                     len(self.keys.get(partition, ())),
-                    time.monotonic() - self._caught_up_at.pop(partition),
+                    time.monotonic() - self._read_started.pop(partition),
                 )
 
     async def _write_back(self) -> None:
@@ -171,7 +171,7 @@ class _Rebalance(ConsumerRebalanceListener):
             r.aggregator.forget(sorted(r.keys.pop(partition)))
             r.positions.pop(partition, None)
             r.catching_up.pop(partition, None)
-            r._caught_up_at.pop(partition, None)
+            r._read_started.pop(partition, None)
         new = [TopicPartition(r.topic, p) for p in sorted(now - set(r.keys))]
         for partition in sorted(now & set(r.keys)):
             r.consumer.seek(TopicPartition(r.topic, partition), r.positions.get(partition, 0))
@@ -183,5 +183,5 @@ class _Rebalance(ConsumerRebalanceListener):
             r.keys[tp.partition] = set()
             r.positions[tp.partition] = starts[tp]
             r.catching_up[tp.partition] = ends[tp]
-            r._caught_up_at[tp.partition] = time.monotonic()
+            r._read_started[tp.partition] = time.monotonic()
         log.info("partials partitions %s assigned: reading them from their start", [tp.partition for tp in new])
