@@ -166,8 +166,7 @@ class Aggregator:
         state = self.states.setdefault(key, MapState())
         if state.prior_chosen and state.prior_json() == prior_json:
             return
-        state.prior = None if prior_json is None else CalibrationMap.from_json(prior_json)
-        state._prior_json, state.prior_chosen = prior_json, True
+        state.adopt_prior(prior_json)
         if state.partials:
             self.dirty.setdefault(key)
 

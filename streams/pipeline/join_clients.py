@@ -1,5 +1,6 @@
-"""The Kafka clients of a join worker: its producer (labeled records, re-keys, dead letters,
-snapshots), the group-less reader of its snapshots, and its consumer in the `{app_id}-join` group."""
+"""The worker's Kafka clients: a join's producer (labeled records, re-keys, dead letters, snapshots), the
+group-less reader of its snapshots, its consumer in the `{app_id}-join` group, and the aggregator's consumer of
+the partials topic in the `{app_id}-aggregate` group."""
 
 from __future__ import annotations
 
@@ -25,18 +26,30 @@ def state_reader(config: Config) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**config.kafka_client_args(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)
 
 
+def _group_member(config: Config) -> dict:
+    """What the worker's two consumer groups share: membership timeouts and large fetches."""
+    return {
+        **config.kafka_client_args(),
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 4 << 20,
+        "fetch_max_bytes": 32 << 20,
+        "session_timeout_ms": config.session_timeout_ms,
+        "rebalance_timeout_ms": config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
+        "heartbeat_interval_ms": max(500, config.session_timeout_ms // 5),
+    }
+
+
 def consumer(config: Config) -> AIOKafkaConsumer:
     """The broker's group join waits for other members (on the embedded broker: half the session
     timeout); the range assignor gives one member the same partition of every source topic."""
     return AIOKafkaConsumer(
-        **config.kafka_client_args(),
+        **_group_member(config),
         group_id=f"{config.app_id}-join",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
         partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitions the sources
-        max_partition_fetch_bytes=4 << 20,
-        fetch_max_bytes=32 << 20,
-        session_timeout_ms=config.session_timeout_ms,
-        rebalance_timeout_ms=config.rebalance_timeout_ms,  # revoke snapshots are bounded by half of it
-        heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
     )
+
+
+def partials_consumer(config: Config) -> AIOKafkaConsumer:
+    """Commits nothing: each partition assigned is read from its start (`streams.pipeline.partials_consumer`)."""
+    return AIOKafkaConsumer(**_group_member(config), group_id=f"{config.app_id}-aggregate")

@@ -59,6 +59,11 @@ class MapState:
             self._prior_json = self.prior.to_json().decode()
         return self._prior_json
 
+    def adopt_prior(self, prior_json: str | None) -> None:
+        """Take the prior stored with the key (its JSON, or None: the key's own fit) as the chosen one."""
+        self.prior = None if prior_json is None else CalibrationMap.from_json(prior_json)
+        self._prior_json, self.prior_chosen = prior_json, True
+
     def examples(self) -> int:
         return sum(peek(blob)[1] for blob in self.partials.values())
 

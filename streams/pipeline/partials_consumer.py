@@ -24,14 +24,14 @@ from streams.pipeline import join_clients
 from streams.pipeline.aggregator import Aggregator
 from streams.pipeline.config import Config
 from streams.pipeline.partials_topic import (
+    PRIOR,
     decode_prior,
     encode_prior,
-    field_partition,
-    is_prior,
+    paced,
     partial_key,
     prior_key,
-    record_field,
-    record_partition,
+    send_records,
+    split_key,
 )
 
 log = logging.getLogger("recal.aggregate")
@@ -60,17 +60,7 @@ class PartialsConsumer:
 
     async def start(self) -> None:
         self.producer, _ = await join_clients.producer(self.config)
-        self.consumer = AIOKafkaConsumer(
-            **self.config.kafka_client_args(),
-            group_id=f"{self.config.app_id}-aggregate",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 << 20,
-            fetch_max_bytes=32 << 20,
-            session_timeout_ms=self.config.session_timeout_ms,
-            rebalance_timeout_ms=self.config.rebalance_timeout_ms,
-            heartbeat_interval_ms=max(500, self.config.session_timeout_ms // 5),
-        )
+        self.consumer = join_clients.partials_consumer(self.config)
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
 
@@ -95,19 +85,17 @@ class PartialsConsumer:
         if keys is None:  # revoked while the fetch was in flight
             return
         catching_up = partition in self.catching_up
-        for i, message in enumerate(messages):
+        async for message in paced(messages, every=YIELD_EVERY):
             if message.offset < self.positions.get(partition, 0):  # fetched before a seek back: already applied
                 continue
-            if i and not i % YIELD_EVERY:
-                await asyncio.sleep(0)
             self.positions[partition] = message.offset + 1
             self.records += 1
             try:
-                key = record_field(message.key)
+                key, suffix = split_key(message.key)
                 if message.value is None:  # a tombstone: a retired key's record, deleted
-                    if (join_partition := record_partition(message.key)) is not None:
-                        self.aggregator.remove(key, join_partition)
-                elif is_prior(message.key):
+                    if suffix.isdigit():
+                        self.aggregator.remove(key, int(suffix))
+                elif suffix == PRIOR:
                     self.aggregator.adopt_prior(key, decode_prior(message.value))
                     keys.add(key)
                 elif self.aggregator.add(key, message.value, choose_prior=not catching_up) is not None:
@@ -133,20 +121,12 @@ class PartialsConsumer:
 
     async def _write_back(self) -> None:
         """The priors chosen since the last call, and the deletion of the retired keys' records."""
-        records = [(prior_key(key), encode_prior(prior), key) for key, prior in self.aggregator.take_chosen_priors()]
+        records = [(key, prior_key(key), encode_prior(prior)) for key, prior in self.aggregator.take_chosen_priors()]
         for key, partitions in self.aggregator.take_retired():
-            records += [(partial_key(key, p), None, key) for p in partitions] + [(prior_key(key), None, key)]
-        if not records:
-            return
-        assert self.producer is not None and self.consumer is not None
-        partitions = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.config.partitions
-        sends = []
-        for i, (record_key, value, field) in enumerate(records):
-            if i and not i % YIELD_EVERY:
-                await asyncio.sleep(0)
-            partition = field_partition(field, partitions)
-            sends.append(await self.producer.send(self.topic, value, key=record_key, partition=partition))
-        await asyncio.gather(*sends)
+            records += [(key, partial_key(key, p), None) for p in partitions] + [(key, prior_key(key), None)]
+        if records:
+            assert self.producer is not None
+            await send_records(self.producer, self.topic, records)
 
 
 class _Rebalance(ConsumerRebalanceListener):

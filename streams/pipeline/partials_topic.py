@@ -9,10 +9,8 @@ records are deleted (tombstones), so the topic holds the live versions' state.
 
     >>> partial_key("ctr:v1:*", 3), prior_key("ctr:v1:*")
     (b'ctr:v1:*#3', b'ctr:v1:*#prior')
-    >>> record_field(b'ctr:v1:*#3'), record_field(b'ctr:v1:*#prior'), record_field(b'ctr:v1:*')
-    ('ctr:v1:*', 'ctr:v1:*', 'ctr:v1:*')
-    >>> is_prior(b'ctr:v1:*#prior'), is_prior(b'ctr:v1:*#3'), record_partition(b'ctr:v1:*#3')
-    (True, False, 3)
+    >>> split_key(b'ctr:v1:*#3'), split_key(b'ctr:v1:*#prior'), split_key(b'ctr:v1:*')
+    (('ctr:v1:*', '3'), ('ctr:v1:*', 'prior'), ('ctr:v1:*', ''))
 """
 
 from __future__ import annotations
@@ -28,19 +26,19 @@ from streams.pipeline.partitioners import partition_of
 from streams.pipeline.records import pack, unpack
 
 __all__ = [
+    "PRIOR",
     "decode_prior",
     "encode_prior",
     "field_partition",
-    "is_prior",
     "paced",
     "partial_key",
     "prior_key",
-    "record_field",
-    "record_partition",
     "send_partials",
+    "send_records",
+    "split_key",
 ]
 
-_PRIOR = "prior"
+PRIOR = "prior"  # the suffix of a field's prior record
 
 
 def partial_key(field: str, partition: int) -> bytes:
@@ -50,25 +48,15 @@ def partial_key(field: str, partition: int) -> bytes:
 
 
 def prior_key(field: str) -> bytes:
-    return f"{field}#{_PRIOR}".encode()
+    return f"{field}#{PRIOR}".encode()
 
 
-def record_field(key: bytes) -> str:
-    """The map field of a record's key; a key without a suffix is a partial an older worker keyed by field alone
-    (still a valid partial: its partition is named in the value)."""
+def split_key(key: bytes) -> tuple[str, str]:
+    """(map field, suffix) of a record's key: the suffix is the join partition's digits, `prior`, or "" for a partial
+    an older worker keyed by field alone (still a valid partial: its value names its partition)."""
     text = key.decode()
     head, sep, suffix = text.rpartition("#")
-    return head if sep and (suffix.isdigit() or suffix == _PRIOR) else text
-
-
-def record_partition(key: bytes) -> int | None:
-    """The join partition a partial's key names (None: a prior, or an older worker's key)."""
-    suffix = key.rpartition(b"#")[2]
-    return int(suffix) if suffix.isdigit() else None
-
-
-def is_prior(key: bytes) -> bool:
-    return key.endswith(b"#" + _PRIOR.encode())
+    return (head, suffix) if sep and (suffix.isdigit() or suffix == PRIOR) else (text, "")
 
 
 def field_partition(field: str, partitions: int) -> int:
@@ -98,14 +86,23 @@ async def paced(items: Iterable, every: int = 256):
         yield item
 
 
-async def send_partials(producer: AIOKafkaProducer, topic: str, partials: Iterable) -> None:
-    """Send (join partition, (model, model version, segment), calibrator bytes, delayed bytes or None) items, each
-    to its field's partition, and wait for all of them."""
+async def send_records(producer: AIOKafkaProducer, topic: str, records: Iterable) -> None:
+    """Send (map field, key, value or None for a tombstone) records, each to its field's partition, the loop handed
+    back between slices (`paced`), and wait for all of them."""
     partitions = len(await producer.partitions_for(topic))
     sends = []
-    async for partition, (model, model_version, segment), calibrator, delayed in paced(partials):
-        field = str(MapField(model, model_version, segment))
-        value = encode_partial(partition, model, model_version, segment, calibrator, delayed)
-        key = partial_key(field, partition)
+    async for field, key, value in paced(records):
         sends.append(await producer.send(topic, value, key=key, partition=field_partition(field, partitions)))
     await asyncio.gather(*sends)
+
+
+async def send_partials(producer: AIOKafkaProducer, topic: str, partials: Iterable) -> None:
+    """Send (join partition, (model, model version, segment), calibrator bytes, delayed bytes or None) items."""
+
+    def records():
+        for partition, (model, model_version, segment), calibrator, delayed in partials:
+            field = str(MapField(model, model_version, segment))
+            value = encode_partial(partition, model, model_version, segment, calibrator, delayed)
+            yield field, partial_key(field, partition), value
+
+    await send_records(producer, topic, records())

@@ -101,10 +101,10 @@ async def _compact(admin: AIOKafkaAdminClient, topic: str) -> None:
 
 async def _wait_for_partitions(admin: AIOKafkaAdminClient, want: dict[str, int], timeout_s: float = 30.0) -> None:
     """Until the metadata shows every new topic with all its partitions. A broker may answer CreateTopics
-    before its metadata has them (Apache Kafka's controller propagates them a moment later); a Faust
-    consumer that starts in that moment caches the changelog with 0 partitions, and its table refuses
-    every partial (PartitionsMismatch) until the metadata's next refresh, minutes later; and the
-    co-partitioning check would count a source created a moment ago without its partitions."""
+    before its metadata has them (Apache Kafka's controller propagates them a moment later); a client
+    that starts in that moment caches the topic with 0 partitions until the metadata's next refresh,
+    minutes later (a Faust table refused every partial so); and the co-partitioning check would count a
+    source created a moment ago without its partitions."""
     deadline = time.monotonic() + timeout_s
     while True:
         described = await admin.describe_topics(list(want))
