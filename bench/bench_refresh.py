@@ -6,8 +6,9 @@ refresh every 1 s; before every tick `--changed` random keys get new partials, f
 chunks of 100 as the Faust agent would. Two ways to run the timer, same aggregator state and changes:
 
 - "on the loop" (before): `take_dirty` of every changed key inside the timer coroutine;
-- "thread, sliced" (after): `streams.pipeline.refresh.Refresher`, a snapshot on the loop, building in one
-  thread for at most half the interval, the rest carried to the next tick.
+- "process, sliced" (after): `streams.pipeline.refresh.Refresher`, a snapshot on the loop, building in the
+  builder process (`streams.pipeline.map_builder`) for at most half the interval, the rest carried to the
+  next tick.
 
 Printed per mode: refresh duration per tick (mean / max) against the 1 s interval, keys carried over, and
 the longest event-loop stall measured by a concurrent ticker (`LoopMonitor`, 10 ms sleeps), the number the
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recalibrators.calibrator import Calibrator
 from recalibrators.serving.keys import MapField
 from streams.pipeline.aggregator import Aggregator, encode_partial
-from streams.pipeline.config import ModelConfig
+from streams.pipeline.config import Config, ModelConfig
+from streams.pipeline.map_builder import MapBuilder
 from streams.pipeline.metrics import LoopMonitor
 from streams.pipeline.partials import calibrator_config
 from streams.pipeline.refresh import BUDGET_SHARE, Refresher
@@ -74,7 +76,9 @@ async def run(mode: str, n_keys: int, n_changed: int, ticks: int, budget: float)
         agg.add(key, record)
     agg.dirty.clear()  # the starting state is built and published: only the changes of each tick count
     changes = [records(pyrng.sample(keys, n_changed), pool, pyrng) for _ in range(ticks)]
-    refresher = Refresher(agg, budget_s=INTERVAL_S * budget)
+    builder = MapBuilder(Config(defaults=CFG))
+    await builder.start()
+    refresher = Refresher(agg, builder, budget_s=INTERVAL_S * budget)
     monitor = LoopMonitor(interval=0.01)
     ticker = asyncio.ensure_future(monitor.run())
     durations, carried = [], []
@@ -98,7 +102,7 @@ async def run(mode: str, n_keys: int, n_changed: int, ticks: int, budget: float)
             await asyncio.sleep(max(0.0, INTERVAL_S - durations[-1]))
     finally:
         ticker.cancel()
-        refresher.close()
+        builder.close()
     return {
         "mean": float(np.mean(durations[2:])),
         "max": max(durations[2:]),
@@ -113,12 +117,12 @@ def main() -> None:
     parser.add_argument("--changed", type=int, default=1_000, help="keys changed per tick (all models)")
     parser.add_argument("--ticks", type=int, default=10)
     parser.add_argument("--budget", type=float, default=BUDGET_SHARE, help="building time per tick / interval")
-    parser.add_argument("--modes", default="before,after", help="before (on the loop), after (thread, sliced)")
+    parser.add_argument("--modes", default="before,after", help="before (on the loop), after (process, sliced)")
     args = parser.parse_args()
     print(f"{args.keys:,} segment keys x {len(MODELS)} models, {args.changed:,} changed keys per tick")
     head = ("mode", "refresh mean s", "refresh max s", "interval s", "carried keys", "loop lag max s", "bound s")
     print("{:<16} {:>14} {:>13} {:>10} {:>12} {:>14} {:>7}".format(*head))
-    for mode, label in (("before", "on the loop"), ("after", "thread, sliced")):
+    for mode, label in (("before", "on the loop"), ("after", "process, sliced")):
         if mode not in args.modes.split(","):
             continue
         r = asyncio.run(run(mode, args.keys, args.changed, args.ticks, args.budget))

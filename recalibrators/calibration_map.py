@@ -161,6 +161,12 @@ class CalibrationMap:
         set_(self, "_xs", memoryview(x))
         set_(self, "_ys", memoryview(y))
 
+    def __getstate__(self) -> dict[str, Any]:  # pickle (the map builder process): the fields, not views of them
+        return {k: v for k, v in self.__dict__.items() if k not in ("_xs", "_ys")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # validated when made; the views made again
+        self.__dict__.update(state, _xs=memoryview(state["x"]), _ys=memoryview(state["y"]))
+
     @property
     def segment_dict(self) -> dict[str, str]:
         return dict(self.segment)

@@ -21,12 +21,13 @@ of fit, `WARM_START_Z`); once it does, the key's own fit (no prior) serves. The 
 key's first partial arrives and stored in the partials topic (`streams.pipeline.partials_topic`): a restart or a
 move keeps it.
 
-Refresh off the event loop, in slices (`streams.pipeline.app`'s timer): `take_slice` runs on the loop and
-takes the oldest changed keys (at most `max_keys`) with a copy of their partials, so the agent's `add` never
-races the build; `build_slice` runs in one refresh thread and builds them until its deadline; `carry` puts
-the keys it did not reach back at the front (oldest first: no key starves). A refresh costs what the changed
-keys cost, never all keys. Build-side state (`published`, `refused`, `metrics`, shrinkage, drift) is written
-only by that one thread; the loop reads it with single `get`s or C-level copies (atomic under the GIL).
+Refresh off the event loop, in slices (`streams.pipeline.refresh`): `take_slice` runs on the loop and takes
+the oldest changed keys (at most `max_keys`) with a copy of their partials; `build_slice` builds them until its
+deadline and says what it changed (`Built`); `carry` puts the keys it did not reach back at the front (oldest
+first: no key starves). A refresh costs what the changed keys cost, never all keys. In the worker the build
+runs in a process of its own (`streams.pipeline.map_builder`), in an aggregator that only builds and owns the
+build side (`published`, `judged`, `refused`, `metrics`, shrinkage, drift); `record` copies what the loop
+reads of it (the published maps, refusals, drift alerts, counters) into the loop's aggregator.
 
 Held-back examples (the join's `holdout_percent`) are what the gate judges a fit on, so the gate's candidate
 is fitted without them; the map published once it passes is fitted with them too (`with_held_back`): holding
@@ -85,6 +86,21 @@ __all__ = [
 log = logging.getLogger("recal.aggregate")
 
 MapKey = str  # str(MapField): "{esc(model)}:{esc(model_version)}:{segment_key}"
+
+
+@dataclasses.dataclass
+class Built:
+    """What building one slice changed: `maps`, the maps the gate passed (key -> map, in build order); `left`,
+    the keys the deadline left for `carry`; for every key built, the gate's refusal (None: passed) and its drift
+    alert; the counters' increments."""
+
+    maps: dict[MapKey, CalibrationMap]
+    left: list[MapKey]
+    refused: dict[MapKey, str | None]
+    drift: dict[MapKey, bool]
+    gate_refusals: int = 0
+    build_errors: int = 0
+    metrics_seconds: float = 0.0
 
 
 class Aggregator:
@@ -177,11 +193,19 @@ class Aggregator:
             self.dirty.pop(key, None)
         self.retired_keys.extend(keys)
 
-    def republish_all(self) -> None:
-        """Redis lost its maps: rebuild every key this aggregator owns, published without a change bound."""
+    def republish_all(self) -> list[MapKey]:
+        """Redis lost its maps: rebuild every key this aggregator owns, published without a change bound. Returns
+        those keys, for `unpublish` in the aggregator that builds."""
         for key, state in self.states.items():
             if state.partials:
                 self.dirty.setdefault(key)
+        keys = list(self.states)
+        self.unpublish(keys)
+        return keys
+
+    def unpublish(self, keys: list[MapKey]) -> None:
+        """Forget what was published for `keys`: their next build is gated against nothing."""
+        for key in keys:
             self.published.pop(key, None)
             self.judged.pop(key, None)
 
@@ -198,7 +222,7 @@ class Aggregator:
 
     def _forget_partials(self, model: str, model_version: str) -> None:
         """On the event loop: drop a retired version's partials (the bulk of its memory: partitions x calibrator
-        state per key) and queue its merged states in the shrinkage for the refresh thread, which owns them.
+        state per key) and queue its keys for the build side, whose shrinkage holds their merged states.
         Its maps stay (published, and the gate's baseline should it come back: the join partitions' partials,
         absolute states, bring its state back)."""
         retired = [k for k in self.states if MapField.parse(k)[:2] == (model, model_version)]
@@ -314,21 +338,24 @@ class Aggregator:
 
     def build_slice(
         self, snapshot: dict[MapKey, MapState], now_ms: int | None = None, deadline: float | None = None
-    ) -> tuple[list[CalibrationMap], list[MapKey]]:
-        """In the refresh thread: (the maps of the snapshot's keys built before `deadline`, a
-        `time.perf_counter()` value; the keys left for `carry`). A key whose build raises is logged, counted
+    ) -> Built:
+        """The maps of the snapshot's keys built before `deadline` (a `time.perf_counter()` value) and the keys
+        left for `carry`, with what the build changed (`Built`). A key whose build raises is logged, counted
         and skipped (its previous map stays live; the next partial retries it): one key never stops the
         refresh. Order: the keys the last slice carried first, then the rest, each part parents before
         children (by depth) and oldest first: at least one key is built per slice, so every carried key
         is built before any newer one, however often a hot key changes."""
-        while self.retired_keys:  # pruned here: the shrinkage's states belong to this thread
+        while self.retired_keys:  # pruned here: the shrinkage's states belong to the build side
             self.shrinkage.forget(self.retired_keys.pop())
+        counters = (self.gate_refusals, self.build_errors, self.metrics_seconds)
         keys = self.shrinkage.order(snapshot, first=self.carried)
         self.shrinkage.prepare(keys, lambda key: self._merge_own(key, snapshot[key]))
-        maps = []
-        for done, key in enumerate(keys):
-            if deadline is not None and done and time.perf_counter() >= deadline:
-                return maps, keys[done:]
+        maps: dict[MapKey, CalibrationMap] = {}
+        built: list[MapKey] = []
+        for key in keys:
+            if deadline is not None and built and time.perf_counter() >= deadline:
+                break
+            built.append(key)
             try:
                 candidate = self.build(key, now_ms, snapshot[key])
             except Exception:
@@ -336,11 +363,32 @@ class Aggregator:
                 log.exception("map %s not built (skipped until its next partial)", key)
                 continue
             if candidate is not None:
-                maps.append(candidate)
-            time.sleep(0)  # hands the GIL over: the event loop waits for it once per key, not per switch interval
-        return maps, []
+                maps[key] = candidate
+        alerts = self.drift_alerts.alerts
+        return Built(
+            maps,
+            keys[len(built) :],
+            refused={key: self.refused.get(key) for key in built},
+            drift={key: alerts[key] for key in built if key in alerts},
+            gate_refusals=self.gate_refusals - counters[0],
+            build_errors=self.build_errors - counters[1],
+            metrics_seconds=self.metrics_seconds - counters[2],
+        )
+
+    def record(self, built: Built) -> None:
+        """On the event loop: a slice another aggregator built, into this one's copy of the build side (the
+        published maps warm starts and the Redis check read, the refusals and drift alerts `/stats` shows)."""
+        self.published.update(built.maps)
+        for key, reason in built.refused.items():
+            if reason is None:
+                self.refused.pop(key, None)
+            else:
+                self.refused[key] = reason
+        self.drift_alerts.alerts.update(built.drift)
+        self.gate_refusals += built.gate_refusals
+        self.build_errors += built.build_errors
+        self.metrics_seconds += built.metrics_seconds
 
     def take_dirty(self, now_ms: int | None = None) -> list[CalibrationMap]:
         """The maps of all changed keys, in one call (replay, tests): `build_slice` of everything."""
-        maps, _ = self.build_slice(self.take_slice(), now_ms)
-        return maps
+        return list(self.build_slice(self.take_slice(), now_ms).maps.values())

@@ -2,7 +2,7 @@
 
     raw topics --(JoinWorker: batched consume, validate, join, partial calibrators)--> recal-labeled
                                                   \\--> recal-partials (compacted) --(PartialsConsumer)--> Aggregator
-    timer(refresh) --(thread: merge partials, quality gate, a slice per tick)--> fenced publish to Redis
+    timer(refresh) --(builder process: merge partials, quality gate, a slice per tick)--> fenced publish to Redis
 
 Faust supplies the worker process, the refresh timer, the web server (health, metrics) and graceful shutdown.
 The Kafka I/O is aiokafka's, in two consumer groups: `JoinWorker` (the hot path) and `PartialsConsumer` (the
@@ -28,6 +28,7 @@ from streams.pipeline import logsafe, startup
 from streams.pipeline.aggregator import Aggregator
 from streams.pipeline.config import Config
 from streams.pipeline.join_worker import JoinWorker
+from streams.pipeline.map_builder import MapBuilder
 from streams.pipeline.metrics import LoopMonitor, MapTracker, RecalCollector, registry
 from streams.pipeline.partials_consumer import PartialsConsumer
 from streams.pipeline.partials_topic import send_partials
@@ -106,14 +107,23 @@ def create_app(config: Config) -> faust.App:
         except redis.RedisError:
             return False  # unreachable: RetryingPublisher already counts and backs off
 
-    # Map building runs in the refresher's thread, half an interval per tick at most, the rest carried.
-    refresher = Refresher(aggregator, budget_s=config.refresh_interval_ms / 2000)
+    # Map building runs in the builder process, half an interval per tick at most, the rest carried.
+    builder = MapBuilder(config)
+    refresher = Refresher(aggregator, builder, budget_s=config.refresh_interval_ms / 2000)
+
+    @app.task
+    async def start_builder() -> None:  # beside the consumer-group joins, not in the first tick
+        await builder.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_builder(app: faust.App, **kwargs) -> None:
+        await asyncio.to_thread(builder.close)
 
     @app.timer(config.refresh_interval_ms / 1000)
     async def refresh() -> None:
         if await asyncio.to_thread(redis_lost_maps):
-            aggregator.republish_all()  # every map this worker owns, not only the changed ones
-            log.warning("Redis has no map index: republishing %d maps", len(aggregator.dirty))
+            keys = refresher.republish_all()  # every map this worker owns, not only the changed ones
+            log.warning("Redis has no map index: republishing %d maps", keys)
         maps = await refresher.refresh(int(time.time() * 1000))
         publisher.submit(maps)
         versions = aggregator.take_versions()

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
@@ -43,23 +44,38 @@ from streams.pipeline.versions import ModelVersions
 
 __all__ = ["JoinWorker", "Stats", "slices"]
 
-# One fetch is joined in slices: a slice of a backlog of new segment keys (a calibrator per key and level)
-# held the event loop ~1 s at 20,000 records; at 2,000 the loop is handed back every ~0.1 s.
-FETCH_RECORDS, SLICE_RECORDS = 20_000, 2_000
+# One fetch is joined in slices sized by time: each holds the event loop (decode, validate, join) for about
+# SLICE_TARGET_S at the rate the last slice ran. A fixed 2,000 records held it 0.2-0.3 s in a backlog of new
+# segment keys (a calibrator per key and level) and ~15 ms in steady state; the size follows the cost, and the
+# first slice is small: it may be the first of such a backlog (500 records of one held the loop 110 ms).
+FETCH_RECORDS, FIRST_SLICE_RECORDS, MIN_SLICE_RECORDS = 20_000, 200, 50
+SLICE_TARGET_S = 0.04
 
 
-def slices(batch: dict[TopicPartition, list], size: int) -> Iterator[dict[TopicPartition, list]]:
-    """`batch` (a getmany result) in k = ceil(records / size) consecutive pieces, the i-th taking the i-th
-    k-th of every topic partition's records (in offset order): clicks keep pace with their impressions.
+def slices(batch: dict[TopicPartition, list], size: Callable[[], int]) -> Iterator[dict[TopicPartition, list]]:
+    """`batch` (a getmany result) in consecutive pieces of about `size()` records (read again before each piece),
+    each taking the same share of what is left of every topic partition's records (in offset order): clicks
+    keep pace with their impressions.
 
     >>> a, b = TopicPartition("t", 0), TopicPartition("t", 1)
-    >>> [(len(p.get(a, ())), len(p.get(b, ()))) for p in slices({a: list(range(6)), b: [0, 1]}, 4)]
+    >>> [(len(p.get(a, ())), len(p.get(b, ()))) for p in slices({a: list(range(6)), b: [0, 1]}, lambda: 4)]
     [(3, 1), (3, 1)]
+    >>> sizes = iter([2, 8])  # the join's next slice is larger when the last one was quick
+    >>> [(len(p.get(a, ())), len(p.get(b, ()))) for p in slices({a: list(range(6)), b: [0, 1]}, lambda: next(sizes))]
+    [(2, 1), (4, 1)]
     """
-    k = -(-sum(len(messages) for messages in batch.values()) // size)
-    for i in range(k):
-        part = {tp: m[len(m) * i // k : len(m) * (i + 1) // k] for tp, m in batch.items()}
-        yield {tp: m for tp, m in part.items() if m}
+    start = dict.fromkeys(batch, 0)
+    left = sum(len(messages) for messages in batch.values())
+    while left:
+        k = -(-left // max(1, size()))  # pieces still to come at this size
+        part = {}
+        for tp, messages in batch.items():
+            take = -(-(len(messages) - start[tp]) // k)
+            if take:
+                part[tp] = messages[start[tp] : start[tp] + take]
+                start[tp] += take
+                left -= take
+        yield part
 
 
 log = logging.getLogger("recal.join")
@@ -72,6 +88,7 @@ class JoinWorker:
         self.config = config
         self.topics = config.topics
         self.stats = Stats()
+        self._slice_records = FIRST_SLICE_RECORDS  # records per slice of a fetch (`_size_slices`)
         self.parts: dict[int, PartitionState] = {}
         self._kinds = {
             self.topics.impressions: IMPRESSION,
@@ -164,16 +181,21 @@ class JoinWorker:
         assert self.consumer is not None
         # A batch allocates ~10^5 short-lived container objects (fetched records, structs' lists and
         # dicts); with the default thresholds the collector ran every 700 of them and walked the
-        # long-lived app state again and again. What exists now is frozen out of collection.
+        # long-lived app state again and again. What exists now is frozen out of collection. A generation-1
+        # collection every 5 young ones, not 20 (fewer stalls past 100 ms in bench_refresh_worker: 10, 9 and
+        # 0 runs against 15; docs/pipeline.md).
         gc.collect()
         gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
+        gc.set_threshold(50_000, 5, 20)
+        # The loop waits for the GIL after each system call while a thread (snapshot encoding, the publisher)
+        # runs Python: up to a switch interval each time. 1 ms, not 5: loop steps of many calls stalled 100 ms.
+        sys.setswitchinterval(0.001)
         last_checkpoint = last_partials = time.monotonic()
         while not self._stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
             if batch:
                 startup.mark("first_batch")
-            for part in slices(batch, SLICE_RECORDS):
+            for part in slices(batch, lambda: self._slice_records):
                 async with self._lock:
                     if self._closed:
                         return
@@ -191,6 +213,13 @@ class JoinWorker:
                     await self.checkpoints.send_partials(list(self.parts.values()))
 
     # -- one batch -----------------------------------------------------------------------------
+    def _size_slices(self, records: int, held_s: float) -> None:
+        """The next slices' size: what holds the loop SLICE_TARGET_S at the rate of this one (routing and joining
+        `records` held it `held_s`), within [MIN_SLICE_RECORDS, FETCH_RECORDS]."""
+        if records and held_s > 0:
+            fit = int(records * SLICE_TARGET_S / held_s)
+            self._slice_records = min(FETCH_RECORDS, max(MIN_SLICE_RECORDS, fit))
+
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
@@ -217,7 +246,9 @@ class JoinWorker:
         for partition in sorted(routed):
             r, state = routed[partition], self.parts[partition]
             state.join.process(r.impressions, r.actions, now_ms, r.impression_ids)
-            sends += await self.output.batch(r, state)
+        self._size_slices(sum(len(messages) for messages in batch.values()), time.perf_counter() - started)
+        for partition in sorted(routed):
+            sends += await self.output.batch(routed[partition], self.parts[partition])
         if sends:
             await asyncio.gather(*sends)
         self.stats.batches += 1

@@ -68,7 +68,7 @@ class MapState:
         return sum(peek(blob)[1] for blob in self.partials.values())
 
     def copy(self) -> MapState:
-        """A snapshot for the refresh thread: the dicts copied (their bytes and the prior are never mutated)."""
+        """A snapshot for the map builder: the dicts copied (their bytes and the prior are never mutated)."""
         copy = MapState()
         copy.partials, copy.prior, copy.prior_chosen = dict(self.partials), self.prior, self.prior_chosen
         copy.delayed, copy._prior_json = dict(self.delayed), self._prior_json

@@ -242,6 +242,12 @@ class RecalCollector:
                 "Map building time of the last refresh tick (bounded by its budget; the rest is carried).",
                 value=self.refresher.last_seconds,
             )
+            yield _counter(
+                "recal_map_builder_restarts",
+                "Map builder processes started after one died (every key is rebuilt then).",
+                None,
+                self.refresher.builder.restarts,
+            )
         yield from self._maps()
 
     def _maps(self) -> Iterator[Metric]:

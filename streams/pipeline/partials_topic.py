@@ -2,7 +2,7 @@
 
 One record per (map field, join partition) holds that join partition's latest partial of the map (absolute, not a
 delta: `map_state.encode_partial`), and one record per map field holds the warm-start prior the aggregator chose for
-it. All of a field's records go to one partition, `partition_of(field)`: the aggregator that owns that partition
+it. All of a field's records go to one partition, `field_partitions`: the aggregator that owns that partition
 owns the map. Compaction keeps the latest record of each key, so reading a partition from its start rebuilds every
 map it owns exactly: no other store, no changelog to keep in step with committed offsets. A retired model version's
 records are deleted (tombstones), so the topic holds the live versions' state.
@@ -16,20 +16,21 @@ records are deleted (tombstones), so the topic holds the live versions' state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 
 from recalibrators.serving.keys import MapField
 from streams.pipeline.map_state import encode_partial
-from streams.pipeline.partitioners import partition_of
+from streams.pipeline.partitioners import partitions_of
 from streams.pipeline.records import pack, unpack
 
 __all__ = [
     "PRIOR",
     "decode_prior",
     "encode_prior",
-    "field_partition",
+    "field_partitions",
     "paced",
     "partial_key",
     "prior_key",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 PRIOR = "prior"  # the suffix of a field's prior record
+PACE = 256  # records handled between two hand-backs of the event loop
 
 
 def partial_key(field: str, partition: int) -> bytes:
@@ -59,9 +61,10 @@ def split_key(key: bytes) -> tuple[str, str]:
     return (head, suffix) if sep and (suffix.isdigit() or suffix == PRIOR) else (text, "")
 
 
-def field_partition(field: str, partitions: int) -> int:
-    """The partials partition of every record of `field` (murmur2 of the field, as Kafka's default partitioner)."""
-    return partition_of(field.encode(), partitions)
+def field_partitions(fields: list[str], partitions: int) -> list[int]:
+    """The partials partition of every record of each field (murmur2 of the field, as Kafka's default
+    partitioner), vectorised: one call per ~40 us cost 2 s of a 45 s profile of a loaded worker."""
+    return partitions_of([field.encode() for field in fields], partitions).tolist()
 
 
 def encode_prior(prior_json: str | None) -> bytes:
@@ -77,7 +80,7 @@ def decode_prior(value: bytes) -> str | None:
         raise ValueError(f"not a prior record: {exc!r}") from None
 
 
-async def paced(items: Iterable, every: int = 256):
+async def paced(items: Iterable, every: int = PACE):
     """`items`, handing the event loop back after every `every` of them: a partials tick of thousands of
     keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh)."""
     for i, item in enumerate(items):
@@ -87,12 +90,14 @@ async def paced(items: Iterable, every: int = 256):
 
 
 async def send_records(producer: AIOKafkaProducer, topic: str, records: Iterable) -> None:
-    """Send (map field, key, value or None for a tombstone) records, each to its field's partition, the loop handed
-    back between slices (`paced`), and wait for all of them."""
+    """Send (map field, key, value or None for a tombstone) records, each to its field's partition, taken (and so
+    encoded, when `records` is lazy) 256 at a time with the loop handed back between, and wait for all of them."""
     partitions = len(await producer.partitions_for(topic))
-    sends = []
-    async for field, key, value in paced(records):
-        sends.append(await producer.send(topic, value, key=key, partition=field_partition(field, partitions)))
+    sends, records = [], iter(records)
+    while chunk := list(itertools.islice(records, PACE)):
+        for (_, key, value), partition in zip(chunk, field_partitions([r[0] for r in chunk], partitions), strict=True):
+            sends.append(await producer.send(topic, value, key=key, partition=partition))
+        await asyncio.sleep(0)
     await asyncio.gather(*sends)
 
 

@@ -1,11 +1,11 @@
 """What held the event loop: a watchdog thread that samples every thread's stack while the loop is late.
 
 `LoopMonitor` measures how late the loop woke it; this says what ran meanwhile. The monitor reports every
-wake-up (`woke`, on the loop). While the monitor is overdue by more than `threshold_s` (`[worker]
+wake-up (`woke`, on the loop). While the monitor is overdue by more than half of `threshold_s` (`[worker]
 stall_log`), the watchdog samples the Python stack of every other thread every `sample_s`; when the monitor
 then wakes later than the threshold, it logs how late (its own measurement, exact) with the most sampled
 stacks (thread name, the two innermost frames, then this project's innermost ones). Other threads count
-because the loop also waits for the GIL: a refresh thread or a snapshot encoder that holds it shows up here.
+because the loop also waits for the GIL: a snapshot encoder or the publisher's thread that holds it shows here.
 Sampling needs the GIL too, so the samples are few when C code held it, and they name what ran right after.
 A garbage collection that takes longer than the threshold is logged on its own (`gc.callbacks`).
 """
@@ -24,6 +24,9 @@ log = logging.getLogger("recal.loop")
 
 FRAMES = 6  # frames kept per sample: the two innermost, then this project's innermost ones
 SHOWN = 8  # stacks logged per stall
+# Sampling starts once the monitor is this share of the threshold overdue: a stall just past the threshold
+# (most are) has samples too, where sampling from the threshold on left them "(none)".
+SAMPLE_FROM = 0.5
 
 
 class StallWatch:
@@ -62,7 +65,7 @@ class StallWatch:
     def _watch(self) -> None:
         me = threading.get_ident()
         while not self._stopped.wait(self.sample_s):
-            if time.monotonic() - self._last_wake - self._interval < self.threshold_s:
+            if time.monotonic() - self._last_wake - self._interval < self.threshold_s * SAMPLE_FROM:
                 continue
             samples = self._samples  # this wake-up's: a late add after the swap only goes to the old counter
             names = {t.ident: t.name for t in threading.enumerate()}

@@ -194,6 +194,7 @@ def register_pages(
                 "refresh_max_s": round(refresher.max_seconds, 3) if refresher else None,
                 "refresh_backlog_keys": len(aggregator.dirty),  # changed keys whose maps wait for a tick
                 "refresh_carried_keys": refresher.carried if refresher else None,  # left by the last tick
+                "map_builder_restarts": refresher.builder.restarts if refresher else None,
                 "startup_s": startup.phases(),  # seconds from the process start to each start-up phase
             }
         )

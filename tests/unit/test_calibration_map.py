@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import orjson
 import pytest
@@ -53,6 +55,15 @@ def test_json_round_trip_is_exact_and_has_the_documented_keys():
     back = CalibrationMap.from_json(m.to_json())
     assert back == m and hash(back) == hash(m)
     assert back.x.tobytes() == m.x.tobytes() and back.y.tobytes() == m.y.tobytes()
+
+
+def test_pickle_round_trip_is_exact_and_applies_alike():  # the map builder process sends maps pickled
+    m = make_map()
+    back = pickle.loads(pickle.dumps(m))
+    assert back == m and back.to_json() == m.to_json()
+    scores = np.linspace(0.0, 1.0, 101)
+    assert back.apply(scores).tobytes() == m.apply(scores).tobytes()
+    assert [back.apply_one(s) for s in scores] == [m.apply_one(s) for s in scores]
 
 
 def test_optional_fields_omitted():
