@@ -17,6 +17,7 @@ rebuilds every key it owns (`Refresher`), as after Redis lost its maps.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -33,12 +34,25 @@ from streams.pipeline.map_state import MapState
 log = logging.getLogger("recal.refresh")
 
 
+@dataclasses.dataclass
+class Tick:
+    """What one refresh tick asks of the builder: build `snapshot`'s keys for at most `budget_s`
+    (`Aggregator.build_slice`), after pruning the `retired` keys' shrinkage state and forgetting what was
+    published for `unpublished`."""
+
+    snapshot: dict[MapKey, MapState]
+    now_ms: int
+    budget_s: float
+    retired: list[MapKey] = dataclasses.field(default_factory=list)
+    unpublished: list[MapKey] = dataclasses.field(default_factory=list)
+
+
 class BuilderLost(RuntimeError):
     """The builder process died during a build; a new one has been started, with no build-side state."""
 
 
 class MapBuilder:
-    """`await builder.build(snapshot, now_ms, budget_s, ...)` in the builder process -> `Built`."""
+    """`await builder.build(tick)`: the tick's build, in the builder process."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -53,19 +67,10 @@ class MapBuilder:
         """Start the process now (its imports take a second), not in the first tick."""
         await asyncio.get_running_loop().run_in_executor(self._pool, _ready)
 
-    async def build(
-        self,
-        snapshot: dict[MapKey, MapState],
-        now_ms: int,
-        budget_s: float,
-        retired: list[MapKey],
-        unpublished: list[MapKey],
-    ) -> Built:
-        """Build `snapshot`'s keys for at most `budget_s` (`Aggregator.build_slice`), after pruning the
-        `retired` keys' shrinkage state and forgetting what was published for `unpublished`."""
+    async def build(self, tick: Tick) -> Built:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, _build, snapshot, now_ms, budget_s, retired, unpublished)
+            return await loop.run_in_executor(self._pool, _build, tick)
         except BrokenProcessPool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool, self.restarts = self._new_pool(), self.restarts + 1
@@ -97,31 +102,21 @@ def _ready() -> None:
     pass
 
 
-def _build(
-    snapshot: dict[MapKey, MapState], now_ms: int, budget_s: float, retired: list[MapKey], unpublished: list[MapKey]
-) -> Built:
+def _build(tick: Tick) -> Built:
     global _next_full_gc
     assert _aggregator is not None
     started = time.perf_counter()
     if started >= _next_full_gc:
         gc.collect()
         _next_full_gc = time.perf_counter() + FULL_GC_EVERY_S
-    budget_s -= time.perf_counter() - started
-    return build_in(_aggregator, snapshot, now_ms, budget_s, retired, unpublished)
+    return build_in(_aggregator, dataclasses.replace(tick, budget_s=tick.budget_s - (time.perf_counter() - started)))
 
 
-def build_in(
-    aggregator: Aggregator,
-    snapshot: dict[MapKey, MapState],
-    now_ms: int,
-    budget_s: float,
-    retired: list[MapKey],
-    unpublished: list[MapKey],
-) -> Built:
-    """One tick's build in `aggregator`, the builder's (what the builder process runs; tests run it in theirs)."""
-    deadline = time.perf_counter() + budget_s
-    aggregator.unpublish(unpublished)
-    aggregator.retired_keys.extend(retired)
-    built = aggregator.build_slice(snapshot, now_ms, deadline)
+def build_in(aggregator: Aggregator, tick: Tick) -> Built:
+    """`tick` built in `aggregator`, the builder's (what the builder process runs; tests run it in theirs)."""
+    deadline = time.perf_counter() + tick.budget_s
+    aggregator.unpublish(tick.unpublished)
+    aggregator.retired_keys.extend(tick.retired)
+    built = aggregator.build_slice(tick.snapshot, tick.now_ms, deadline)
     aggregator.carried = set(built.left)  # built first next time (`build_slice`'s order)
     return built

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
 
 from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline.aggregator import Aggregator, Built, MapKey
-from streams.pipeline.map_builder import BuilderLost
-from streams.pipeline.map_state import MapState
+from streams.pipeline.map_builder import BuilderLost, MapBuilder, Tick
 
 # ~0.8 ms per key: a slice of 5,000 is ~4 s of building, more than any sane interval's budget, while its
 # snapshot (one dict copy per key) holds the loop for a few ms.
@@ -31,25 +29,10 @@ BUDGET_SHARE = 0.5  # of the refresh interval: building time per tick
 log = logging.getLogger("recal.refresh")
 
 
-class Builder(Protocol):
-    """`streams.pipeline.map_builder.MapBuilder`'s interface."""
-
-    restarts: int
-
-    async def build(
-        self,
-        snapshot: dict[MapKey, MapState],
-        now_ms: int,
-        budget_s: float,
-        retired: list[MapKey],
-        unpublished: list[MapKey],
-    ) -> Built: ...
-
-
 class Refresher:
     """`await refresher.refresh(now_ms)` -> the maps built this tick; `carried`: keys left for the next."""
 
-    def __init__(self, aggregator: Aggregator, builder: Builder, budget_s: float, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, aggregator: Aggregator, builder: MapBuilder, budget_s: float, max_keys: int = MAX_KEYS) -> None:
         self.aggregator = aggregator
         self.builder = builder
         self.budget_s = budget_s  # building time per tick: keep it below the interval
@@ -75,7 +58,7 @@ class Refresher:
         unpublished, self.unpublished = self.unpublished, []
         started = time.perf_counter()
         try:
-            built = await self.builder.build(snapshot, now_ms, self.budget_s, retired, unpublished)
+            built = await self.builder.build(Tick(snapshot, now_ms, self.budget_s, retired, unpublished))
         except BuilderLost:  # its build side is gone: rebuild every key, as if Redis had lost the maps
             self.aggregator.build_errors += 1
             log.error("the map builder died building %d keys; rebuilding every key in a new one", len(snapshot))

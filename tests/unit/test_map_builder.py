@@ -15,7 +15,7 @@ from recalibrators import Calibrator
 from recalibrators.serving.keys import MapField
 from streams.pipeline.aggregator import Aggregator, encode_partial
 from streams.pipeline.config import Config, ModelConfig
-from streams.pipeline.map_builder import BuilderLost, MapBuilder, build_in
+from streams.pipeline.map_builder import BuilderLost, MapBuilder, Tick, build_in
 from streams.pipeline.metrics import LoopMonitor
 from streams.pipeline.partials import calibrator_config
 from streams.pipeline.refresh import Refresher
@@ -53,8 +53,8 @@ def snapshot_of(records: dict[str, bytes]) -> dict:
 
 def test_the_process_builds_what_building_in_process_builds(builder):
     snapshot = snapshot_of({key: partial(key, 400, seed=i) for i, key in enumerate(keys(5))})
-    here = build_in(Aggregator(lambda name: CFG), snapshot, T0, 60.0, [], [])
-    there = asyncio.run(builder.build(snapshot, T0, 60.0, [], []))
+    here = build_in(Aggregator(lambda name: CFG), Tick(snapshot, T0, 60.0))
+    there = asyncio.run(builder.build(Tick(snapshot, T0, 60.0)))
     assert list(there.maps) == list(here.maps) == keys(5) and there.left == []
     assert [m.to_json() for m in there.maps.values()] == [m.to_json() for m in here.maps.values()]
     assert there.refused == here.refused == dict.fromkeys(keys(5))
@@ -65,18 +65,20 @@ def test_its_gate_remembers_what_it_published_until_told_to_forget_and_a_lost_pr
     first, changed = snapshot_of({key: partial(key, 2_000)}), snapshot_of({key: partial(key, 2_000, rate=0.3)})
 
     async def main():
-        assert list((await builder.build(first, T0, 60.0, [], [])).maps) == [key]
-        held = await builder.build(changed, T0 + 1, 60.0, [], [])  # max_change: against the map it published
+        assert list((await builder.build(Tick(first, T0, 60.0))).maps) == [key]
+        held = await builder.build(Tick(changed, T0 + 1, 60.0))  # max_change: against the map it published
         assert held.maps == {} and "relative change too large" in held.refused[key] and held.gate_refusals == 1
-        assert list((await builder.build(changed, T0 + 2, 60.0, [], [key])).maps) == [key]  # unpublished first
-        assert (await builder.build(first, T0 + 3, 60.0, [], [])).maps == {}  # the new baseline holds it back
+        assert list((await builder.build(Tick(changed, T0 + 2, 60.0, unpublished=[key]))).maps) == [
+            key
+        ]  # unpublished first
+        assert (await builder.build(Tick(first, T0 + 3, 60.0))).maps == {}  # the new baseline holds it back
 
         (pid,) = builder._pool._processes
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(BuilderLost):
-            await builder.build(first, T0 + 4, 60.0, [], [])
+            await builder.build(Tick(first, T0 + 4, 60.0))
         assert builder.restarts == 1
-        return await builder.build(first, T0 + 5, 60.0, [], [])  # a new process, knowing nothing
+        return await builder.build(Tick(first, T0 + 5, 60.0))  # a new process, knowing nothing
 
     assert list(asyncio.run(main()).maps) == [key]
 

@@ -41,8 +41,8 @@ class ThreadBuilder:
     def __init__(self) -> None:
         self.aggregator = Aggregator(lambda name: CFG)
 
-    async def build(self, *args):
-        return await asyncio.to_thread(build_in, self.aggregator, *args)
+    async def build(self, tick):
+        return await asyncio.to_thread(build_in, self.aggregator, tick)
 
 
 def refresher_of(agg: Aggregator, budget_s: float, **kwargs) -> tuple[Refresher, Aggregator]:
