@@ -16,8 +16,8 @@ from recalibrators.calibration_map import CalibrationMap
 from streams.pipeline.aggregator import Aggregator, Built, MapKey
 from streams.pipeline.map_builder import BuilderLost, MapBuilder, Tick
 
-# ~0.8 ms per key: a slice of 5,000 is ~4 s of building, more than any sane interval's budget, while its
-# snapshot (one dict copy per key) holds the loop for a few ms.
+# ~1.3 ms per key (two fits since #12's held-back gate): a slice of 5,000 is ~6.5 s of building, more than any
+# sane interval's budget, while its snapshot (one dict copy per key) holds the loop for a few ms.
 MAX_KEYS = 5_000
 # A slice holds about this many budgets' worth of keys at the rate the last slices were built: the pass
 # before the budgeted loop (shrinkage's merge of every key of the slice) grows with the slice, and a fixed
