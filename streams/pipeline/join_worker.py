@@ -1,7 +1,8 @@
 """The hot path: a batched aiokafka consumer that validates raw events, joins them per partition,
 folds the labeled examples into per-partition calibrators, and writes one labeled record per
-partition and batch. Per batch: `routing.route` (decode, check partitions) -> `PartitionJoin.process`
--> `join_output` (dead letters, re-keys, `expire`, `PartitionState.fold`: partials, labeled record); state:
+partition and fetch. Per slice of a fetch: `routing.route` (decode, check partitions) -> `PartitionJoin.process`;
+per fetch and partition: `join_output` (dead letters, re-keys, `expire`, `PartitionState.fold`: partials, labeled
+record); state:
 `partition_state`; snapshots, partials and commits: `join_checkpoints`; assignment and restore: `_Rebalance`.
 
 Why not a Faust agent: Faust pushes each record through several asyncio tasks (~5,000 records/s
@@ -50,6 +51,9 @@ __all__ = ["JoinWorker", "Stats", "slices"]
 # first slice is small: it may be the first of such a backlog (500 records of one held the loop 110 ms).
 FETCH_RECORDS, FIRST_SLICE_RECORDS, MIN_SLICE_RECORDS = 20_000, 200, 50
 SLICE_TARGET_S = 0.04
+# A fetch is at most FETCH_SLICES slices at the last slice's rate (~1 s of joining): a rebalance or `stop` waits
+# for the fetch in hand (`run`), so a slow one (new keys) must not be 20,000 records long.
+FETCH_SLICES = 25
 
 
 def slices(batch: dict[TopicPartition, list], size: Callable[[], int]) -> Iterator[dict[TopicPartition, list]]:
@@ -119,11 +123,7 @@ class JoinWorker:
 
     def _version_screen(self, impressions: list) -> list[str | None]:
         """`too_many_versions` for an impression naming a version beyond its model's live-version cap."""
-        admit = self.versions.admit
-        return [
-            None if all(admit(p.model, p.model_version, e.ts) for p in e.predictions) else "too_many_versions"
-            for e in impressions
-        ]
+        return [None if ok else "too_many_versions" for ok in self.versions.admit_impressions(impressions)]
 
     def _model_config(self, name: str) -> ModelConfig:
         if name not in self.config.models and name not in self._reported_default:
@@ -192,18 +192,18 @@ class JoinWorker:
         sys.setswitchinterval(0.001)
         last_checkpoint = last_partials = time.monotonic()
         while not self._stopping.is_set():
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
+            batch = await self.consumer.getmany(
+                timeout_ms=200, max_records=min(FETCH_RECORDS, FETCH_SLICES * self._slice_records)
+            )
             if batch:
                 startup.mark("first_batch")
-            for part in slices(batch, lambda: self._slice_records):
-                async with self._lock:
-                    if self._closed:
-                        return
-                    await self._process(part)
-                await asyncio.sleep(0)  # heartbeats, the agent and the refresh timer between slices
+            # The lock spans the fetch: a checkpoint, a revocation or `stop` sees its records joined and emitted
+            # or not at all (drained examples and facts are not in a snapshot, the offsets moved on).
             async with self._lock:
                 if self._closed:  # `stop` wrote the final checkpoint (and closes the producer) meanwhile
                     return
+                if batch:
+                    await self._process(batch)
                 now = time.monotonic()
                 if now - last_checkpoint >= self.config.checkpoint_interval_ms / 1000:
                     last_checkpoint = last_partials = now
@@ -221,6 +221,25 @@ class JoinWorker:
             self._slice_records = min(FETCH_RECORDS, max(MIN_SLICE_RECORDS, fit))
 
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
+        """Join the fetch slice by slice, handing the loop back between slices; then each partition emits once.
+        Emitting (expiry, delay facts, fold, the labeled record) costs per call, not per record: once a slice,
+        with slices of a few hundred records, it halved the worker's throughput (docs/pipeline.md)."""
+        started = time.perf_counter()
+        out: dict[int, Routed] = {}  # partition -> the fetch's dead letters and re-keys
+        for part in slices(batch, lambda: self._slice_records):
+            self._join(part, out)
+            await asyncio.sleep(0)  # heartbeats, the agent and the refresh timer between slices
+        sends: list[asyncio.Future] = []
+        for partition in sorted(out):
+            sends += await self.output.batch(out[partition], self.parts[partition])
+            await asyncio.sleep(0)
+        if sends:
+            await asyncio.gather(*sends)
+        self.stats.batches += 1
+        self.stats.batch_seconds += time.perf_counter() - started
+
+    def _join(self, batch: dict[TopicPartition, list], out: dict[int, Routed]) -> None:
+        """Route and join one slice; its refused and re-keyed events are added to `out` for the fetch's sends."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         limits = Limits(
@@ -242,17 +261,13 @@ class JoinWorker:
             kind = self._kinds.get(tp.topic)
             route(tp.partition, messages, kind, self._n_partitions, limits, self.partitioner, self.screens, into)
             state.offsets[tp.topic] = messages[-1].offset + 1
-        sends: list[asyncio.Future] = []
         for partition in sorted(routed):
-            r, state = routed[partition], self.parts[partition]
-            state.join.process(r.impressions, r.actions, now_ms, r.impression_ids)
+            r = routed[partition]
+            self.parts[partition].join.process(r.impressions, r.actions, now_ms, r.impression_ids)
+            fetch = out.setdefault(partition, Routed())
+            fetch.refused += r.refused
+            fetch.rekeys += r.rekeys
         self._size_slices(sum(len(messages) for messages in batch.values()), time.perf_counter() - started)
-        for partition in sorted(routed):
-            sends += await self.output.batch(routed[partition], self.parts[partition])
-        if sends:
-            await asyncio.gather(*sends)
-        self.stats.batches += 1
-        self.stats.batch_seconds += time.perf_counter() - started
 
 
 class _Rebalance(ConsumerRebalanceListener):

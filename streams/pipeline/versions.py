@@ -19,7 +19,9 @@ decides exactly as the live run did.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from streams.pipeline.config import ModelConfig
 
@@ -57,6 +59,12 @@ class LiveVersions:
         self.live[model_version] = max(last, ts_ms)
         self.now_ms = max(self.now_ms, ts_ms)
         return True
+
+    def seen(self, model_version: str, first_ms: int, last_ms: int) -> None:
+        """A live version's events from `first_ms` to `last_ms`: what admitting each of them does."""
+        self.first[model_version] = min(self.first[model_version], first_ms)
+        self.live[model_version] = max(self.live[model_version], last_ms)
+        self.now_ms = max(self.now_ms, last_ms)
 
     def retire_idle(self, now_ms: int | None = None) -> list[str]:
         """Retire the versions idle for longer than idle_ms; the retired ones, oldest first."""
@@ -96,3 +104,26 @@ class ModelVersions:
 
     def admit(self, model: str, model_version: str, ts_ms: int) -> bool:
         return self[model].admit(model_version, ts_ms)
+
+    def admit_impressions(self, impressions: Sequence) -> list[bool]:
+        """Per impression struct, in order, whether every one of its predictions' versions is admitted (as
+        `admit`, prediction by prediction, stopping at the first refusal). When every version the batch names is
+        live already, no admission can refuse or retire one: each version's first and last event time move to
+        its earliest and latest of the batch, array operations instead of a call per prediction."""
+        pairs = [(p.model, p.model_version) for e in impressions for p in e.predictions]
+        codes = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+        if not all(version in self[model].live for model, version in codes):
+            return [all(self.admit(p.model, p.model_version, e.ts) for p in e.predictions) for e in impressions]
+        n = len(impressions)
+        ts = np.repeat(
+            np.fromiter((e.ts for e in impressions), np.int64, n),
+            np.fromiter((len(e.predictions) for e in impressions), np.int64, n),
+        )
+        code = np.fromiter(map(codes.__getitem__, pairs), np.int64, len(pairs))
+        first = np.full(len(codes), np.iinfo(np.int64).max)
+        last = np.full(len(codes), np.iinfo(np.int64).min)
+        np.minimum.at(first, code, ts)
+        np.maximum.at(last, code, ts)
+        for (model, version), lo, hi in zip(codes, first.tolist(), last.tolist(), strict=True):
+            self[model].seen(version, lo, hi)
+        return [True] * n
