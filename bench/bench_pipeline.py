@@ -63,7 +63,6 @@ segment_by = [["placement"]]
 grace = "60s"
 checkpoint_interval = "5s"
 partials_interval = "1s"
-session_timeout = "10s"
 holdout_percent = 10
 max_future_skew = "1h"
 """
