@@ -87,6 +87,7 @@ class PartitionOutput:
             join.expire()
         else:
             self.stats.expiry_deferred += 1
+        state.expiry_deferred = not expired
         state.learn_facts()
         examples, orphans = join.drain()
         for name, count in join.counters.items():

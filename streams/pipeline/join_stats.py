@@ -16,7 +16,7 @@ class Stats:
     join: Counter[str] = field(default_factory=Counter)  # late, duplicate, early, orphan, ...
     labeled: Counter[str] = field(default_factory=Counter)  # per model
     rekeyed: int = 0
-    expiry_deferred: int = 0  # batches that held windows open because label topics lagged
+    expiry_deferred: int = 0  # emissions that held due windows open because label topics lagged (retries too)
     snapshots: int = 0
     snapshots_skipped: int = 0  # revoke snapshots that did not fit before the rebalance deadline
     fenced: int = 0  # partitions dropped because another worker claimed them

@@ -202,8 +202,7 @@ class JoinWorker:
             async with self._lock:
                 if self._closed:  # `stop` wrote the final checkpoint (and closes the producer) meanwhile
                     return
-                if batch:
-                    await self._process(batch)
+                await self._process(batch)
                 now = time.monotonic()
                 if now - last_checkpoint >= self.config.checkpoint_interval_ms / 1000:
                     last_checkpoint = last_partials = now
@@ -223,20 +222,24 @@ class JoinWorker:
     async def _process(self, batch: dict[TopicPartition, list]) -> None:
         """Join the fetch slice by slice, handing the loop back between slices; then each partition emits once.
         Emitting (expiry, delay facts, fold, the labeled record) costs per call, not per record: once a slice,
-        with slices of a few hundred records, it halved the worker's throughput (docs/pipeline.md)."""
+        with slices of a few hundred records, it halved the worker's throughput (docs/pipeline.md). A partition
+        whose expiry waited for its label topics emits again on every fetch, with records or without: after the
+        last records of a stream nothing else would close its windows."""
         started = time.perf_counter()
         out: dict[int, Routed] = {}  # partition -> the fetch's dead letters and re-keys
         for part in slices(batch, lambda: self._slice_records):
             self._join(part, out)
             await asyncio.sleep(0)  # heartbeats, the agent and the refresh timer between slices
+        waiting = {p for p, state in self.parts.items() if state.expiry_deferred}
         sends: list[asyncio.Future] = []
-        for partition in sorted(out):
-            sends += await self.output.batch(out[partition], self.parts[partition])
+        for partition in sorted(out.keys() | waiting):
+            sends += await self.output.batch(out.get(partition, Routed()), self.parts[partition])
             await asyncio.sleep(0)
         if sends:
             await asyncio.gather(*sends)
-        self.stats.batches += 1
-        self.stats.batch_seconds += time.perf_counter() - started
+        if batch:
+            self.stats.batches += 1
+            self.stats.batch_seconds += time.perf_counter() - started
 
     def _join(self, batch: dict[TopicPartition, list], out: dict[int, Routed]) -> None:
         """Route and join one slice; its refused and re-keyed events are added to `out` for the fetch's sends."""

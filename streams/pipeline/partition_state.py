@@ -31,6 +31,7 @@ class PartitionState:
     delayed: DelayedFeedback  # open windows and delay models of label_delay = "corrected" models
     seq: int = 0  # labeled records written
     durable: int = 0  # seq covered by the last snapshot
+    expiry_deferred: bool = False  # its last emission kept due windows open (label topics lagged): retried
 
     def snapshot_blob(self) -> bytes:
         keys, blobs = self.partials.to_blobs()
