@@ -43,21 +43,17 @@ class LiveVersions:
 
     def admit(self, model_version: str, ts_ms: int) -> bool:
         """Whether an event of `model_version` at `ts_ms` counts; makes it live if there is room."""
-        last = self.live.get(model_version)
-        if last is None:
+        if model_version not in self.live:
             retired = self.retire_idle(max(self.now_ms, ts_ms))  # an idle version's slot is free before the cap check
             if self.report_retired:
                 self._unreported += retired
             if len(self.live) >= self.max_versions:
                 self.refused += 1
                 return False
-            last = ts_ms
-            self.first[model_version] = ts_ms
+            self.live[model_version] = self.first[model_version] = ts_ms
             if model_version in self._unreported:  # retired and back before anyone was told: never retired
                 self._unreported.remove(model_version)
-        self.first[model_version] = min(self.first[model_version], ts_ms)
-        self.live[model_version] = max(last, ts_ms)
-        self.now_ms = max(self.now_ms, ts_ms)
+        self.seen(model_version, ts_ms, ts_ms)
         return True
 
     def seen(self, model_version: str, first_ms: int, last_ms: int) -> None:
