@@ -24,7 +24,7 @@ import redis
 from faust.app.base import BootStrategy
 
 from recalibrators.serving.keys import RedisKeys
-from streams.pipeline import logsafe, startup
+from streams.pipeline import gc_policy, logsafe, startup
 from streams.pipeline.aggregator import Aggregator
 from streams.pipeline.config import Config
 from streams.pipeline.join_worker import JoinWorker
@@ -45,8 +45,15 @@ class ComponentService(mode.Service):
     worker's lifecycle; `name` marks its start-up phase. A crash of `run` stops the worker, so the supervisor
     restarts it."""
 
-    def __init__(self, component, name: str, *background: Callable[[], Awaitable[None]], **kwargs) -> None:
-        self.component, self.component_name, self.background = component, name, background
+    def __init__(
+        self,
+        component,
+        name: str,
+        *background: Callable[[], Awaitable[None]],
+        after: Callable[[], object] | None = None,
+        **kwargs,
+    ) -> None:
+        self.component, self.component_name, self.background, self.after = component, name, background, after
         super().__init__(**kwargs)
 
     def _repr_name(self) -> str:  # mode's label in logs and graphs: which component, not the class twice
@@ -71,6 +78,10 @@ class ComponentService(mode.Service):
     async def on_stop(self) -> None:
         await self.component.stop()
 
+    async def on_shutdown(self) -> None:  # mode calls it once the background coroutines are stopped
+        if self.after is not None:
+            self.after()
+
 
 def create_app(config: Config) -> faust.App:
     logsafe.install()  # producer-controlled strings (segments, ids) never forge a log line
@@ -94,7 +105,12 @@ def create_app(config: Config) -> faust.App:
     loop_monitor = LoopMonitor(watch=StallWatch(config.stall_log_ms / 1000) if config.stall_log_ms else None)
     # Dependencies, not app.services: those start after the app's own start-up, which would serialise the two
     # consumer-group joins (~5 s each on the embedded broker).
-    app.add_dependency(ComponentService(join, "join_service", loop_monitor.run, loop=app.loop, beacon=app.beacon))
+    # The join's full garbage collection at stop (streams.pipeline.gc_policy) comes after the loop monitor has
+    # stopped: a pause the process asked for is not a stall.
+    join_service = ComponentService(
+        join, "join_service", loop_monitor.run, after=gc_policy.collect_at_stop, loop=app.loop, beacon=app.beacon
+    )
+    app.add_dependency(join_service)
     app.add_dependency(ComponentService(partials, "partials_service", loop=app.loop, beacon=app.beacon))
 
     index_key = RedisKeys(config.prefix).index

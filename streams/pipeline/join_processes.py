@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from streams.pipeline import join_clients
+from streams.pipeline import gc_policy, join_clients
 from streams.pipeline.config import Config
 from streams.pipeline.partials_topic import send_partials
 
@@ -115,3 +115,4 @@ async def _run(config: Config, index: int, report: Callable[[tuple], None]) -> N
         await worker.stop()
         report((index, worker.report()))
         await producer.stop()
+        gc_policy.collect_at_stop()

@@ -20,7 +20,6 @@ twice. Labeled records carry (partition, seq, durable) so a replay can drop the 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 import time
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from streams.pipeline import join_clients, startup
+from streams.pipeline import gc_policy, join_clients, startup
 from streams.pipeline.cardinality import CardinalityGuard
 from streams.pipeline.config import Config, ModelConfig
 from streams.pipeline.deadletters import DeadLetterWriter
@@ -49,9 +48,11 @@ __all__ = ["JoinWorker", "Stats", "slices"]
 # SLICE_TARGET_S at the rate the last slice ran. A fixed 2,000 records held it 0.2-0.3 s in a backlog of new
 # segment keys (a calibrator per key and level) and ~15 ms in steady state; the size follows the cost, and the
 # first slice is small: it may be the first of such a backlog (500 records of one held the loop 110 ms).
+# 25 ms, not 40: the first slice of new keys after cheap ones costs ~3x the rate it was sized by (0.12 s in the
+# 20,000-segment flood of test_fault_producers, 54 ms at 25 ms), for ~8% of one process's backlog throughput.
 FETCH_RECORDS, FIRST_SLICE_RECORDS, MIN_SLICE_RECORDS = 20_000, 200, 50
-SLICE_TARGET_S = 0.04
-# A fetch is at most FETCH_SLICES slices at the last slice's rate (~1 s of joining): a rebalance or `stop` waits
+SLICE_TARGET_S = 0.025
+# A fetch is at most FETCH_SLICES slices at the last slice's rate (~0.6 s of joining): a rebalance or `stop` waits
 # for the fetch in hand (`run`), so a slow one (new keys) must not be 20,000 records long.
 FETCH_SLICES = 25
 
@@ -179,14 +180,7 @@ class JoinWorker:
     async def run(self) -> None:
         """Consume until stopped: batches in, labeled records and snapshots out."""
         assert self.consumer is not None
-        # A batch allocates ~10^5 short-lived container objects (fetched records, structs' lists and
-        # dicts); with the default thresholds the collector ran every 700 of them and walked the
-        # long-lived app state again and again. What exists now is frozen out of collection. A generation-1
-        # collection every 5 young ones, not 20 (fewer stalls past 100 ms in bench_refresh_worker: 10, 9 and
-        # 0 runs against 15; docs/pipeline.md).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 5, 20)
+        gc_policy.collect_young_only()  # no collection walks the long-lived state while the loop runs
         # The loop waits for the GIL after each system call while a thread (snapshot encoding, the publisher)
         # runs Python: up to a switch interval each time. 1 ms, not 5: loop steps of many calls stalled 100 ms.
         sys.setswitchinterval(0.001)

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from streams.pipeline import logsafe
+from streams.pipeline import gc_policy, logsafe
 from streams.pipeline.aggregator import Aggregator, Built, MapKey
 from streams.pipeline.config import Config
 from streams.pipeline.map_state import MapState
@@ -94,7 +94,7 @@ def _start(config: Config) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [map-builder] [%(levelname)s] %(message)s")
     logsafe.install()
-    gc.set_threshold(50_000, 20, 1_000_000)  # young generations as in the worker; the old one: see `_build`
+    gc.set_threshold(50_000, 20, gc_policy.NEVER)  # no loop to hold: fewer, longer young collections; full: `_build`
     _aggregator = Aggregator(config.model)
 
 

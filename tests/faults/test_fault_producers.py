@@ -62,7 +62,7 @@ def test_distinct_segment_values_beyond_the_cap_are_dead_lettered_exactly(stack,
     refused = N_DISTINCT - admitted
     expected = {k: list(v) for k, v in scenario.expected.items()}
     expected[("ctr", "*")][0] += admitted  # admitted flood impressions are ctr negatives
-    config = config_text(ns, worker={"checkpoint_interval": "3s"})
+    config = config_text(ns, worker={"checkpoint_interval": "3s", "stall_log": "100ms"})
     config = config.replace("min_samples = 1", f"min_samples = 1\nmax_segments = {MAX_SEGMENTS}")
 
     worker = start_worker(config)

@@ -1,13 +1,20 @@
 """`PartitionOutput.labels_caught_up` with an aiokafka consumer (not started: `assign` and `highwater` are
-local state): a partition a rebalance has taken away counts as lagging instead of raising inside the batch."""
+local state): a partition a rebalance has taken away counts as lagging instead of raising inside the batch; and
+`PartitionOutput.batch` queues its sends a few hundred per turn of the loop."""
 
 import asyncio
 from types import SimpleNamespace
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.pipeline.config import load_config
+from streams.pipeline.events import Invalid
 from streams.pipeline.join_output import PartitionOutput
+
+
+class Click(msgspec.Struct):
+    impression_id: str
 
 
 def test_a_partition_no_longer_assigned_counts_as_lagging_and_does_not_raise():
@@ -57,3 +64,46 @@ def test_an_end_reported_before_the_impressions_that_moved_the_clock_counts_as_l
             await consumer.stop()
 
     assert asyncio.run(check()) == [True, False, True, False, False]
+
+
+def test_a_flood_of_dead_letters_and_rekeys_hands_the_loop_back_every_few_hundred_sends():
+    """10,000 refused events of one fetch were queued in one turn of the loop (0.16 s)."""
+
+    class Sends:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        async def send(self, *args, **kwargs):
+            self.sent += 1
+            return asyncio.get_running_loop().create_future()
+
+    async def check() -> tuple[int, int, int]:
+        config = load_config(None)
+        sends = Sends()
+        output = PartitionOutput(config, sends, sends, None, SimpleNamespace(rekeyed=0))
+
+        async def nothing_to_emit(state):
+            return []
+
+        output._emit = nothing_to_emit
+        message = SimpleNamespace(value=b"{}", key=b"k", topic="t", partition=0, offset=0)
+        event = Click(impression_id="i")
+        routed = SimpleNamespace(refused=[(message, [Invalid("bad_type:ts", 0)])] * 1_000, rekeys=[(1, 1, event)] * 600)
+        turns = 0
+
+        async def ticker() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = turns
+        out = await output.batch(routed, None)
+        tick.cancel()
+        return len(out), sends.sent, turns - before
+
+    n, sent, turns = asyncio.run(check())
+    assert (n, sent) == (1_600, 1_600)
+    assert turns >= 1_000 // 256 + 600 // 256  # one at least per SENDS_PER_TURN of each kind
