@@ -255,7 +255,8 @@ def shrink_toward(calibrator: Calibrator, parent: CalibrationMap, strength: Stre
     # its own larger tau^2, as `isotonic.eb_prior_strength` does for a single calibrator.
     excess, info = chi_square_excess(w, p, q, z=OWN_Z)
     tau2 = max(strength.shape_var, excess / info if excess > 0 else 0.0)
-    m = np.full(q.shape, CAP) if tau2 <= 0 else np.clip((1.0 - q) / (tau2 * q), 1.0, CAP)
+    with np.errstate(divide="ignore", over="ignore"):  # a subnormal tau^2 saturates at CAP, as tau^2 = 0 does
+        m = np.full(q.shape, CAP) if tau2 <= 0 else np.clip((1.0 - q) / (tau2 * q), 1.0, CAP)
     if parent.ess is not None:
         m = np.minimum(m, np.maximum(np.interp(x, parent.x, parent.ess) - w, 1.0))
     y = np.clip(shrunk_isotonic(w, p, q, m), 0.0, 1.0)
