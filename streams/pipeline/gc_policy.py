@@ -37,14 +37,10 @@ def collect_young_only() -> None:
 
 
 def collect_at_stop() -> int:
-    """At stop, when a pause no longer matters: one full collection of everything, frozen or not; logs and
-    returns the objects it found unreachable (what running without full collections kept). Not a stall for
-    `gc.callbacks` (the stall log): the process asked for it."""
-    callbacks, gc.callbacks[:] = gc.callbacks[:], []
-    try:
-        gc.unfreeze()
-        unreachable = gc.collect()
-    finally:
-        gc.callbacks[:] = callbacks
+    """At stop, once the loop monitor and its stall log have stopped (a pause the process asked for is not a
+    stall): one full collection of everything, frozen or not; logs and returns the objects it found unreachable
+    (what running without full collections kept)."""
+    gc.unfreeze()
+    unreachable = gc.collect()
     log.info("full collection at stop: %d unreachable objects, kept while running", unreachable)
     return unreachable

@@ -82,7 +82,8 @@ def decode_prior(value: bytes) -> str | None:
 
 async def paced(items: Iterable, every: int = PACE):
     """`items`, handing the event loop back after every `every` of them: a partials tick of thousands of
-    keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh)."""
+    keys (each encoded, then sent) held the loop for 0.3-0.7 s (heartbeats, the web server, the refresh); a
+    fetch's dead letters and re-keys are sent through it too (`join_output`)."""
     for i, item in enumerate(items):
         if i and not i % every:
             await asyncio.sleep(0)

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.pipeline.config import load_config
 from streams.pipeline.events import Invalid
 from streams.pipeline.join_output import PartitionOutput
+from streams.pipeline.partials_topic import PACE
 
 
 class Click(msgspec.Struct):
@@ -106,4 +107,4 @@ def test_a_flood_of_dead_letters_and_rekeys_hands_the_loop_back_every_few_hundre
 
     n, sent, turns = asyncio.run(check())
     assert (n, sent) == (1_600, 1_600)
-    assert turns >= 1_000 // 256 + 600 // 256  # one at least per SENDS_PER_TURN of each kind
+    assert turns >= 1_000 // PACE + 600 // PACE  # one at least per PACE sends of each kind
